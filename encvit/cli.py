@@ -1,0 +1,172 @@
+"""The ``encvit`` command line: thin subcommands over the package's modules.
+
+A user error (bad file, wrong key, unknown name) prints one line to stderr and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import EncvitError
+
+
+def _key_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--key", metavar="KEY.json", help="a key file made by `encvit keygen`")
+    group.add_argument("--passphrase", help="make the key from this passphrase (with the backbone's patch size)")
+
+
+# ---- cipher ------------------------------------------------------------------------------------------
+def cmd_keygen(args) -> int:
+    from .cipher import Key
+
+    key = Key.generate(args.block_size, args.channels, passphrase=args.passphrase,
+                       scramble=args.scramble, neg_pos=args.neg_pos)
+    if Path(args.output).exists() and not args.force:
+        raise EncvitError(f"{args.output} exists; pass --force to replace it")
+    key.save(args.output)
+    print(f"wrote {args.output}: {key.describe()}")
+    return 0
+
+
+def cmd_key_info(args) -> int:
+    from .cipher import Key
+
+    key = Key.load(args.key_file)
+    print(key.describe())
+    print(f"file: {args.key_file}")
+    return 0
+
+
+def _convert_images(args, decrypt: bool) -> int:
+    from .cipher import Key
+    from .images import is_grey, open_image, parse_size, save_png, to_array
+
+    key = Key.load(args.key)
+    resize = parse_size(args.resize) if args.resize else None
+    out_dir = Path(args.output)
+    targets: dict[str, Path] = {}
+    arrays = []
+    # Validate the whole batch before writing anything.
+    for name in args.images:
+        image = open_image(name)
+        if key.channels == 3 and is_grey(image):
+            print(f"note: {name} is greyscale; its grey channel is repeated to {key.channels} channels",
+                  file=sys.stderr)
+        elif key.channels == 1 and not is_grey(image):
+            print(f"note: {name} has colour; it is converted to grey for a 1-channel key", file=sys.stderr)
+        array = to_array(image, key.channels, resize)
+        try:
+            key.check_fits(array.shape[0], array.shape[1], array.shape[2])
+        except EncvitError as exc:
+            raise EncvitError(f"{name}: {exc}" + ("" if resize else " (or pass --resize WxH)")) from None
+        target = out_dir / (Path(name).stem + ".png")
+        if target.name in targets:
+            raise EncvitError(f"{name} and {targets[target.name]} would both be written to {target}")
+        targets[target.name] = Path(name)
+        arrays.append((array, target))
+    for array, target in arrays:
+        save_png(key.decrypt(array) if decrypt else key.encrypt(array), target)
+    verb = "decrypted" if decrypt else "encrypted"
+    print(f"{verb} {len(arrays)} image(s) into {out_dir} with key {key.fingerprint}")
+    return 0
+
+
+def cmd_encrypt(args) -> int:
+    return _convert_images(args, decrypt=False)
+
+
+def cmd_decrypt(args) -> int:
+    return _convert_images(args, decrypt=True)
+
+
+# ---- models ------------------------------------------------------------------------------------------
+def cmd_params(args) -> int:
+    from .report import parameter_table
+
+    table = parameter_table(args.backbone, args.num_classes, args.rank, args.alpha)
+    if args.json:
+        print(json.dumps({**{m: row["trainable"] for m, row in table.items()},
+                          "details": table, "backbone": args.backbone, "num_classes": args.num_classes,
+                          "rank": args.rank, "alpha": args.alpha}))
+        return 0
+    print(f"trainable parameters, {args.backbone}, {args.num_classes} classes, LoRA rank {args.rank}, alpha {args.alpha}")
+    print(f"{'method':<10}{'exact':>14}{'10^6':>10}{'2^20 (paper)':>14}{'% of full':>11}")
+    for method, row in table.items():
+        print(f"{method:<10}{row['trainable']:>14,}{row['millions']:>10.3f}{row['paper_m']:>14.3f}"
+              f"{row['percent_of_full']:>10.2f}%")
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from .pretrain import PretrainConfig, pretrain
+
+    result = pretrain(PretrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                                     limit=args.limit, seed=args.seed, out=args.out))
+    print(f"test accuracy {result['test_acc']:.2f}% after {args.epochs} epochs, {result['seconds'] / 60:.1f} min")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="encvit", description="Privacy-preserving fine-tuning of ViTs: "
+                                     "block-wise image encryption, LoRA methods and encrypted head training.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("keygen", help="make a secret key file")
+    p.add_argument("-o", "--output", required=True, metavar="KEY.json")
+    p.add_argument("--passphrase", help="derive the key from a passphrase (default: the OS's randomness)")
+    p.add_argument("--block-size", type=int, default=16, help="block size M (the ViT's patch size; default 16)")
+    p.add_argument("--channels", type=int, default=3, help="colour channels C (default 3)")
+    p.add_argument("--scramble", action="store_true", help="also permute block positions")
+    p.add_argument("--neg-pos", action="store_true", help="also apply x -> 255 - x at key-chosen positions")
+    p.add_argument("--force", action="store_true", help="replace an existing key file")
+    p.set_defaults(func=cmd_keygen)
+
+    for name, func, verb in (("encrypt", cmd_encrypt, "encrypt"), ("decrypt", cmd_decrypt, "decrypt")):
+        p = sub.add_parser(name, help=f"{verb} images with a key (lossless PNG out)")
+        p.add_argument("--key", required=True, metavar="KEY.json")
+        p.add_argument("images", nargs="+", metavar="IMAGE")
+        p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+        p.add_argument("--resize", metavar="WxH", help="resize before encrypting (default: refuse sizes "
+                       "that are not multiples of the block size)")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("key-info", help="describe a key file (never prints the key itself)")
+    p.add_argument("key_file", metavar="KEY.json")
+    p.set_defaults(func=cmd_key_info)
+
+    p = sub.add_parser("params", help="trainable parameters of full / melo / proposed")
+    p.add_argument("--backbone", default="vit_base_patch16_224")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--alpha", type=float, default=8.0)
+    p.add_argument("--json", action="store_true", help="one JSON object: {\"full\": n, \"melo\": n, \"proposed\": n, ...}")
+    p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("pretrain", help="pretrain the shipped backbone encvit-tiny on Fashion-MNIST")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="at most this many images per split (quick trials)")
+    p.add_argument("--out", help="weights file (default: the shipped encvit/weights/encvit-tiny.safetensors)")
+    p.set_defaults(func=cmd_pretrain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except EncvitError as exc:
+        print(f"encvit {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
