@@ -290,12 +290,20 @@ class Key:
         if inverse:
             if self.neg_pos is not None:
                 flat = torch.where(maps["mask_chw"], top - flat, flat)
-            out = flat.index_select(-1, maps["chw_inverse"])
+            out = self._gather(flat, "chw_inverse", maps)
         else:
-            out = flat.index_select(-1, maps["chw"])
+            out = self._gather(flat, "chw", maps)
             if self.neg_pos is not None:
                 out = torch.where(maps["mask_chw"], top - out, out)
         return out.reshape(images.shape)
+
+    def _gather(self, flat: torch.Tensor, name: str, maps: dict) -> torch.Tensor:
+        """out[..., i] = flat[..., index[i]] for the named index map."""
+        if flat.device.type == "cpu" and not flat.requires_grad and flat.dtype not in (torch.bfloat16,):
+            # On CPU, numpy's take along the last axis is ~4x faster than torch's index_select
+            # (benchmarks/bench_cipher.py); both are one gather with no Python loop.
+            return torch.from_numpy(np.take(flat.numpy(), maps[name].numpy(), axis=-1))
+        return flat.index_select(-1, maps[name])
 
 
 def fingerprint_of(key: "Key | None") -> str:

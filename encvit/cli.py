@@ -109,6 +109,72 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def _config_from(args, **overrides):
+    from .train import TrainConfig
+
+    fields = TrainConfig.__dataclass_fields__
+    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    return TrainConfig(**{**values, **overrides})
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    result = train(_config_from(args))
+    print(f"{result['method']} on {result['dataset']} ({result['setting']}, key {result['key_fingerprint']}): "
+          f"test accuracy {result['test_acc']:.2f}%, validation {result['val_acc']:.2f}%, "
+          f"{result['trainable']:,} trainable parameters, {result['seconds']:.0f} s"
+          + (f"; run written to {args.out}" if args.out else ""))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .train import evaluate_run
+
+    r = evaluate_run(args.run, args.dataset, args.key, args.passphrase, args.allow_key_mismatch, args.limit,
+                     args.weights, args.split)
+    warning = "" if r["given_key"] == r["trained_key"] else \
+        f"  (WRONG KEY: trained with {r['trained_key']}, evaluated with {r['given_key']})"
+    print(f"{r['method']} on {r['dataset']} {r['split']} ({r['images']} images): accuracy {r['accuracy']:.2f}%{warning}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare
+
+    methods = args.methods.split(",")
+    settings = args.settings.split(",")
+    compare(_config_from(args, out=None), methods, settings, args.seeds, args.out, args.overwrite)
+    print(f"results in {args.out}: results.md, results.csv, results.png")
+    return 0
+
+
+def _training_args(p: argparse.ArgumentParser, with_method: bool = True) -> None:
+    p.add_argument("--backbone", default="encvit-tiny", help="encvit-tiny (shipped) or a timm ViT name")
+    p.add_argument("--weights", help="local backbone weights (safetensors or torch state dict)")
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                   help="random backbone weights (for tests and offline paper-scale dry runs)")
+    p.add_argument("--image-size", type=int, help="input size for timm backbones (default: the model's)")
+    p.add_argument("--dataset", default="fashion5k", help="fashion5k, mnist5k, cifar10 or folder:PATH")
+    if with_method:
+        p.add_argument("--method", required=True, choices=["full", "melo", "proposed"])
+    _key_args(p)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--lr", type=float, help="learning rate (default per method: full 5e-4, melo/proposed 1e-2)")
+    p.add_argument("--patch-lr", type=float, help="separate learning rate for the patch embedding (proposed)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--alpha", type=float, default=8.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="at most this many images per split (quick runs)")
+    p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"],
+                   help="mixed precision: auto = bf16/fp16 on CUDA, off on CPU")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="encvit", description="Privacy-preserving fine-tuning of ViTs: "
@@ -154,6 +220,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="at most this many images per split (quick trials)")
     p.add_argument("--out", help="weights file (default: the shipped encvit/weights/encvit-tiny.safetensors)")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("train", help="fine-tune a backbone with one method, on plain or encrypted images")
+    _training_args(p)
+    p.add_argument("--out", metavar="RUN", help="run directory to write")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy of a run's adapter (refuses a key other than the run's)")
+    p.add_argument("run", metavar="RUN", help="a run directory or an adapter file")
+    p.add_argument("--dataset", help="default: the dataset the run was trained on")
+    _key_args(p)
+    p.add_argument("--allow-key-mismatch", action="store_true", help="evaluate with a different key anyway")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--limit", type=int)
+    p.add_argument("--weights", help="local backbone weights for a timm backbone")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="all methods x plain/encrypted: results.csv, results.md, results.png")
+    _training_args(p, with_method=False)
+    p.add_argument("--methods", default="full,melo,proposed")
+    p.add_argument("--settings", default="plain,encrypted")
+    p.add_argument("--seeds", type=int, default=1, help="repeat every cell with this many seeds")
+    p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -4,6 +4,7 @@
 - ``melo``: LoRA on q/v of every block + a new head; patch and position embeddings, class token
   and norms frozen.
 - ``proposed``: melo's parts + the patch embedding's conv weight and bias; position embedding frozen.
+- ``head``: the new head only (a linear probe; what the encrypted-head trainer of ``encvit.fhe`` produces).
 
 Counts are read from ``requires_grad``, never from a table.
 """
@@ -15,14 +16,16 @@ from torch import nn
 from .errors import ConfigError
 from .lora import add_lora
 
-METHODS = ("full", "melo", "proposed")
+METHODS = ("full", "melo", "proposed")  # the paper's comparison
+ALL_METHODS = (*METHODS, "head")
+LORA_METHODS = ("melo", "proposed")
 PATCH_EMBED = "patch_embed.proj."
 
 
 def check_method(method: str) -> str:
     """`method` if it is one of METHODS, else a ConfigError naming the choices."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method not in ALL_METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(ALL_METHODS)}")
     return method
 
 
@@ -30,6 +33,8 @@ def is_trained(name: str, method: str) -> bool:
     """Whether the parameter called `name` is trained by `method`."""
     if method == "full":
         return True
+    if method == "head":
+        return name.startswith("head.")
     return "lora_" in name or name.startswith("head.") or (method == "proposed" and name.startswith(PATCH_EMBED))
 
 
@@ -39,7 +44,7 @@ def prepare(model: nn.Module, method: str, num_classes: int, rank: int = 4, alph
     if num_classes < 1:
         raise ConfigError(f"the number of classes must be at least 1, got {num_classes}")
     model.reset_classifier(num_classes)
-    if method != "full":
+    if method in LORA_METHODS:
         add_lora(model, rank, alpha)
     for name, param in model.named_parameters():
         param.requires_grad_(is_trained(name, method))

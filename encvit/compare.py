@@ -1,0 +1,166 @@
+"""The paper's comparison: every method on plain and encrypted images, over one or more seeds.
+
+Writes, in the output folder: one run directory per (method, setting, seed), ``results.csv`` (one row a run),
+``summary.csv`` and ``results.md`` (mean, standard deviation and 95% interval per cell) and ``results.png``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .atomic import atomic_path, write_text
+from .backbones import create_backbone, describe
+from .data import load_dataset
+from .errors import ConfigError
+from .methods import METHODS, check_method
+from .samples import DEMO_PASSPHRASE
+from .train import TrainConfig, train
+
+SETTINGS = ("plain", "encrypted")
+
+
+def run_name(method: str, setting: str, seed: int, seeds: int) -> str:
+    """The folder of one run inside a comparison."""
+    return f"{method}-{setting}" + (f"-seed{seed}" if seeds > 1 else "")
+
+
+def compare(base: TrainConfig, methods=METHODS, settings=SETTINGS, seeds: int = 1, out: str | Path | None = None,
+            overwrite: bool = False, log=print) -> pd.DataFrame:
+    """Train every (method, setting, seed) on one dataset; returns one row per run (and writes `out`)."""
+    for method in methods:
+        check_method(method)
+    unknown = set(settings) - set(SETTINGS)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {sorted(unknown)}; choose from {', '.join(SETTINGS)}")
+    out = Path(out) if out else None
+    if out and (out / "results.csv").exists() and not overwrite:
+        raise ConfigError(f"{out} already holds a comparison; pass --overwrite to replace it")
+    backbone = create_backbone(base.backbone, pretrained=base.pretrained, weights=base.weights,
+                               image_size=base.image_size)
+    geometry = describe(backbone, base.backbone)
+    splits = load_dataset(base.dataset, geometry.image_size, geometry.channels, base.limit)
+    passphrase = base.passphrase if base.passphrase or base.key else DEMO_PASSPHRASE
+    rows = []
+    start = time.perf_counter()
+    for seed in range(base.seed, base.seed + seeds):
+        for setting in settings:
+            for method in methods:
+                name = run_name(method, setting, seed, seeds)
+                config = replace(base, method=method, seed=seed, lr=base.lr,
+                                 key=base.key if setting == "encrypted" else None,
+                                 passphrase=passphrase if setting == "encrypted" and not base.key else None,
+                                 out=str(out / name) if out else None, overwrite=True)
+                result = train(config, splits=splits, backbone=copy.deepcopy(backbone))
+                row = {k: v for k, v in result.items() if k not in ("model", "metrics")}
+                row["run"] = name
+                rows.append(row)
+                log(f"{name}: test {row['test_acc']:.2f}%  val {row['val_acc']:.2f}%  "
+                    f"{row['trainable']:,} trainable  {row['seconds']:.0f} s")
+    table = pd.DataFrame(rows)
+    full = table.loc[table.method == "full", "trainable"]
+    table["percent_of_full"] = 100 * table.trainable / (full.iloc[0] if len(full) else np.nan)
+    if out:
+        write_results(table, out, {"backbone": base.backbone, "dataset": splits.name, "seeds": seeds,
+                                   "epochs": base.epochs, "seconds_total": time.perf_counter() - start})
+    return table
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, setting): mean, standard deviation and 95% t-interval of test accuracy over seeds."""
+    def cell(group: pd.DataFrame) -> pd.Series:
+        acc = group.test_acc.to_numpy()
+        n = len(acc)
+        sd = acc.std(ddof=1) if n > 1 else float("nan")
+        half = stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n) if n > 1 else float("nan")
+        return pd.Series({"test_acc": acc.mean(), "std": sd, "ci95": half, "seeds": n,
+                          "val_acc": group.val_acc.mean(), "trainable": int(group.trainable.iloc[0]),
+                          "percent_of_full": group.percent_of_full.iloc[0], "seconds": group.seconds.mean(),
+                          "adapter_bytes": group.get("adapter_bytes", pd.Series([np.nan])).iloc[0]})
+    order = {**{m: i for i, m in enumerate(METHODS)}, **{s: i for i, s in enumerate(SETTINGS)}}
+    summary = table.groupby(["method", "setting"], sort=False).apply(cell, include_groups=False).reset_index()
+    summary["trainable"] = summary.trainable.astype(int)
+    return summary.sort_values(["method", "setting"], key=lambda c: c.map(order)).reset_index(drop=True)
+
+
+def markdown(summary: pd.DataFrame, meta: dict) -> str:
+    """The summary as a Markdown table: one row per method, one accuracy column per setting."""
+    many = summary.seeds.max() > 1
+    settings = [s for s in SETTINGS if s in set(summary.setting)]
+    lines = [f"Backbone `{meta['backbone']}`, dataset `{meta['dataset']}`, {meta['epochs']} epochs, "
+             f"{int(summary.seeds.max())} seed(s); test accuracy in %"
+             + (", mean ± sd [95% interval]" if many else "") + "; seconds of training per run.", "",
+             "| method | trainable | % of full | " + " | ".join(settings) + " | seconds | adapter |",
+             "|---|---|---|" + "---|" * len(settings) + "---|---|"]
+    by_cell = summary.set_index(["method", "setting"])
+    for method in [m for m in METHODS if m in set(summary.method)]:
+        cells = by_cell.loc[method]
+        first = cells.iloc[0]
+        accs = []
+        for setting in settings:
+            if setting not in cells.index:
+                accs.append("-")
+                continue
+            r = cells.loc[setting]
+            accs.append(f"{r.test_acc:.2f}" + (f" ± {r['std']:.2f} [{r.test_acc - r.ci95:.1f}, {r.test_acc + r.ci95:.1f}]"
+                                               if many else ""))
+        size = f"{first.adapter_bytes / 1024:.0f} KiB" if first.adapter_bytes == first.adapter_bytes else "-"
+        lines.append(f"| {method} | {int(first.trainable):,} | {first.percent_of_full:.2f} | " + " | ".join(accs)
+                     + f" | {cells.seconds.mean():.0f} | {size} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(summary: pd.DataFrame, meta: dict, path: Path) -> None:
+    """Grouped bars: test accuracy per method, plain vs encrypted, with 95% intervals when seeds > 1."""
+    methods = [m for m in METHODS if m in set(summary.method)]
+    settings = [s for s in SETTINGS if s in set(summary.setting)]
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    width = 0.8 / len(settings)
+    for i, setting in enumerate(settings):
+        part = summary.set_index(["method", "setting"])
+        values = [part.test_acc.get((m, setting), np.nan) for m in methods]
+        errors = [part.ci95.get((m, setting), np.nan) for m in methods]
+        bars = ax.bar(np.arange(len(methods)) + (i - (len(settings) - 1) / 2) * width, values, width,
+                      yerr=None if np.isnan(errors).all() else errors, capsize=3, label=setting)
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_xticks(np.arange(len(methods)), methods)
+    ax.set_xlabel("fine-tuning method")
+    ax.set_ylabel("test accuracy (%)")
+    low = np.nanmin(summary.test_acc)
+    ax.set_ylim(max(0, low - 15), 100)
+    ax.set_title(f"{meta['backbone']} on {meta['dataset']}: plain vs encrypted images")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def write_results(table: pd.DataFrame, out: Path, meta: dict) -> None:
+    """results.csv, summary.csv, results.md, results.png and meta.json in `out`, each atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(table)
+    write_text(out / "results.csv", table.to_csv(index=False))
+    write_text(out / "summary.csv", summary.to_csv(index=False))
+    write_text(out / "results.md", markdown(summary, meta))
+    write_text(out / "meta.json", json.dumps(meta, indent=1))
+    chart(summary, meta, out / "results.png")
+
+
+def load_results(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(runs, summary, meta) of a comparison folder written by `compare`."""
+    folder = Path(folder)
+    if not (folder / "results.csv").exists():
+        raise ConfigError(f"{folder} holds no comparison results (results.csv)")
+    return (pd.read_csv(folder / "results.csv"), pd.read_csv(folder / "summary.csv"),
+            json.loads((folder / "meta.json").read_text()))
