@@ -38,9 +38,12 @@ def load_runs(folder: str | os.PathLike) -> dict[str, tuple[nn.Module, AdapterIn
     backbones: dict[str, nn.Module] = {}
     for name, run in find_runs(folder).items():
         info, _ = read_adapter(run / "adapter.safetensors")
-        if info.backbone not in backbones:
-            backbones[info.backbone] = create_backbone(info.backbone, pretrained=info.method != "full")
-        models[name] = load_classifier(run / "adapter.safetensors", backbone=copy.deepcopy(backbones[info.backbone]))
+        pretrained = info.method != "full"  # a full adapter holds every weight: no backbone weights needed
+        if (info.backbone, pretrained) not in backbones:
+            backbones[info.backbone, pretrained] = create_backbone(info.backbone, pretrained=pretrained,
+                                                                   image_size=info.image_size)
+        models[name] = load_classifier(run / "adapter.safetensors",
+                                       backbone=copy.deepcopy(backbones[info.backbone, pretrained]))
     return models
 
 

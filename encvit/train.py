@@ -160,7 +160,7 @@ def train(config: TrainConfig, splits: Splits | None = None, backbone: torch.nn.
                    "patch_size": geometry.patch_size, "backbone_hash": backbone_hash}
         public = {k: v for k, v in asdict(config).items() if k != "passphrase"}
         public["passphrase_given"] = config.passphrase is not None
-        write_text(staging / "config.json", json.dumps({**public, "derived": derived}, indent=1))
+        write_text(staging / "config.json", json.dumps({**public, "derived": derived}, indent=1, default=str))
         write_text(staging / "result.json", json.dumps(result, indent=1))
         write_text(staging / "versions.json", json.dumps(versions(), indent=1))
         # The finished run replaces any old one in one rename: no half-written run directory is ever visible.

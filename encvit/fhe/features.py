@@ -1,0 +1,78 @@
+"""The client's plaintext step: features of a frozen backbone, cached on disk by backbone weights and dataset.
+
+A feature is the backbone's pre-logits vector, ``forward_head(forward_features(x), pre_logits=True)``, on the
+same normalised input the rest of encvit uses (``BatchPreprocess``).
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..atomic import write_bytes
+from ..backbones import create_backbone, describe, weights_hash
+from ..data import ImageSet, load_dataset
+from ..preprocess import BatchPreprocess
+
+CACHE_DIR = Path(os.environ.get("ENCVIT_CACHE", Path.home() / ".cache" / "encvit")) / "features"
+
+
+@dataclass
+class FeatureSplits:
+    """Features (float32, n x d) and integer labels of train, validation and test, with the class names."""
+
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    classes: list[str]
+    backbone: str
+    backbone_hash: str
+
+    @property
+    def dim(self) -> int:
+        return self.train[0].shape[1]
+
+
+@torch.inference_mode()
+def extract(model: torch.nn.Module, images: ImageSet, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    """Pre-logits features of `images` (uint8 N x C x H x W) under a frozen timm ViT, as float32 (N x d)."""
+    geometry = describe(model, "backbone")
+    preprocess = BatchPreprocess(geometry.image_size, geometry.channels)
+    model.eval()
+    out = []
+    for start in tqdm(range(0, len(images), batch_size), desc="features", leave=False, disable=not progress):
+        x = preprocess(images.images[start:start + batch_size])
+        out.append(model.forward_head(model.forward_features(x), pre_logits=True).float().numpy())
+    dim = model.num_features
+    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+
+
+def dataset_features(backbone: str, dataset: str, limit: int | None = None, pretrained: bool = True,
+                     model: torch.nn.Module | None = None, cache: bool = True, progress: bool = False) -> FeatureSplits:
+    """Features of every split of `dataset` under `backbone` (or an already built `model`), cached on disk."""
+    model = model if model is not None else create_backbone(backbone, pretrained=pretrained)
+    digest = weights_hash(model)
+    safe = dataset.replace("/", "_").replace(":", "_")
+    path = CACHE_DIR / f"{backbone}-{digest}-{safe}-{limit or 'all'}.npz"
+    if cache and path.exists():
+        data = np.load(path, allow_pickle=False)
+        return FeatureSplits(*((data[f"{s}_x"], data[f"{s}_y"]) for s in ("train", "val", "test")),
+                             classes=[str(c) for c in data["classes"]], backbone=backbone, backbone_hash=digest)
+    geometry = describe(model, backbone)
+    splits = load_dataset(dataset, image_size=geometry.image_size, channels=geometry.channels, limit=limit)
+    arrays = {}
+    for name in ("train", "val", "test"):
+        part = getattr(splits, name)
+        arrays[f"{name}_x"] = extract(model, part, progress=progress)
+        arrays[f"{name}_y"] = part.labels.numpy().astype(np.int64)
+    if cache:
+        buffer = io.BytesIO()
+        np.savez(buffer, classes=np.array(splits.classes), **arrays)
+        write_bytes(path, buffer.getvalue())
+    return FeatureSplits(*((arrays[f"{s}_x"], arrays[f"{s}_y"]) for s in ("train", "val", "test")),
+                         classes=list(splits.classes), backbone=backbone, backbone_hash=digest)

@@ -1,0 +1,108 @@
+"""The head's plaintext arithmetic shared by every trainer: feature scaling, batches, NAG, accuracy.
+
+The client standardises features and divides them by sqrt(d) (so a sample has norm about 1 and logits start
+small, inside the polynomial softmax's range), then appends a constant 1 for the bias. Trained weights act on
+these scaled features; ``FeatureScaler.fold`` turns them into weights and bias for the raw backbone features.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from ..errors import ConfigError
+from .softmax import PolySoftmax, softmax
+
+
+@dataclass
+class FeatureScaler:
+    """x -> ((x - mean) / std / sqrt(d), 1): the server's input; `fold` maps trained weights back to raw x."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, features: np.ndarray) -> "FeatureScaler":
+        """Mean and standard deviation per feature (constant features keep a std of 1)."""
+        std = features.std(axis=0)
+        return cls(features.mean(axis=0), np.where(std > 1e-8, std, 1.0))
+
+    @property
+    def factor(self) -> float:
+        return 1.0 / np.sqrt(len(self.mean))
+
+    def transform(self, features: np.ndarray) -> np.ndarray:
+        """Scaled features with the bias column (n x (d + 1)), float64."""
+        scaled = (np.asarray(features, np.float64) - self.mean) / self.std * self.factor
+        return np.concatenate([scaled, np.ones((len(scaled), 1))], axis=1)
+
+    def fold(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(W, b) on raw features equal to `weights` (K x (d + 1)) on scaled ones: W x + b = weights [s(x); 1]."""
+        w = weights[:, :-1] * (self.factor / self.std)
+        return w, weights[:, -1] - w @ self.mean
+
+
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Labels as rows of a K-column identity."""
+    return np.eye(num_classes)[np.asarray(labels)]
+
+
+def accuracy(weights: np.ndarray, x: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy in % of the head `weights` on scaled features `x`."""
+    if len(labels) == 0:
+        return float("nan")
+    return 100.0 * float(np.mean((x @ weights.T).argmax(axis=1) == labels))
+
+
+def cross_entropy(weights: np.ndarray, x: np.ndarray, labels: np.ndarray) -> float:
+    """Mean exact softmax cross-entropy of the head on scaled features (what the client can report)."""
+    p = softmax(x @ weights.T)
+    return float(-np.mean(np.log(p[np.arange(len(labels)), labels] + 1e-12)))
+
+
+def momentum_ratio(momentum: float) -> tuple[int, int]:
+    """Integers (D, N) with N / D = 1 + momentum: the server multiplies by integers to save a level."""
+    if not 0.0 <= momentum < 1.0:
+        raise ConfigError(f"momentum must be in [0, 1), got {momentum}")
+    fraction = Fraction(momentum).limit_denominator(100)
+    if abs(float(fraction) - momentum) > 1e-12:
+        raise ConfigError(f"momentum {momentum} must be a fraction with denominator at most 100 (e.g. 0.9)")
+    return fraction.denominator, fraction.denominator + fraction.numerator
+
+
+def nag_step(u: np.ndarray, w_prev: np.ndarray, x: np.ndarray, y: np.ndarray, poly: PolySoftmax,
+             lr: float, momentum: float) -> tuple[np.ndarray, np.ndarray]:
+    """One Nesterov step at the look-ahead point u: w = u - lr * grad(u); u' = w + momentum * (w - w_prev)."""
+    grad = (poly(x @ u.T) - y).T @ x / len(x)
+    w = u - lr * grad
+    return w, w + momentum * (w - w_prev)
+
+
+@dataclass
+class Schedule:
+    """Training samples in fixed blocks (a block is one ciphertext's worth), batches of whole blocks per epoch.
+
+    The client packs each block once; between epochs only the order of blocks changes, so nothing is
+    re-encrypted. Every trainer (numpy, naive, packed) follows the same schedule.
+    """
+
+    blocks: list[np.ndarray]
+    blocks_per_batch: int
+    seed: int = 0
+
+    @classmethod
+    def make(cls, num_samples: int, block_size: int, batch_size: int, seed: int = 0) -> "Schedule":
+        """Shuffle once into blocks of `block_size`; a batch is max(1, batch_size // block_size) blocks."""
+        order = np.random.default_rng(seed).permutation(num_samples)
+        blocks = [order[i:i + block_size] for i in range(0, num_samples, block_size)]
+        return cls(blocks, max(1, batch_size // block_size), seed)
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """The block indices of each batch of `epoch`."""
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.blocks))
+        return [order[i:i + self.blocks_per_batch].tolist() for i in range(0, len(order), self.blocks_per_batch)]
+
+    def samples(self, block_ids: list[int]) -> np.ndarray:
+        """Sample indices of these blocks, in packing order."""
+        return np.concatenate([self.blocks[b] for b in block_ids])
