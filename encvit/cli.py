@@ -149,6 +149,19 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    import os
+
+    from .study import data_size_study
+
+    sizes = [int(v) for v in (os.environ.get("ENCVIT_STUDY_SIZES") or args.sizes).split(",")]
+    seeds = int(os.environ.get("ENCVIT_STUDY_SEEDS") or args.seeds)
+    patch_lrs = [float(v) for v in args.patch_lrs.split(",")] if args.patch_lrs else []
+    data_size_study(_config_from(args, out=None), args.datasets.split(","), sizes, seeds, patch_lrs, args.out)
+    print(f"study written to {args.out}: study.csv, gaps.csv, study.png")
+    return 0
+
+
 def _training_args(p: argparse.ArgumentParser, with_method: bool = True) -> None:
     p.add_argument("--backbone", default="encvit-tiny", help="encvit-tiny (shipped) or a timm ViT name")
     p.add_argument("--weights", help="local backbone weights (safetensors or torch state dict)")
@@ -243,6 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="repeat every cell with this many seeds")
     p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("study", help="gaps between methods on encrypted images vs training-set size and domain")
+    p.add_argument("kind", choices=["data-size"])
+    _training_args(p, with_method=False)
+    p.add_argument("--datasets", default="fashion5k,mnist5k")
+    p.add_argument("--sizes", default="500,1000,2000,4500", help="training-set sizes (env ENCVIT_STUDY_SIZES)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per cell (env ENCVIT_STUDY_SEEDS)")
+    p.add_argument("--patch-lrs", default="", help="extra proposed arms with these patch-embedding learning rates")
+    p.add_argument("--out", default="runs/study", help="output folder")
+    p.set_defaults(func=cmd_study)
     return parser
 
 

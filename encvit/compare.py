@@ -93,6 +93,53 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     return summary.sort_values(["method", "setting"], key=lambda c: c.map(order)).reset_index(drop=True)
 
 
+# The differences the paper's claims rest on: (label, (method, setting) minus (method, setting)).
+CONTRASTS = (("MeLo: plain - encrypted", ("melo", "plain"), ("melo", "encrypted")),
+             ("encrypted: proposed - MeLo", ("proposed", "encrypted"), ("melo", "encrypted")),
+             ("encrypted: proposed - full", ("proposed", "encrypted"), ("full", "encrypted")),
+             ("encrypted: full - MeLo", ("full", "encrypted"), ("melo", "encrypted")))
+
+
+def paired_differences(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Seed-paired differences of test accuracy for CONTRASTS, with a paired t-test and a 95% interval.
+
+    A difference is called supported only when the interval excludes zero (p < alpha), which needs >= 2 seeds.
+    """
+    by_run = table.set_index(["method", "setting", "seed"]).test_acc.sort_index()
+    rows = []
+    for label, first, second in CONTRASTS:
+        try:
+            a, b = by_run.loc[first], by_run.loc[second]
+        except KeyError:
+            continue
+        seeds = sorted(set(a.index) & set(b.index))
+        diff = (a.loc[seeds] - b.loc[seeds]).to_numpy()
+        n = len(diff)
+        if n >= 2 and diff.std(ddof=1) > 0:
+            p = float(stats.ttest_rel(a.loc[seeds], b.loc[seeds]).pvalue)
+            half = stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / np.sqrt(n)
+        else:
+            p, half = float("nan"), float("nan")
+        rows.append({"contrast": label, "mean_diff": diff.mean(), "ci95": half, "p_value": p, "seeds": n,
+                     "supported": bool(p < alpha)})
+    return pd.DataFrame(rows)
+
+
+def differences_markdown(diffs: pd.DataFrame) -> str:
+    """Paired differences as a Markdown table."""
+    if diffs.empty:
+        return ""
+    lines = ["", "Seed-paired differences of test accuracy (points); a difference is called a difference only "
+             "when its 95% interval excludes zero (paired t-test p < 0.05).", "",
+             "| contrast | mean difference | 95% interval | p | seeds | a difference? |", "|---|---|---|---|---|---|"]
+    for r in diffs.itertuples():
+        interval = f"[{r.mean_diff - r.ci95:+.2f}, {r.mean_diff + r.ci95:+.2f}]" if r.ci95 == r.ci95 else "-"
+        p = f"{r.p_value:.3f}" if r.p_value == r.p_value else "-"
+        verdict = "yes" if r.supported else ("no" if r.seeds >= 2 else "needs >= 2 seeds")
+        lines.append(f"| {r.contrast} | {r.mean_diff:+.2f} | {interval} | {p} | {r.seeds} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(summary: pd.DataFrame, meta: dict) -> str:
     """The summary as a Markdown table: one row per method, one accuracy column per setting."""
     many = summary.seeds.max() > 1
@@ -152,7 +199,9 @@ def write_results(table: pd.DataFrame, out: Path, meta: dict) -> None:
     summary = summarise(table)
     write_text(out / "results.csv", table.to_csv(index=False))
     write_text(out / "summary.csv", summary.to_csv(index=False))
-    write_text(out / "results.md", markdown(summary, meta))
+    diffs = paired_differences(table)
+    write_text(out / "differences.csv", diffs.to_csv(index=False))
+    write_text(out / "results.md", markdown(summary, meta) + differences_markdown(diffs))
     write_text(out / "meta.json", json.dumps(meta, indent=1))
     chart(summary, meta, out / "results.png")
 
