@@ -8,8 +8,9 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
 
+# The demo app on the shipped backbone and adapters, offline, at http://localhost:8501
 demo: setup
-	$(PY) scripts/cipher_figure.py
+	STREAMLIT_BROWSER_GATHER_USAGE_STATS=false $(VENV)/bin/streamlit run app/Home.py --server.headless true
 
 test: setup
 	$(PY) -m pytest

@@ -30,9 +30,9 @@ from .train import TrainConfig, train
 SETTINGS = ("plain", "encrypted")
 
 
-def run_name(method: str, setting: str, seed: int, seeds: int) -> str:
-    """The folder of one run inside a comparison."""
-    return f"{method}-{setting}" + (f"-seed{seed}" if seeds > 1 else "")
+def run_name(method: str, setting: str, seed: int, first_seed: int = 0) -> str:
+    """The folder of one run inside a comparison: `melo-encrypted` for the first seed, then `-seed1`, ..."""
+    return f"{method}-{setting}" + (f"-seed{seed}" if seed != first_seed else "")
 
 
 def compare(base: TrainConfig, methods=METHODS, settings=SETTINGS, seeds: int = 1, out: str | Path | None = None,
@@ -56,7 +56,7 @@ def compare(base: TrainConfig, methods=METHODS, settings=SETTINGS, seeds: int = 
     for seed in range(base.seed, base.seed + seeds):
         for setting in settings:
             for method in methods:
-                name = run_name(method, setting, seed, seeds)
+                name = run_name(method, setting, seed, base.seed)
                 config = replace(base, method=method, seed=seed, lr=base.lr,
                                  key=base.key if setting == "encrypted" else None,
                                  passphrase=passphrase if setting == "encrypted" and not base.key else None,

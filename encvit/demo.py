@@ -37,6 +37,9 @@ class Geometry:
     channels: int
     class_names: tuple[str, ...]
 
+    def __str__(self) -> str:
+        return f"{self.image_size} px, {self.channels} channels, {len(self.class_names)} classes"
+
 
 @dataclass(frozen=True)
 class DemoImage:
@@ -56,9 +59,8 @@ def geometry(infos: dict[str, AdapterInfo]) -> Geometry:
     (first, shape), *rest = shapes.items()
     for name, other in rest:
         if other != shape:
-            raise ConfigError(f"runs {first} and {name} take different inputs ({shape.image_size} px, "
-                              f"{shape.channels} channels, {len(shape.class_names)} classes vs {other.image_size} px, "
-                              f"{other.channels} channels, {len(other.class_names)} classes): choose runs of one comparison")
+            raise ConfigError(f"runs {first} and {name} take different inputs ({shape} vs {other}): "
+                              "choose runs of one comparison")
     return shape
 
 
@@ -191,7 +193,8 @@ def prediction_table(predictions: dict[str, list[list[tuple[str, float]]]], info
     rows = []
     for name, per_image in predictions.items():
         info = infos[name]
-        row = {"run": name, "method": info.method, "sees": "encrypted" if is_encrypted(info) else "plain"}
+        row = {"run": name if info.method in name else f"{name} ({info.method})",
+               "sees": "encrypted" if is_encrypted(info) else "plain"}
         for rank, (cls, p) in enumerate(per_image[index], 1):
             row[f"top-{rank}"] = f"{cls} {100 * p:.0f}%"
         if label is not None:
@@ -207,11 +210,11 @@ def parameter_rows(backbones: Iterable[str] = (PAPER_BACKBONE, "encvit-tiny"), n
     for backbone in backbones:
         for method, c in parameter_table(backbone, num_classes).items():
             rows.append({"backbone": backbone, "method": method, "trainable": c["trainable"],
-                         "millions (10^6)": round(c["millions"], 3), "paper M (2^20)": round(c["paper_m"], 3),
-                         "% of full": round(c["percent_of_full"], 2),
+                         "millions (10^6)": c["millions"], "paper M (2^20)": c["paper_m"],
+                         "% of full": c["percent_of_full"],
                          "paper (ViT-B/16)": PAPER_COUNTS_M[method] if backbone == PAPER_BACKBONE else None})
     imagenet = parameter_table(PAPER_BACKBONE, 1000)["full"]["trainable"]
     rows.append({"backbone": PAPER_BACKBONE, "method": "full, 1000-class head", "trainable": imagenet,
-                 "millions (10^6)": round(imagenet / 1e6, 3), "paper M (2^20)": round(imagenet / PAPER_UNIT, 3),
+                 "millions (10^6)": imagenet / 1e6, "paper M (2^20)": imagenet / PAPER_UNIT,
                  "% of full": None, "paper (ViT-B/16)": PAPER_COUNTS_M["full"]})
     return pd.DataFrame(rows)

@@ -5,8 +5,11 @@ Every function returns a matplotlib Figure with a title and labelled axes; the c
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from torch import nn
@@ -64,9 +67,10 @@ def draw_block_grid(ax, shape: tuple[int, int], block_size: int, color: str = "w
 
 
 def plot_block_grid(images: list[np.ndarray], titles: list[str], block_size: int, suptitle: str,
-                    highlight: list[int] | None = None) -> Figure:
+                    highlight: list[int] | None = None, size: float = 3.6) -> Figure:
     """Images side by side with their M x M block grid drawn over them (and some blocks outlined)."""
-    fig, axes = plt.subplots(1, len(images), figsize=(3.6 * len(images), 3.2), squeeze=False)
+    h, w = images[0].shape[:2]
+    fig, axes = plt.subplots(1, len(images), figsize=(size * len(images), size * h / w + 0.9), squeeze=False)
     for ax, image, title in zip(axes[0], images, titles):
         _show(ax, image, title)
         draw_block_grid(ax, image.shape[:2], block_size, highlight=highlight)
@@ -175,7 +179,7 @@ def plot_block_histogram(plain: np.ndarray, encrypted: np.ndarray, block_size: i
 
 
 def uniform_blocks(images: torch.Tensor, block_size: int) -> torch.Tensor:
-    """N x L mask of the blocks of N x C x H x W images that hold one value only (unchanged by any permutation)."""
+    """N x L mask of the blocks of N x C x H x W images (any dtype) holding one value: no permutation changes them."""
     n, c, h, w = images.shape
     m = block_size
     blocks = images.reshape(n, c, h // m, m, w // m, m).permute(0, 2, 4, 1, 3, 5).reshape(n, (h // m) * (w // m), -1)
@@ -216,8 +220,36 @@ def plot_token_similarity(similarities: dict[str, torch.Tensor], grid: tuple[int
         axes[1 + i].set_ylabel("patch row")
     fig.colorbar(image, ax=axes[1:].tolist(), shrink=0.8, label="cosine similarity")
     axes[0].set_xlabel("cosine similarity of a patch token, plain vs encrypted")
-    axes[0].set_ylabel("number of tokens")
-    axes[0].set_title("all tokens of all images" if include is None else f"{int(include.sum())} selected tokens")
+    axes[0].set_yscale("log")  # tokens that match exactly would otherwise dwarf the rest
+    axes[0].set_ylabel("number of tokens (log scale)")
+    axes[0].set_title("all tokens" if include is None else f"{int(include.sum())} of {include.numel()} tokens")
     axes[0].legend(fontsize=7, loc="upper left")
     fig.suptitle(suptitle)
+    return fig
+
+
+def plot_training_curves(folder: str | Path, runs: pd.DataFrame, suptitle: str | None = None) -> Figure:
+    """Per method, test accuracy after each epoch on plain and encrypted images (from each run's metrics.csv).
+
+    `runs` is the run table of `encvit.compare.load_results(folder)`; with several seeds every seed is a line.
+    """
+    methods = list(dict.fromkeys(runs.method))
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.0 * len(methods), 2.8), sharey=True, squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        last_epoch = 0
+        for _, run in runs[runs.method == method].iterrows():
+            metrics = pd.read_csv(Path(folder) / run["run"] / "metrics.csv")
+            last_epoch = max(last_epoch, int(metrics.epoch.max()))
+            colour = "C0" if run.setting == "plain" else "C1"
+            ax.plot(metrics.epoch, metrics.test_acc, marker="o", color=colour, alpha=0.8,
+                    label=run.setting if run.seed == runs.seed.min() else None)
+        ax.set_title(method)
+        ax.set_xlabel("epoch")
+        ax.set_xlim(0.5, max(last_epoch, 1) + 0.5)
+        ax.set_xticks(np.unique(np.linspace(1, max(last_epoch, 1), min(max(last_epoch, 1), 8)).round().astype(int)))
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("test accuracy (%)")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=2)
+    fig.suptitle(suptitle or "Test accuracy after each epoch")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig

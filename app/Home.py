@@ -1,0 +1,152 @@
+"""The encvit demo: encrypt images with a key and classify them with adapters trained on encrypted images.
+
+Run with `streamlit run app/Home.py`. This script only lays out widgets; the work is in `encvit.demo`.
+"""
+from pathlib import Path
+
+import streamlit as st
+import torch
+
+from encvit import demo
+from encvit.cipher import Key
+from encvit.errors import EncvitError
+from encvit.predict import find_runs, load_runs, shipped_comparison
+from encvit.samples import DEMO_PASSPHRASE, list_samples
+
+st.set_page_config(page_title="encvit demo", page_icon="🔐", layout="wide")
+# A few images through a small ViT: a second thread saves little, and on a busy machine its synchronisation
+# made one page run 70x slower (5 s instead of 0.07 s on 2 cores under load).
+torch.set_num_threads(1)
+
+
+@st.cache_resource(show_spinner="Loading the backbone and adapters…", max_entries=4)
+def cached_runs(folder: str, stamp: tuple):
+    """Every run below `folder` as (model, adapter info): loaded once, and again when an adapter file changes."""
+    return load_runs(folder)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def passphrase_key(passphrase: str, block_size: int, channels: int) -> Key:
+    """The key of a passphrase (scrypt takes a moment, so each one is derived once)."""
+    return Key.generate(block_size, channels, passphrase=passphrase)
+
+
+st.title("Classifying encrypted images")
+st.caption("An image is encrypted block by block with a secret key; ViTs fine-tuned on images encrypted with that "
+           "key classify it without seeing the plain image. Try another key and watch the predictions go wrong.")
+
+# ---- adapters ----------------------------------------------------------------------------------------
+sidebar = st.sidebar
+sidebar.header("Adapters")
+source = sidebar.radio("Runs", ["Shipped comparison (fashion5k)", "Run directories in a folder"], key="runs_source")
+folder = str(shipped_comparison())
+if source != "Shipped comparison (fashion5k)":
+    folder = sidebar.text_input("Folder holding run directories", key="runs_folder",
+                                placeholder="e.g. runs/compare-fashion")
+    if not folder:
+        st.info("Name a folder holding run directories (each with adapter.safetensors) in the sidebar.")
+        st.stop()
+try:
+    found = find_runs(folder)
+    if not found:
+        raise EncvitError(f"{folder} holds no run directories (no adapter.safetensors below it)")
+    stamp = tuple((name, (run / "adapter.safetensors").stat().st_mtime_ns) for name, run in found.items())
+    models = cached_runs(str(Path(folder).resolve()), stamp)
+except EncvitError as exc:
+    st.error(str(exc))
+    st.stop()
+
+infos = {name: info for name, (_, info) in models.items()}
+if st.session_state.get("runs_of") != folder or "runs" not in st.session_state:
+    # Another folder (or back from the other page): start from its default runs, not from an empty choice.
+    st.session_state.runs, st.session_state.runs_of = demo.default_runs(infos), folder
+chosen = sidebar.multiselect("Runs to compare", sorted(infos), key="runs",
+                             help="Encrypted runs see the encrypted image, plain runs the plain one.")
+chosen_models = {name: models[name] for name in chosen}
+try:
+    shape = demo.geometry({name: infos[name] for name in chosen} or infos)
+except EncvitError as exc:
+    st.error(str(exc))
+    st.stop()
+
+# ---- key ---------------------------------------------------------------------------------------------
+sidebar.header("Key")
+key_source = sidebar.radio("Key from", ["Passphrase", "Key file", "New random key"], key="key_source")
+key = None
+if key_source == "Passphrase":
+    passphrase = sidebar.text_input("Passphrase", value=DEMO_PASSPHRASE, key="passphrase",
+                                    help=f"The shipped encrypted adapters were trained with {DEMO_PASSPHRASE!r}.")
+    if passphrase:
+        key = passphrase_key(passphrase, shape.patch_size, shape.channels)
+    else:
+        sidebar.warning("Type a passphrase.")
+elif key_source == "Key file":
+    upload = sidebar.file_uploader("Key file (JSON)", type=["json"], key="key_file")
+    if upload is not None:
+        try:
+            key = demo.key_from_bytes(upload.getvalue(), upload.name)
+        except EncvitError as exc:
+            st.error(str(exc))
+else:
+    another = sidebar.button("Generate another", key="new_random_key")
+    if another or "random_key" not in st.session_state:
+        st.session_state.random_key = Key.generate(shape.patch_size, shape.channels)
+    key = st.session_state.random_key
+if key is None:
+    st.info("Choose a key in the sidebar: a passphrase, a key file or a new random key.")
+    st.stop()
+sidebar.markdown(f"Fingerprint: `{key.fingerprint}`")
+sidebar.caption(key.describe())
+try:
+    demo.check_key(key, shape)
+except EncvitError as exc:
+    st.error(str(exc))
+    st.stop()
+grid = sidebar.checkbox("Show the block grid", value=False, key="grid")
+
+# ---- images ------------------------------------------------------------------------------------------
+st.header("Images")
+samples = {s.path.name + (f" ({s.label})" if s.label else ""): s for s in list_samples()}
+picked = st.multiselect("Shipped samples", list(samples), key="samples",
+                        default=[n for n, s in samples.items() if s.label in shape.class_names][:3])
+uploads = st.file_uploader("Or upload PNG / JPEG images", type=["png", "jpg", "jpeg"], accept_multiple_files=True,
+                           key="uploads")
+images = demo.sample_images([samples[n] for n in picked], shape)
+uploaded, errors = demo.read_uploads(((u.name, u.getvalue()) for u in uploads or []), shape)
+for message in errors:
+    st.error(message)
+images += uploaded
+if not images:
+    st.info("Pick a shipped sample or upload an image.")
+    st.stop()
+
+mismatch = demo.key_mismatch({name: infos[name] for name in chosen}, key)
+if mismatch:
+    st.warning(mismatch, icon="⚠️")
+
+name, data, mime = demo.encrypted_download(images, key)
+key_name, key_data = demo.key_download(key)
+left, right, _ = st.columns([2, 1, 2])
+left.download_button("Download encrypted " + ("image" if len(images) == 1 else f"images (zip of {len(images)})"),
+                     data, file_name=name, mime=mime, key="download_images", on_click="ignore")
+right.download_button("Download key file", key_data, file_name=key_name, mime="application/json",
+                      key="download_key", on_click="ignore")
+
+# ---- predictions -------------------------------------------------------------------------------------
+predictions = demo.classify(chosen_models, images, key)
+factor = demo.display_factor(shape.image_size)
+st.header("Predictions")
+st.caption(f"Models take {shape.image_size}x{shape.image_size} images; the key permutes every "
+           f"{key.block_size}x{key.block_size} block. Shown enlarged {factor}x (nearest neighbour).")
+for index, image in enumerate(images):
+    with st.container(border=True):
+        original, encrypted, table = st.columns([1, 1, 3])
+        original.image(demo.enlarge(image.array, factor, key.block_size if grid else None), caption=image.name)
+        encrypted.image(demo.enlarge(key.encrypt(image.array), factor, key.block_size if grid else None),
+                        caption=f"encrypted with {key.fingerprint}")
+        if image.label:
+            table.markdown(f"True label: **{image.label}**")
+        if predictions:
+            table.table(demo.prediction_table(predictions, infos, index, image.label))
+        else:
+            table.info("Choose runs to compare in the sidebar.")

@@ -1,0 +1,196 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Comparing the three fine-tuning methods
+#
+# The paper (Lin, Imaizumi, Kiya 2025) fine-tunes a pretrained ViT on block-wise encrypted images in three ways:
+#
+# | method | what trains |
+# |---|---|
+# | **full** fine-tuning | every parameter |
+# | **MeLo** | LoRA (rank 4) on the q and v slices of every block's attention, and a new head; patch embedding frozen |
+# | **proposed** | MeLo + the patch embedding (conv weight and bias); the position embedding stays frozen |
+#
+# Notebook 01 showed why this matters: a frozen patch embedding sees encrypted blocks as other inputs, while a
+# trainable one can learn E Pᵀ and see them as the plain blocks again. Here we look at what `encvit compare` measured:
+# every method on plain and on encrypted images, with the shipped backbone `encvit-tiny` on Fashion-MNIST.
+#
+# By default the notebook **loads the shipped results** (`encvit.predict.shipped_comparison()`). Set
+# `ENCVIT_RERUN=1` to rerun the comparison at a small size instead (a few minutes on a laptop CPU;
+# `ENCVIT_QUICK=1`, set by the test suite, makes every size smaller still).
+
+# %%
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notice about a missing widget library
+
+import pandas as pd
+import torch
+from IPython.display import Image, Markdown, display
+
+from encvit import viz
+from encvit.backbones import create_skeleton
+from encvit.compare import chart, compare, load_results, markdown
+from encvit.predict import shipped_comparison
+from encvit.report import PAPER_COUNTS_M, PAPER_UNIT, parameter_table
+from encvit.samples import DEMO_PASSPHRASE
+from encvit.train import TrainConfig, evaluate_run
+
+# encvit.compare selects matplotlib's file-only backend (Agg): return to figures shown in the notebook
+# %matplotlib inline
+
+QUICK = os.environ.get("ENCVIT_QUICK") == "1"
+RERUN = os.environ.get("ENCVIT_RERUN") == "1"
+RERUN_LIMIT = 100 if QUICK else 1000  # images per split when rerunning the comparison
+RERUN_EPOCHS = 1 if QUICK else 3
+EVAL_LIMIT = 200 if QUICK else 2000  # test images for the wrong-key evaluation
+viz.notebook_style()
+if QUICK:
+    torch.set_num_threads(1)  # the test suite runs beside other jobs: one thread avoids contention
+print(f"quick mode: {QUICK}; rerun: {RERUN}")
+
+# %% [markdown]
+# ## 1 · The results table
+
+# %%
+if RERUN:
+    folder = Path(tempfile.mkdtemp(prefix="encvit-02-"))  # scratch, removed at the end of section 5
+    compare(TrainConfig(limit=RERUN_LIMIT, epochs=RERUN_EPOCHS, progress=False), out=folder)
+else:
+    folder = shipped_comparison()
+runs, summary, meta = load_results(folder)
+print(f"results from {'a rerun in ' + str(folder) if RERUN else 'the shipped comparison'}: "
+      f"backbone {meta['backbone']}, dataset {meta['dataset']}, {meta['epochs']} epoch(s), {meta['seeds']} seed(s), "
+      f"{int(runs.train_images.iloc[0]):,} training images per run")
+display(Markdown(markdown(summary, meta)))
+
+# %% [markdown]
+# One row per method. *trainable* counts the parameters the method updates (read from `requires_grad`), *% of
+# full* relates it to full fine-tuning, *plain* and *encrypted* are test accuracies (%) of the run trained and
+# tested on plain or on encrypted images, *adapter* is the size of what the run saves (for full fine-tuning the
+# whole model; for the LoRA methods only the LoRA matrices, the head and, for *proposed*, the patch embedding).
+
+# %% [markdown]
+# ## 2 · The bar chart
+
+# %%
+with tempfile.TemporaryDirectory() as scratch:
+    chart(summary, meta, Path(scratch) / "results.png")
+    display(Image(filename=Path(scratch) / "results.png"))
+
+# %% [markdown]
+# *Figure 1. Test accuracy of each method, trained and tested on plain (blue) and on encrypted (orange) images,
+# drawn by `encvit.compare.chart` (the same figure `encvit compare` writes as `results.png`). With several seeds
+# the error bars are 95% intervals.*
+
+# %% [markdown]
+# ## 3 · Parameter counts at paper scale: ViT-B/16 in 10⁶ and in 2²⁰
+#
+# The shipped backbone is small; the paper's is timm's `vit_base_patch16_224`. `parameter_table` builds it on
+# PyTorch's meta device (no memory, no download), applies each method and counts what trains, for a 10-class head.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+table = pd.DataFrame(parameter_table("vit_base_patch16_224", num_classes=10)).T
+table["paper (M)"] = pd.Series(PAPER_COUNTS_M)
+table.index.name = "method"
+print(table.to_string(formatters={"trainable": "{:,.0f}".format, "millions": "{:.3f}".format,
+                                  "paper_m": "{:.3f}".format, "percent_of_full": "{:.2f}".format,
+                                  "paper (M)": "{:.2f}".format}))
+
+# %% [markdown]
+# Columns: *trainable* exact, *millions* = trainable / 10⁶, *paper_m* = trainable / 2²⁰, *percent_of_full*, and the
+# count printed in the paper. The paper's MeLo and proposed counts match *paper_m*, not *millions*: the paper's "M"
+# is 2²⁰ = 1,048,576, not 10⁶.
+#
+# Its 82.56M for full fine-tuning is the stock ImageNet model with its 1000-class head, counted in the same unit:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+stock = sum(p.numel() for p in create_skeleton("vit_base_patch16_224").parameters())
+print(f"vit_base_patch16_224 with the 1000-class head: {stock:,} parameters")
+print(f"  / 10^6 = {stock / 1e6:.2f}")
+print(f"  / 2^20 = {stock / PAPER_UNIT:.2f}   (the paper's 82.56)")
+
+# %% [markdown]
+# So 86,567,656 / 2²⁰ = 82.56. With a 10-class head full fine-tuning trains fewer (85,806,346, i.e. 81.83 in the
+# paper's unit); MeLo trains about 0.18% of that and the proposed method, adding the 590,592 parameters of the patch
+# embedding, under 1%.
+
+# %% [markdown]
+# ## 4 · Accuracy per method: plain vs encrypted
+
+# %%
+accuracy = summary.pivot(index="method", columns="setting", values="test_acc").loc[
+    list(dict.fromkeys(summary.method)), ["plain", "encrypted"]]
+accuracy["encrypted - plain"] = accuracy.encrypted - accuracy.plain
+accuracy.round(2)
+
+# %% [markdown]
+# Test accuracy (%) per method on plain and on encrypted images, and what encryption costs (a negative last column
+# is a loss). The paper's claim, at ViT-B/16 scale on CIFAR-10, is that MeLo loses accuracy on encrypted images
+# and that the proposed method does not; whether this small setting shows it is read from the numbers above,
+# and the study of section 6 asks how that depends on the data.
+
+# %%
+fig = viz.plot_training_curves(folder, runs, f"{meta['backbone']} on {meta['dataset']}: "
+                                             f"test accuracy after each epoch, plain vs encrypted")
+
+# %% [markdown]
+# *Figure 2. Test accuracy after each epoch of every run, one panel per method; blue: trained and tested on plain
+# images, orange: on encrypted images (read from each run's `metrics.csv`).*
+
+# %% [markdown]
+# ## 5 · What a wrong key gives
+#
+# An adapter trained on encrypted images only works on images encrypted with the same key. `evaluate_run` refuses
+# another key unless `allow_key_mismatch=True`. We evaluate the shipped encrypted MeLo and proposed runs with the
+# right key, with a key from another passphrase and on plain images. There are 10 classes, so chance is 10%.
+
+# %%
+rows = []
+for run_name in ("melo-encrypted", "proposed-encrypted"):
+    for label, passphrase in (("right key", DEMO_PASSPHRASE), ("wrong key", "some other passphrase"),
+                              ("no key (plain images)", None)):
+        result = evaluate_run(folder / run_name, passphrase=passphrase, allow_key_mismatch=True, limit=EVAL_LIMIT)
+        rows.append({"run": run_name, "evaluated with": label, "key": result["given_key"],
+                     "trained with": result["trained_key"], "test images": result["images"],
+                     "accuracy (%)": round(result["accuracy"], 2)})
+wrong_key = pd.DataFrame(rows)
+wrong_key
+
+# %% [markdown]
+# With the right key the accuracy is the run's own (on this subset of the test set). With a wrong key it should
+# fall to around chance, 10%: the model has adapted to the key's permutation, and blocks shuffled by another
+# permutation are noise to it. Plain images are just another "wrong key" (the identity permutation).
+# (Without `allow_key_mismatch=True`, `evaluate_run` raises a `KeyMismatchError` naming both fingerprints
+# instead.)
+
+# %%
+if RERUN:
+    shutil.rmtree(folder)  # the rerun's run directories were scratch
+    print(f"removed the rerun's folder {folder}")
+
+# %% [markdown]
+# ## 6 · Seeds and when the proposed method helps
+#
+# *This section is added by the study (`encvit study`): it repeats the comparison over several seeds and
+# training-set sizes and asks when the proposed method's gain over MeLo on encrypted images is larger than the
+# spread between seeds. No code here yet.*
