@@ -29,12 +29,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from encvit.methods import LORA_METHODS, METHODS
+from encvit.timing import synchronize, timed
 
 DEFAULT_BACKBONES = ("vit_base_patch16_224", "encvit-tiny")
 NUM_CLASSES = 10
@@ -43,17 +43,6 @@ GOALS = {"step": 0.75, "peak": 0.80, "merged": 1.05}  # for vit_base_patch16_224
 
 
 # ---- measuring one backbone x method (runs in a worker process) ------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
 
 
 def _rss_bytes() -> int:
@@ -108,7 +97,7 @@ def measure(backbone: str, method: str, batch: int, steps: int, warmup: int, dev
     from encvit.adapters import AdapterInfo, save_adapter
     from encvit.backbones import describe
     from encvit.lora import merge_lora
-    from encvit.loop import autocast_for, param_groups
+    from encvit.loop import autocast_for, backward_and_step, param_groups
     from encvit.methods import count_trainable, prepare
 
     dev = torch.device(device)
@@ -124,7 +113,7 @@ def measure(backbone: str, method: str, batch: int, steps: int, warmup: int, dev
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     autocast, scaler = autocast_for(dev, amp)
 
-    _sync(dev)
+    synchronize(dev)
     if dev.type == "cuda":
         base_memory = torch.cuda.memory_allocated(dev)
         torch.cuda.reset_peak_memory_stats(dev)
@@ -134,17 +123,10 @@ def measure(backbone: str, method: str, batch: int, steps: int, warmup: int, dev
     def step() -> None:
         with autocast:
             loss = criterion(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        backward_and_step(loss, optimizer, scaler)
 
-    step_times = [_timed(step, dev) for _ in range(warmup + steps)][warmup:]
-    _sync(dev)
+    step_times = [timed(step, dev) for _ in range(warmup + steps)][warmup:]
+    synchronize(dev)
     # Read the peak before anything else (inference copies, the adapter file) can raise it.
     peak_memory = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _peak_rss_bytes()
     optimizer_bytes = sum(t.numel() * t.element_size() for state in optimizer.state.values()
@@ -174,7 +156,7 @@ def measure(backbone: str, method: str, batch: int, steps: int, warmup: int, dev
                 def forward(net=models[name]):
                     with autocast:
                         net(x)
-                seconds = _timed(forward, dev)
+                seconds = timed(forward, dev)
                 if round_ >= warmup:
                     infer[name].append(seconds)
 

@@ -17,7 +17,6 @@ import argparse
 import shlex
 import statistics
 import sys
-import time
 
 import torch
 from torch import nn
@@ -25,25 +24,15 @@ from torchvision.transforms.v2 import functional as TF
 
 from encvit.backbones import EMBEDDED, create_backbone, describe
 from encvit.cipher import Key
-from encvit.loop import autocast_for, param_groups, warmup_cosine
+from encvit.loop import autocast_for, backward_and_step, param_groups, warmup_cosine
 from encvit.methods import METHODS, prepare
 from encvit.preprocess import BatchPreprocess
+from encvit.timing import timed
 
 NUM_CLASSES = 10
 GOAL = 0.03  # encryption may add at most 3% to the step time
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
 
 
 def measure(backbone: str, method: str, batch: int, steps: int, warmup: int, device: torch.device,
@@ -78,14 +67,7 @@ def measure(backbone: str, method: str, batch: int, steps: int, warmup: int, dev
         x = prep(x)
         with autocast:
             loss = criterion(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        backward_and_step(loss, optimizer, scaler)
         scheduler.step()
         loss.item()  # fit reads the loss every step
 
@@ -94,7 +76,7 @@ def measure(backbone: str, method: str, batch: int, steps: int, warmup: int, dev
         x, y = pool[i % len(pool)]
         order = ("plain", "encrypted") if i % 2 == 0 else ("encrypted", "plain")
         for setting in order:
-            seconds = _timed(lambda: step(x, y, preprocess[setting]), device)
+            seconds = timed(lambda: step(x, y, preprocess[setting]), device)
             if i >= warmup:
                 times[setting].append(seconds)
 
@@ -104,7 +86,7 @@ def measure(backbone: str, method: str, batch: int, steps: int, warmup: int, dev
     if resized.shape[1] != geometry.channels:
         resized = resized.expand(-1, geometry.channels, -1, -1)
     key.encrypt(resized)  # build the index map once, as the first training step does
-    encrypt_s = statistics.median(_timed(lambda: key.encrypt(resized), device) for _ in range(max(5, steps)))
+    encrypt_s = statistics.median(timed(lambda: key.encrypt(resized), device) for _ in range(max(5, steps)))
     return {"backbone": backbone, "method": method, "batch": batch, "image_size": geometry.image_size,
             "plain_s": statistics.median(times["plain"]), "encrypted_s": statistics.median(times["encrypted"]),
             "encrypt_s": encrypt_s, "key": key.describe()}

@@ -57,7 +57,7 @@ def compare(base: TrainConfig, methods=METHODS, settings=SETTINGS, seeds: int = 
         for setting in settings:
             for method in methods:
                 name = run_name(method, setting, seed, base.seed)
-                config = replace(base, method=method, seed=seed, lr=base.lr,
+                config = replace(base, method=method, seed=seed, lr=base.lr, test_every_epoch=False,
                                  key=base.key if setting == "encrypted" else None,
                                  passphrase=passphrase if setting == "encrypted" and not base.key else None,
                                  out=str(out / name) if out else None, overwrite=True)

@@ -43,6 +43,8 @@ class ImageSet:
     def subset(self, index) -> "ImageSet":
         """The images at `index` (indices or a boolean mask)."""
         index = torch.as_tensor(index)
+        if index.dtype != torch.bool:
+            index = index.long()
         return ImageSet(self.images[index], self.labels[index], self.classes)
 
 

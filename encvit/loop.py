@@ -35,6 +35,7 @@ class LoopSettings:
     amp: str = "auto"
     seed: int = 0
     progress: bool = True
+    test_every_epoch: bool = True  # False: the test set is evaluated after the last epoch only (faster grids)
 
 
 class _Batches(Dataset):
@@ -90,6 +91,18 @@ def batches(images: ImageSet, batch_size: int, shuffle: bool, seed: int, epoch: 
     # Workers would only copy in-memory tensors between processes: the main process batches faster.
     return DataLoader(data, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
                       num_workers=0, pin_memory=device.type == "cuda")
+
+
+def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler=None) -> None:
+    """One optimizer step from `loss`, through the fp16 gradient scaler when there is one."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
 
 
 def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
@@ -166,14 +179,7 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, test: ImageSet | None,
             x = preprocess(x)
             with autocast:
                 loss = criterion(trained(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            backward_and_step(loss, optimizer, scaler)
             scheduler.step()
             total_loss += loss.item() * len(y)
             seen += len(y)
@@ -181,7 +187,8 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, test: ImageSet | None,
         seconds = time.perf_counter() - start
         row = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1),
                "val_acc": evaluate(model, val, preprocess, device, amp=settings.amp),
-               "test_acc": evaluate(model, test, preprocess, device, amp=settings.amp) if test is not None else float("nan"),
+               "test_acc": evaluate(model, test, preprocess, device, amp=settings.amp)
+               if test is not None and (settings.test_every_epoch or epoch + 1 == settings.epochs) else float("nan"),
                "seconds": seconds, "lr": optimizer.param_groups[0]["lr"]}
         rows.append(row)
         if rank == 0 and on_epoch is not None:

@@ -10,7 +10,6 @@ Counts are read from ``requires_grad``, never from a table.
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from .errors import ConfigError

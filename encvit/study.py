@@ -55,6 +55,7 @@ def data_size_study(base: TrainConfig, datasets=("fashion5k", "mnist5k"), sizes=
             for seed in range(base.seed, base.seed + seeds):
                 for method, patch_lr in arms:
                     config = replace(base, dataset=dataset, method=method, seed=seed, patch_lr=patch_lr,
+                                     test_every_epoch=False,
                                      passphrase=passphrase, key=None, out=None, limit=None)
                     result = train(config, splits=splits, backbone=copy.deepcopy(backbone))
                     rows.append({"dataset": dataset, "size": size, "seed": seed, "arm": arm_name(method, patch_lr),

@@ -61,6 +61,7 @@ class TrainConfig:
     limit: int | None = None
     amp: str = "auto"
     progress: bool = True
+    test_every_epoch: bool = True
     out: str | None = None
     overwrite: bool = False
     extras: dict = field(default_factory=dict)
@@ -125,7 +126,7 @@ def train(config: TrainConfig, splits: Splits | None = None, backbone: torch.nn.
     settings = LoopSettings(epochs=config.epochs, lr=config.learning_rate, batch_size=config.batch_size,
                             weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs,
                             label_smoothing=config.label_smoothing, patch_lr=config.patch_lr, amp=config.amp,
-                            seed=config.seed, progress=config.progress)
+                            seed=config.seed, progress=config.progress, test_every_epoch=config.test_every_epoch)
     staging = out.with_name(out.name + ".partial") if out and rank == 0 else None
     if staging:
         shutil.rmtree(staging, ignore_errors=True)
