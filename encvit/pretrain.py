@@ -82,7 +82,7 @@ A small timm `VisionTransformer` pretrained from scratch by this project, so tha
   random horizontal flips {'on' if config.hflip else 'off'}, seed {config.seed}, plain (unencrypted) images.
 - **Accuracy:** {result['test_acc']:.2f}% on the {result['test_images']:,} Fashion-MNIST test images;
   {result['val_acc']:.2f}% on validation.
-- **Time:** {result['seconds'] / 60:.1f} minutes on {torch.get_num_threads()} CPU threads ({platform.processor() or platform.machine()}),
+- **Time:** {result['seconds'] / 60:.1f} minutes on {torch.get_num_threads()} CPU thread(s) ({platform.processor() or platform.machine()}),
   torch {torch.__version__}, timm {timm.__version__}.
 - **Regenerate:** `encvit pretrain --epochs {config.epochs}` (writes `{weights.name}` and this card).
 
