@@ -173,7 +173,7 @@ def _training_args(p: argparse.ArgumentParser, with_method: bool = True) -> None
         p.add_argument("--method", required=True, choices=["full", "melo", "proposed"])
     _key_args(p)
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--lr", type=float, help="learning rate (default per method: full 5e-4, melo/proposed 1e-2)")
+    p.add_argument("--lr", type=float, help="learning rate (default per method: full 2e-3, melo/proposed 1e-2)")
     p.add_argument("--patch-lr", type=float, help="separate learning rate for the patch embedding (proposed)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--weight-decay", type=float, default=0.01)
@@ -266,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-lrs", default="", help="extra proposed arms with these patch-embedding learning rates")
     p.add_argument("--out", default="runs/study", help="output folder")
     p.set_defaults(func=cmd_study)
+    from .fhe.command import register as register_fhe
+    register_fhe(sub)
     return parser
 
 

@@ -15,7 +15,7 @@ from encvit.data import Splits, load_dataset
 from encvit.samples import DEMO_PASSPHRASE
 from encvit.train import TrainConfig, train
 
-GRID = {"full": (2e-4, 5e-4, 1e-3), "melo": (3e-3, 1e-2, 3e-2), "proposed": (3e-3, 1e-2, 3e-2)}
+GRID = {"full": (2e-4, 5e-4, 1e-3, 2e-3), "melo": (3e-3, 1e-2, 3e-2), "proposed": (3e-3, 1e-2, 3e-2)}
 
 
 def main() -> None:
@@ -24,13 +24,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--setting", default="encrypted", choices=["plain", "encrypted"])
     parser.add_argument("--methods", default="full,melo,proposed")
+    parser.add_argument("--lrs", help="comma-separated learning rates instead of the grid")
     args = parser.parse_args()
     backbone = create_backbone("encvit-tiny")
     splits = load_dataset(args.dataset)
     no_test = Splits(splits.name, splits.train, splits.val, splits.test.subset([]))
     rows = []
     for method in args.methods.split(","):
-        for lr in GRID[method]:
+        for lr in [float(v) for v in args.lrs.split(",")] if args.lrs else GRID[method]:
             config = TrainConfig(dataset=args.dataset, method=method, lr=lr, epochs=args.epochs, progress=False,
                                  passphrase=DEMO_PASSPHRASE if args.setting == "encrypted" else None)
             result = train(config, splits=no_test, backbone=copy.deepcopy(backbone))

@@ -17,7 +17,7 @@ from pathlib import Path
 import tenseal as ts
 from tenseal import sealapi
 
-from ..errors import ConfigError
+from ..errors import ConfigError, EncvitError
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class CKKSParams:
 
     @property
     def slots(self) -> int:
+        """Values per ciphertext: half the ring degree."""
         return self.poly_modulus_degree // 2
 
     @property
@@ -39,10 +40,12 @@ class CKKSParams:
 
     @property
     def total_bits(self) -> int:
+        """Bits of the whole coefficient modulus, special prime included (what the HE standard bounds)."""
         return sum(self.coeff_mod_bit_sizes)
 
     @property
     def scale(self) -> float:
+        """The encoding scale of fresh ciphertexts."""
         return float(2 ** self.scale_bits)
 
     def describe(self) -> dict:
@@ -55,14 +58,15 @@ class CKKSParams:
                 "standard": "HomomorphicEncryption.org security standard, as tabulated by SEAL"}
 
 
-# Names say ring degree and levels. The first prime is scale + headroom for the integer part of results.
+# Names say ring degree and levels. The first prime is the scale plus headroom for the integer part of results
+# (10 bits: |values| < 512); keeping it 10 bits below the special prime keeps rotation noise near 1e-8.
 PRESETS = {
     # The packed trainer's default: one iteration (6 levels) per refresh; 380 of the 438 bits allowed.
-    "n16384-l6": CKKSParams(16384, (60, 40, 40, 40, 40, 40, 40, 60), 40),
+    "n16384-l6": CKKSParams(16384, (50, 40, 40, 40, 40, 40, 40, 60), 40),
     # Two levels, for the packed products alone (tests, demonstrations): 200 of 218 bits.
     "n8192-l2": CKKSParams(8192, (60, 40, 40, 60), 40),
-    # The naive baseline: TenSEAL rescales after every product, so one iteration needs 8 levels.
-    "n16384-l8": CKKSParams(16384, (60, 40, 40, 40, 40, 40, 40, 40, 40, 60), 40),
+    # The naive baseline: TenSEAL rescales after every product, so one iteration needs 7 levels: 390 bits.
+    "n16384-l7": CKKSParams(16384, (50, 40, 40, 40, 40, 40, 40, 40, 60), 40),
 }
 DEFAULT_PRESET = "n16384-l6"
 _SEC = {128: sealapi.SEC_LEVEL_TYPE.TC128, 192: sealapi.SEC_LEVEL_TYPE.TC192, 256: sealapi.SEC_LEVEL_TYPE.TC256}
@@ -99,34 +103,34 @@ def new_context(params: CKKSParams) -> ts.Context:
     return context
 
 
-def galois_keys(context: ts.Context, steps) -> sealapi.GaloisKeys:
-    """Rotation keys for exactly these steps (each key is as large as a ciphertext times the levels)."""
-    if not context.has_secret_key():
-        raise ConfigError("rotation keys can only be made with the secret key (on the client)")
-    seal = context.seal_context().data
-    elements = seal.key_context_data().galois_tool().get_elts_from_steps(sorted(set(int(s) for s in steps)))
-    keys = sealapi.GaloisKeys()
-    # This overload of create_galois_keys takes Galois elements, not steps: hence the conversion above.
-    sealapi.KeyGenerator(seal, context.secret_key().data).create_galois_keys(elements, keys)
-    return keys
+class SecretKeyError(EncvitError):
+    """Decryption was attempted with a context that holds no secret key (the server's)."""
+
+
+def secret_key(context: ts.Context):
+    """The context's SEAL secret key; a public context raises SecretKeyError with TenSEAL's own refusal."""
+    try:
+        return context.secret_key().data
+    except ValueError as exc:
+        raise SecretKeyError(f"this context cannot decrypt: {exc}") from exc
 
 
 # ---- bytes on the wire ----------------------------------------------------------------------------------
 _TMP = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 
-def _via_file(save) -> bytes:
-    # sealapi objects serialise only to a path; a RAM-backed temporary file keeps that cheap.
-    fd, path = tempfile.mkstemp(dir=_TMP, prefix="encvit-ckks-")
+def saved_bytes(obj) -> bytes:
+    """Bytes of a SEAL object or Serializable (SEAL's compressed format; sealapi only saves to a path)."""
+    fd, path = tempfile.mkstemp(dir=_TMP, prefix="encvit-ckks-")  # RAM-backed where possible
     os.close(fd)
     try:
-        save(path)
+        obj.save(path)
         return Path(path).read_bytes()
     finally:
         os.unlink(path)
 
 
-def _from_file(data: bytes, load) -> None:
+def _load(data: bytes, load) -> None:
     fd, path = tempfile.mkstemp(dir=_TMP, prefix="encvit-ckks-")
     try:
         os.write(fd, data)
@@ -136,27 +140,29 @@ def _from_file(data: bytes, load) -> None:
         os.unlink(path)
 
 
-def ciphertext_bytes(ct: sealapi.Ciphertext) -> bytes:
-    """A ciphertext as bytes (SEAL's format, compressed)."""
-    return _via_file(ct.save)
-
-
 def ciphertext_from_bytes(context: ts.Context, data: bytes) -> sealapi.Ciphertext:
     """The ciphertext `data` holds, checked against `context`'s parameters."""
     ct = sealapi.Ciphertext()
     try:
-        _from_file(data, lambda path: ct.load(context.seal_context().data, path))
+        _load(data, lambda path: ct.load(context.seal_context().data, path))
     except (RuntimeError, ValueError) as exc:
         raise ConfigError(f"bytes are not a ciphertext for these CKKS parameters ({exc})") from exc
     return ct
 
 
-def public_bytes(context: ts.Context, rotations: sealapi.GaloisKeys) -> bytes:
-    """What the server receives: parameters, public and relinearisation keys, rotation keys; no secret key."""
-    public = context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False,
+def public_bytes(context: ts.Context, rotation_steps) -> bytes:
+    """What the server receives: parameters, relinearisation and rotation keys (only `rotation_steps`).
+
+    No secret key. Rotation keys are made seeded (half their size on the wire); each is as large as a
+    ciphertext times its levels, so only the steps the layout uses are made.
+    """
+    seal = context.seal_context().data
+    elements = seal.key_context_data().galois_tool().get_elts_from_steps(sorted({int(s) for s in rotation_steps}))
+    # This overload of create_galois_keys takes Galois elements, not steps: hence the conversion above.
+    rotations = saved_bytes(sealapi.KeyGenerator(seal, secret_key(context)).create_galois_keys(elements))
+    public = context.serialize(save_public_key=False, save_secret_key=False, save_galois_keys=False,
                                save_relin_keys=True)
-    galois = _via_file(rotations.save)
-    return struct.pack("<Q", len(public)) + public + galois
+    return struct.pack("<Q", len(public)) + public + rotations
 
 
 def load_public(data: bytes) -> tuple[ts.Context, sealapi.GaloisKeys]:
@@ -164,5 +170,5 @@ def load_public(data: bytes) -> tuple[ts.Context, sealapi.GaloisKeys]:
     (size,) = struct.unpack_from("<Q", data)
     context = ts.context_from(data[8:8 + size])
     keys = sealapi.GaloisKeys()
-    _from_file(data[8 + size:], lambda path: keys.load(context.seal_context().data, path))
+    _load(data[8 + size:], lambda path: keys.load(context.seal_context().data, path))
     return context, keys

@@ -5,9 +5,7 @@ same normalised input the rest of encvit uses (``BatchPreprocess``).
 """
 from __future__ import annotations
 
-import io
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,24 +16,9 @@ from ..atomic import write_bytes
 from ..backbones import create_backbone, describe, weights_hash
 from ..data import ImageSet, load_dataset
 from ..preprocess import BatchPreprocess
+from .head import FeatureSplits
 
 CACHE_DIR = Path(os.environ.get("ENCVIT_CACHE", Path.home() / ".cache" / "encvit")) / "features"
-
-
-@dataclass
-class FeatureSplits:
-    """Features (float32, n x d) and integer labels of train, validation and test, with the class names."""
-
-    train: tuple[np.ndarray, np.ndarray]
-    val: tuple[np.ndarray, np.ndarray]
-    test: tuple[np.ndarray, np.ndarray]
-    classes: list[str]
-    backbone: str
-    backbone_hash: str
-
-    @property
-    def dim(self) -> int:
-        return self.train[0].shape[1]
 
 
 @torch.inference_mode()
@@ -58,21 +41,15 @@ def dataset_features(backbone: str, dataset: str, limit: int | None = None, pret
     model = model if model is not None else create_backbone(backbone, pretrained=pretrained)
     digest = weights_hash(model)
     safe = dataset.replace("/", "_").replace(":", "_")
-    path = CACHE_DIR / f"{backbone}-{digest}-{safe}-{limit or 'all'}.npz"
+    path = CACHE_DIR / f"{backbone}-{digest}-{safe}-{limit or 'all'}-v1.npz"
     if cache and path.exists():
-        data = np.load(path, allow_pickle=False)
-        return FeatureSplits(*((data[f"{s}_x"], data[f"{s}_y"]) for s in ("train", "val", "test")),
-                             classes=[str(c) for c in data["classes"]], backbone=backbone, backbone_hash=digest)
+        return FeatureSplits.load(path)
     geometry = describe(model, backbone)
     splits = load_dataset(dataset, image_size=geometry.image_size, channels=geometry.channels, limit=limit)
-    arrays = {}
-    for name in ("train", "val", "test"):
-        part = getattr(splits, name)
-        arrays[f"{name}_x"] = extract(model, part, progress=progress)
-        arrays[f"{name}_y"] = part.labels.numpy().astype(np.int64)
+    parts = [(extract(model, getattr(splits, name), progress=progress), getattr(splits, name).labels.numpy())
+             for name in ("train", "val", "test")]
+    features = FeatureSplits(*parts, classes=list(splits.classes), backbone=backbone, backbone_hash=digest,
+                             dataset=splits.name)
     if cache:
-        buffer = io.BytesIO()
-        np.savez(buffer, classes=np.array(splits.classes), **arrays)
-        write_bytes(path, buffer.getvalue())
-    return FeatureSplits(*((arrays[f"{s}_x"], arrays[f"{s}_y"]) for s in ("train", "val", "test")),
-                         classes=list(splits.classes), backbone=backbone, backbone_hash=digest)
+        write_bytes(path, features.to_bytes())
+    return features

@@ -1,4 +1,4 @@
-"""The head's plaintext arithmetic shared by every trainer: feature scaling, batches, NAG, accuracy.
+"""The head's plaintext arithmetic shared by every trainer: features, scaling, batches, NAG, accuracy.
 
 The client standardises features and divides them by sqrt(d) (so a sample has norm about 1 and logits start
 small, inside the polynomial softmax's range), then appends a constant 1 for the bias. Trained weights act on
@@ -6,6 +6,7 @@ these scaled features; ``FeatureScaler.fold`` turns them into weights and bias f
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -13,6 +14,41 @@ import numpy as np
 
 from ..errors import ConfigError
 from .softmax import PolySoftmax, softmax
+
+
+@dataclass
+class FeatureSplits:
+    """Features (float32, n x d) and integer labels of train, validation and test, with the class names."""
+
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    classes: list[str]
+    backbone: str
+    backbone_hash: str
+    dataset: str = ""
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension."""
+        return self.train[0].shape[1]
+
+    def to_bytes(self) -> bytes:
+        """The splits as .npz bytes (for a cache file)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, classes=np.array(self.classes), backbone=np.array(self.backbone),
+                 backbone_hash=np.array(self.backbone_hash), dataset=np.array(self.dataset),
+                 **{f"{name}_{part}": getattr(self, name)[i] for name in ("train", "val", "test")
+                    for i, part in enumerate("xy")})
+        return buffer.getvalue()
+
+    @classmethod
+    def load(cls, path) -> "FeatureSplits":
+        """Splits written by `to_bytes`."""
+        data = np.load(path, allow_pickle=False)
+        return cls(*((data[f"{s}_x"], data[f"{s}_y"]) for s in ("train", "val", "test")),
+                   classes=[str(c) for c in data["classes"]], backbone=str(data["backbone"]),
+                   backbone_hash=str(data["backbone_hash"]), dataset=str(data["dataset"]))
 
 
 @dataclass
@@ -30,6 +66,7 @@ class FeatureScaler:
 
     @property
     def factor(self) -> float:
+        """1 / sqrt(d): scaled samples have a norm of about 1."""
         return 1.0 / np.sqrt(len(self.mean))
 
     def transform(self, features: np.ndarray) -> np.ndarray:

@@ -64,7 +64,7 @@ class Engine:
             return self._plain_cache[full]
         plain = self.encode(values, level, scale)
         if full is not None:
-            if len(self._plain_cache) > 256:
+            if len(self._plain_cache) > 64:
                 self._plain_cache.clear()
             self._plain_cache[full] = plain
         return plain

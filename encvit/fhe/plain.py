@@ -10,11 +10,11 @@ import time
 import numpy as np
 
 from .head import Schedule, accuracy, cross_entropy, nag_step
-from .softmax import PolySoftmax
+from .softmax import ExactSoftmax, PolySoftmax
 
 
-def train_plain(x: np.ndarray, y: np.ndarray, poly: PolySoftmax, schedule: Schedule, epochs: int, lr: float,
-                momentum: float, evaluate=None, on_epoch=None) -> tuple[np.ndarray, list[dict]]:
+def train_plain(x: np.ndarray, y: np.ndarray, poly: PolySoftmax | ExactSoftmax, schedule: Schedule, epochs: int,
+                lr: float, momentum: float, evaluate=None, on_epoch=None) -> tuple[np.ndarray, list[dict]]:
     """Train a head on scaled features `x` and one-hot `y`; returns the weights (K x d) and one row per epoch.
 
     `evaluate(weights)` returns extra metrics for a row (e.g. validation accuracy); `on_epoch(row)` sees each row.

@@ -1,21 +1,21 @@
 """A polynomial softmax: the one function of the head that CKKS cannot evaluate exactly.
 
-Softmax is shift-invariant, sums to one, and is the gradient of log-sum-exp, a convex function: that is why
-gradient descent on cross-entropy is stable. The polynomial used here keeps all three properties. For centred
-logits u (sum_k u_k = 0) it is
+Softmax sums to one and is the gradient of log-sum-exp, a convex function: that is why gradient descent on
+cross-entropy is stable. The polynomial used here keeps both properties; softmax's shift-invariance is used by
+working on centred logits u (sum_k u_k = 0):
 
     p_k(u) = 1/K + a u_k + b (u_k^2 - mean_j u_j^2) + c (u_k^3 - mean_j u_j^3),
 
 the gradient (projected onto centred logits) of phi(u) = sum_k (a u_k^2 / 2 + b u_k^3 / 3 + c u_k^4 / 4), which
 is convex when b^2 <= 3 a c. Its outputs sum to exactly one. ``PolySoftmax.fit`` picks a, b, c by least squares
-against softmax on centred logits drawn uniformly from [-radius, radius]^K and refuses a non-convex fit.
+against softmax on centred logits drawn uniformly from [-radius, radius]^K, under the convexity constraint.
 
-Range. For K = 10 the default radius 2 gives a maximum error of about 0.07 in a probability (``max_error``), and
-the fit stays convex up to a radius of about 2.5. A degree-2 fit (c = 0) would cost one level less but its loss
-is not convex: logits below about -1 make it diverge. With the convex cubic, training stops pushing a confident
-sample's logits apart at a margin of about 3.5 (``fixed_point_margin``); features are standardised and divided by
-sqrt(d) so that logits start near zero. Outside the fitted range the values drift from softmax, but the training
-signal stays a convex loss's gradient, so logits stay bounded.
+Range. For K = 10 the default radius 2 gives a largest error of about 0.12 in a probability (``max_error``);
+beyond a radius of about 2.5 the unconstrained fit would stop being convex, and the constraint takes over. A
+degree-2 fit (c = 0) would cost one level less, but its loss is not convex: logits below about -1 make training
+diverge. With the convex cubic, training stops pushing a confident sample's logits apart at a margin of about 3.5
+(``fixed_point_margin``), a little outside the fitted range, where the signal is still a convex loss's gradient,
+so logits stay bounded. Features are standardised and divided by sqrt(d), so that logits start near zero.
 
 On ciphertexts it costs three levels (square, cube, and a masked sum over classes) and no division.
 The trainers feed z itself, not z - mean(z): with the class mean of W starting at zero it stays zero, because
@@ -39,6 +39,13 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+class ExactSoftmax:
+    """The exact softmax, callable like `PolySoftmax` (plaintext comparisons only: CKKS cannot evaluate it)."""
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        return softmax(z)
+
+
 def _centred_samples(num_classes: int, radius: float, samples: int, seed: int) -> np.ndarray:
     u = np.random.default_rng(seed).uniform(-radius, radius, size=(samples, num_classes))
     return u - u.mean(axis=1, keepdims=True)
@@ -55,19 +62,29 @@ class PolySoftmax:
     radius: float
 
     @classmethod
-    def fit(cls, num_classes: int, radius: float = DEFAULT_RADIUS, samples: int = 20000, seed: int = 0) -> "PolySoftmax":
-        """Least-squares a, b, c on centred logits uniform in [-radius, radius]^K; refuses a non-convex fit."""
+    def fit(cls, num_classes: int, radius: float = DEFAULT_RADIUS, samples: int = 20000,
+            seed: int = 0) -> "PolySoftmax":
+        """Least-squares a, b, c on centred logits uniform in [-radius, radius]^K, constrained to b^2 <= 3ac."""
         if num_classes < 2:
             raise ConfigError(f"a softmax head needs at least 2 classes, got {num_classes}")
         u = _centred_samples(num_classes, radius, samples, seed)
         basis = np.stack([u, u ** 2 - (u ** 2).mean(1, keepdims=True), u ** 3 - (u ** 3).mean(1, keepdims=True)])
         target = softmax(u) - 1.0 / num_classes
-        (a, b, c), *_ = np.linalg.lstsq(basis.reshape(3, -1).T, target.ravel(), rcond=None)
-        poly = cls(num_classes, float(a), float(b), float(c), float(radius))
-        if not poly.convex:
-            raise ConfigError(f"the cubic softmax fitted on [-{radius}, {radius}] has a non-convex loss "
-                              f"(b^2 > 3ac): training would diverge; use a smaller radius (about 2)")
-        return poly
+        basis, target = basis.reshape(3, -1).T, target.ravel()
+        (a, b, c), *_ = np.linalg.lstsq(basis, target, rcond=None)
+        if not (a > 0 and c >= 0 and b * b <= 3 * a * c):
+            # The best convex fit lies on the boundary b^2 = 3ac: theta = a (1, +-sqrt(3t), t), one scale per t.
+            gram, moment = basis.T @ basis, basis.T @ target
+            best = None
+            for t in np.geomspace(1e-4, 10.0, 4000):
+                for sign in (1.0, -1.0):
+                    v = np.array([1.0, sign * np.sqrt(3 * t), t])
+                    scale = max(float(v @ moment / (v @ gram @ v)), 0.0)
+                    loss = scale * scale * float(v @ gram @ v) - 2 * scale * float(v @ moment)
+                    if best is None or loss < best[0]:
+                        best = (loss, scale, sign * scale * np.sqrt(3 * t) * (1 - 1e-9), scale * t)
+            _, a, b, c = best
+        return cls(num_classes, float(a), float(b), float(c), float(radius))
 
     @property
     def convex(self) -> bool:
