@@ -21,13 +21,13 @@ fi
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP="$VENV/bin/pip"
-"$PIP" install -q --upgrade pip >/dev/null 2>&1 || true
+quiet() { "$@" 2> >(grep -v "^WARNING: Location" >&2); }  # this machine's pip config lists local indexes that may be absent
 if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   case "$(uname -m)" in
-    aarch64) "$PIP" install -q torch==2.9.1 torchvision==0.24.1 ;;
-    *)       "$PIP" install -q torch==2.14.1 torchvision==0.29.1 ;;
+    aarch64) quiet "$PIP" install -q torch==2.9.1 torchvision==0.24.1 ;;
+    *)       quiet "$PIP" install -q torch==2.14.1 torchvision==0.29.1 ;;
   esac
 fi
-"$PIP" install -q -e . 2>&1 | grep -v "^WARNING: Location" || true
+quiet "$PIP" install -q -e .
 "$VENV/bin/python" -c "import encvit, torch, timm, tenseal, streamlit, nbval" 
 touch "$VENV/.installed"
