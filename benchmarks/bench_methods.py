@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from encvit.methods import LORA_METHODS, METHODS
-from encvit.timing import synchronize, timed
+from encvit.timing import add_device_options, device_from_options, synchronize, timed
 
 DEFAULT_BACKBONES = ("vit_base_patch16_224", "encvit-tiny")
 NUM_CLASSES = 10
@@ -245,18 +245,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed training steps (and inference rounds)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--infer-steps", type=int, default=None, help="timed inference rounds (default: --steps)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
-    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"),
-                        help="autocast as encvit.loop.autocast_for: auto = bf16/fp16 on CUDA, none on CPU")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_device_options(parser)
     parser.add_argument("--worker", nargs=2, metavar=("BACKBONE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda was asked for, but torch sees no CUDA device")
+    args.device = device_from_options(args, parser)
     on_cpu = not args.device.startswith("cuda")
     if args.batch is None:
         args.batch = 8 if on_cpu else 64

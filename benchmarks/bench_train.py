@@ -27,7 +27,7 @@ from encvit.cipher import Key
 from encvit.loop import autocast_for, backward_and_step, param_groups, warmup_cosine
 from encvit.methods import METHODS, prepare
 from encvit.preprocess import BatchPreprocess
-from encvit.timing import timed
+from encvit.timing import add_device_options, device_from_options, timed
 
 NUM_CLASSES = 10
 GOAL = 0.03  # encryption may add at most 3% to the step time
@@ -121,17 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--source-channels", type=int, default=3, choices=(1, 3))
     parser.add_argument("--scramble", action="store_true", help="key with block scrambling")
     parser.add_argument("--neg-pos", action="store_true", help="key with negative-positive transformation")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
-    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"),
-                        help="autocast as encvit.loop.autocast_for: auto = bf16/fp16 on CUDA, none on CPU")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_device_options(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda was asked for, but torch sees no CUDA device")
+    args.device = device_from_options(args, parser)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -34,3 +34,12 @@ def write_bytes(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None
     """Write `data` to `path` atomically."""
     with atomic_path(path, mode) as tmp:
         tmp.write_bytes(data)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 90) -> None:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .atomic import atomic_path, write_text
+from .atomic import save_figure, write_text
 from .backbones import create_backbone, describe
 from .data import load_dataset
 from .errors import ConfigError
@@ -188,9 +188,7 @@ def chart(summary: pd.DataFrame, meta: dict, path: Path) -> None:
     ax.set_title(f"{meta['backbone']} on {meta['dataset']}: plain vs encrypted images")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_results(table: pd.DataFrame, out: Path, meta: dict) -> None:
@@ -204,6 +202,18 @@ def write_results(table: pd.DataFrame, out: Path, meta: dict) -> None:
     write_text(out / "results.md", markdown(summary, meta) + differences_markdown(diffs))
     write_text(out / "meta.json", json.dumps(meta, indent=1))
     chart(summary, meta, out / "results.png")
+
+
+def collect_runs(run_dirs) -> pd.DataFrame:
+    """One row per finished run directory (from its result.json): rebuilds a grid that ran in pieces."""
+    rows = []
+    for run in map(Path, run_dirs):
+        result = json.loads((run / "result.json").read_text())
+        rows.append({**result, "run": run.name})
+    table = pd.DataFrame(rows)
+    full = table.loc[table.method == "full", "trainable"]
+    table["percent_of_full"] = 100 * table.trainable / (full.iloc[0] if len(full) else np.nan)
+    return table
 
 
 def load_results(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:

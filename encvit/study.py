@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .atomic import atomic_path, write_text
+from .atomic import save_figure, write_text
 from .backbones import create_backbone, describe
 from .data import Splits, _limited, load_dataset
 from .errors import ConfigError
@@ -99,9 +99,7 @@ def plot_gaps(summary: pd.DataFrame, path: Path, title: str) -> None:
     ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_study(table: pd.DataFrame, out: Path, meta: dict) -> None:
