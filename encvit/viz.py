@@ -229,27 +229,31 @@ def plot_token_similarity(similarities: dict[str, torch.Tensor], grid: tuple[int
 
 
 def plot_training_curves(folder: str | Path, runs: pd.DataFrame, suptitle: str | None = None) -> Figure:
-    """Per method, test accuracy after each epoch on plain and encrypted images (from each run's metrics.csv).
+    """Per method, validation accuracy after each epoch on plain and encrypted images (each run's metrics.csv).
 
-    `runs` is the run table of `encvit.compare.load_results(folder)`; with several seeds every seed is a line.
+    `runs` is the run table of `encvit.compare.load_results(folder)`; every seed whose run directory is in
+    `folder` is a line (grids evaluate the test set after the last epoch only, so curves use validation).
     """
     methods = list(dict.fromkeys(runs.method))
     fig, axes = plt.subplots(1, len(methods), figsize=(3.0 * len(methods), 2.8), sharey=True, squeeze=False)
     for ax, method in zip(axes[0], methods):
         last_epoch = 0
         for _, run in runs[runs.method == method].iterrows():
-            metrics = pd.read_csv(Path(folder) / run["run"] / "metrics.csv")
+            path = Path(folder) / run["run"] / "metrics.csv"
+            if not path.exists():  # e.g. a shipped comparison keeps the run directories of its first seed only
+                continue
+            metrics = pd.read_csv(path)
             last_epoch = max(last_epoch, int(metrics.epoch.max()))
             colour = "C0" if run.setting == "plain" else "C1"
-            ax.plot(metrics.epoch, metrics.test_acc, marker="o", color=colour, alpha=0.8,
+            ax.plot(metrics.epoch, metrics.val_acc, marker="o", color=colour, alpha=0.8,
                     label=run.setting if run.seed == runs.seed.min() else None)
         ax.set_title(method)
         ax.set_xlabel("epoch")
         ax.set_xlim(0.5, max(last_epoch, 1) + 0.5)
         ax.set_xticks(np.unique(np.linspace(1, max(last_epoch, 1), min(max(last_epoch, 1), 8)).round().astype(int)))
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("test accuracy (%)")
+    axes[0, 0].set_ylabel("validation accuracy (%)")
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=2)
-    fig.suptitle(suptitle or "Test accuracy after each epoch")
+    fig.suptitle(suptitle or "Validation accuracy after each epoch")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig

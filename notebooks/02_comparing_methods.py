@@ -151,11 +151,12 @@ accuracy.round(2)
 
 # %%
 fig = viz.plot_training_curves(folder, runs, f"{meta['backbone']} on {meta['dataset']}: "
-                                             f"test accuracy after each epoch, plain vs encrypted")
+                                             f"validation accuracy after each epoch, plain vs encrypted")
 
 # %% [markdown]
-# *Figure 2. Test accuracy after each epoch of every run, one panel per method; blue: trained and tested on plain
-# images, orange: on encrypted images (read from each run's `metrics.csv`).*
+# *Figure 2. Validation accuracy after each epoch of every shipped run, one panel per method; blue: trained and
+# evaluated on plain images, orange: on encrypted images (read from each run's `metrics.csv`; a comparison evaluates
+# the test set once, after the last epoch, so that no choice can lean on it).*
 
 # %% [markdown]
 # ## 5 · What a wrong key gives

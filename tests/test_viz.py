@@ -82,7 +82,7 @@ def test_every_figure_has_a_title_and_labelled_axes(image, tmp_path):
     ]
     for run, acc in (("full-plain", [20.0, 30.0]), ("full-encrypted", [15.0, 25.0])):
         (tmp_path / run).mkdir()
-        pd.DataFrame({"epoch": [1, 2], "test_acc": acc}).to_csv(tmp_path / run / "metrics.csv", index=False)
+        pd.DataFrame({"epoch": [1, 2], "val_acc": acc}).to_csv(tmp_path / run / "metrics.csv", index=False)
     runs = pd.DataFrame({"run": ["full-plain", "full-encrypted"], "method": "full",
                          "setting": ["plain", "encrypted"], "seed": 0})
     figures.append(viz.plot_training_curves(tmp_path, runs, "curves"))
