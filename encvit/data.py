@@ -222,12 +222,13 @@ def load_dataset(name: str, image_size: int = 32, channels: int = 3, limit: int 
     else:
         raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     if limit:
-        splits = Splits(splits.name, *(_limited(s, limit) for s in (splits.train, splits.val, splits.test)),
+        splits = Splits(splits.name, *(stratified_subset(s, limit) for s in (splits.train, splits.val, splits.test)),
                         notes={**splits.notes, "limit": limit})
     return splits
 
 
-def _limited(images: ImageSet, limit: int) -> ImageSet:
+def stratified_subset(images: ImageSet, limit: int) -> ImageSet:
+    """At most `limit` images, the same fraction of every class (seeded)."""
     if len(images) <= limit:
         return images
     _, taken = stratified_split(images.labels.numpy(), limit / len(images))

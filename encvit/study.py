@@ -22,7 +22,7 @@ from scipy import stats
 
 from .atomic import save_figure, write_text
 from .backbones import create_backbone, describe
-from .data import Splits, _limited, load_dataset
+from .data import Splits, load_dataset, stratified_subset
 from .errors import ConfigError
 from .samples import DEMO_PASSPHRASE
 from .train import TrainConfig, train
@@ -47,11 +47,11 @@ def data_size_study(base: TrainConfig, datasets=("fashion5k", "mnist5k"), sizes=
     rows, start = [], time.perf_counter()
     for dataset in datasets:
         full_splits = load_dataset(dataset, geometry.image_size, geometry.channels)
-        val, test = (_limited(s, base.limit) if base.limit else s for s in (full_splits.val, full_splits.test))
+        val, test = (stratified_subset(s, base.limit) if base.limit else s for s in (full_splits.val, full_splits.test))
         for size in sizes:
             if size > len(full_splits.train):
                 raise ConfigError(f"{dataset} has {len(full_splits.train)} training images, fewer than {size}")
-            splits = Splits(dataset, _limited(full_splits.train, size), val, test)
+            splits = Splits(dataset, stratified_subset(full_splits.train, size), val, test)
             for seed in range(base.seed, base.seed + seeds):
                 for method, patch_lr in arms:
                     config = replace(base, dataset=dataset, method=method, seed=seed, patch_lr=patch_lr,

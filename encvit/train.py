@@ -29,10 +29,10 @@ from .cipher import Key, fingerprint_of
 from .data import Splits, load_dataset
 from .errors import ConfigError, KeyMismatchError
 from .loop import LoopSettings, distributed, evaluate, fit, pick_device
-from .methods import check_method, count_trainable, prepare
+from .methods import LORA_METHODS, check_method, count_trainable, prepare
 from .preprocess import BatchPreprocess
 
-# Chosen on the validation split of fashion5k (see README, "Choosing the defaults"); never on a test set.
+# Chosen on the validation split of fashion5k by scripts/choose_lr.py (README: "Default learning rates").
 DEFAULT_LR = {"full": 2e-3, "melo": 1e-2, "proposed": 1e-2, "head": 1e-2}
 
 
@@ -144,8 +144,8 @@ def train(config: TrainConfig, splits: Splits | None = None, backbone: torch.nn.
     info = AdapterInfo(method=config.method, backbone=config.backbone, backbone_hash=backbone_hash,
                        class_names=list(splits.classes), image_size=geometry.image_size,
                        patch_size=geometry.patch_size, channels=geometry.channels,
-                       rank=config.rank if config.method in ("melo", "proposed") else 0,
-                       alpha=config.alpha if config.method in ("melo", "proposed") else 0.0,
+                       rank=config.rank if config.method in LORA_METHODS else 0,
+                       alpha=config.alpha if config.method in LORA_METHODS else 0.0,
                        mean=list(geometry.mean), std=list(geometry.std),
                        key_fingerprint=key.fingerprint if key else "", dataset=splits.name)
     result = {"method": config.method, "dataset": splits.name, "setting": "encrypted" if key else "plain",
