@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import EncvitError
+from .errors import ConfigError, EncvitError
 
 
 def _key_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -152,8 +152,16 @@ def cmd_compare(args) -> int:
 def cmd_study(args) -> int:
     import os
 
-    from .study import data_size_study
+    from .study import data_size_study, merge_studies
 
+    if args.kind == "merge":
+        if len(args.folders) < 2:
+            raise ConfigError("study merge needs at least two study folders")
+        merge_studies(args.folders, args.out)
+        print(f"merged {len(args.folders)} studies into {args.out}: study.csv, gaps.csv, study.png")
+        return 0
+    if args.folders:
+        raise ConfigError("study data-size takes no folders (they are for study merge)")
     sizes = [int(v) for v in (os.environ.get("ENCVIT_STUDY_SIZES") or args.sizes).split(",")]
     seeds = int(os.environ.get("ENCVIT_STUDY_SEEDS") or args.seeds)
     patch_lrs = [float(v) for v in args.patch_lrs.split(",")] if args.patch_lrs else []
@@ -258,10 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("study", help="gaps between methods on encrypted images vs training-set size and domain")
-    p.add_argument("kind", choices=["data-size"])
+    p.add_argument("kind", choices=["data-size", "merge"],
+                   help="data-size: run the study (resumes in --out); merge: join study folders into --out")
+    p.add_argument("folders", nargs="*", help="study folders to merge")
     _training_args(p, with_method=False)
     p.add_argument("--datasets", default="fashion5k,mnist5k")
-    p.add_argument("--sizes", default="500,1000,2000,4500", help="training-set sizes (env ENCVIT_STUDY_SIZES)")
+    p.add_argument("--sizes", default="500,1000,2000,3600", help="training-set sizes (env ENCVIT_STUDY_SIZES)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per cell (env ENCVIT_STUDY_SEEDS)")
     p.add_argument("--patch-lrs", default="", help="extra proposed arms with these patch-embedding learning rates")
     p.add_argument("--out", default="runs/study", help="output folder")

@@ -35,43 +35,118 @@ def arm_name(method: str, patch_lr: float | None) -> str:
     return method if patch_lr is None else f"{method} (patch lr {patch_lr:g})"
 
 
-def data_size_study(base: TrainConfig, datasets=("fashion5k", "mnist5k"), sizes=(500, 1000, 2000, 4500),
+RUN_KEY = ["dataset", "size", "seed", "arm"]
+
+
+def data_size_study(base: TrainConfig, datasets=("fashion5k", "mnist5k"), sizes=(500, 1000, 2000, 3600),
                     seeds: int = 3, patch_lrs=(), out: str | Path | None = None, log=print) -> pd.DataFrame:
-    """Train MeLo, proposed (with each patch lr) and full on encrypted subsets; one row per run."""
+    """Train MeLo, proposed (with each patch lr) and full on encrypted subsets; one row per run.
+
+    With `out`, study.csv is rewritten after every run, and runs already in it are skipped: an
+    interrupted study resumes where it stopped.
+    """
     if seeds < 1 or not sizes or not datasets:
         raise ConfigError("the study needs at least one dataset, one size and one seed")
     backbone = create_backbone(base.backbone, pretrained=base.pretrained, weights=base.weights)
     geometry = describe(backbone, base.backbone)
     passphrase = base.passphrase or DEMO_PASSPHRASE
     arms = [("melo", None), ("proposed", None), *[("proposed", lr) for lr in patch_lrs], ("full", None)]
-    rows, start = [], time.perf_counter()
-    for dataset in datasets:
-        full_splits = load_dataset(dataset, geometry.image_size, geometry.channels)
+    rows = _finished_runs(Path(out), base.backbone) if out else []
+    done = {tuple(r[k] for k in RUN_KEY) for r in rows}
+    if done:
+        log(f"resuming: {len(done)} runs already in {Path(out) / 'study.csv'}")
+    loaded = {dataset: load_dataset(dataset, geometry.image_size, geometry.channels) for dataset in datasets}
+    for dataset, full_splits in loaded.items():  # refuse before any training, not halfway through
+        too_big = [size for size in sizes if size > len(full_splits.train)]
+        if too_big:
+            raise ConfigError(f"{dataset} has {len(full_splits.train)} training images, fewer than {too_big[0]}")
+    start = time.perf_counter()
+    for dataset, full_splits in loaded.items():
         val, test = (stratified_subset(s, base.limit) if base.limit else s for s in (full_splits.val, full_splits.test))
         for size in sizes:
-            if size > len(full_splits.train):
-                raise ConfigError(f"{dataset} has {len(full_splits.train)} training images, fewer than {size}")
             splits = Splits(dataset, stratified_subset(full_splits.train, size), val, test)
             for seed in range(base.seed, base.seed + seeds):
                 for method, patch_lr in arms:
+                    if (dataset, size, seed, arm_name(method, patch_lr)) in done:
+                        continue
                     config = replace(base, dataset=dataset, method=method, seed=seed, patch_lr=patch_lr,
                                      test_every_epoch=False,
                                      passphrase=passphrase, key=None, out=None, limit=None)
                     result = train(config, splits=splits, backbone=copy.deepcopy(backbone))
                     rows.append({"dataset": dataset, "size": size, "seed": seed, "arm": arm_name(method, patch_lr),
                                  "method": method, "patch_lr": patch_lr, "val_acc": result["val_acc"],
-                                 "test_acc": result["test_acc"], "seconds": result["seconds"]})
+                                 "test_acc": result["test_acc"], "seconds": result["seconds"],
+                                 "backbone": base.backbone, "epochs": base.epochs})
                     log(f"{dataset} n={size} seed {seed} {rows[-1]['arm']}: test {result['test_acc']:.2f}%")
+                    if out:
+                        write_text(Path(out) / "study.csv", pd.DataFrame(rows).to_csv(index=False))
     table = pd.DataFrame(rows)
     if out:
         write_study(table, Path(out), {"backbone": base.backbone, "epochs": base.epochs, "seeds": seeds,
-                                       "seconds_total": time.perf_counter() - start})
+                                       "seconds_this_session": round(time.perf_counter() - start, 1),
+                                       "training_seconds": round(float(table["seconds"].sum()), 1)})
     return table
+
+
+def _finished_runs(out: Path, backbone: str) -> list[dict]:
+    """Rows of an earlier, possibly interrupted, study in `out`; refuses one made with another backbone."""
+    if not (out / "study.csv").exists():
+        return []
+    table = pd.read_csv(out / "study.csv")
+    others = set(table.get("backbone", pd.Series([backbone]))) - {backbone}
+    if others:
+        raise ConfigError(f"{out} holds a study of backbone {sorted(others)[0]}, not {backbone}: "
+                          "choose another --out")
+    return table.astype(object).where(table.notna(), None).to_dict("records")
+
+
+def merge_studies(folders, out: str | Path) -> pd.DataFrame:
+    """Join the runs of several study folders (e.g. one per seed, run in parallel) into one study."""
+    tables = [load_study_runs(f) for f in folders]
+    table = pd.concat(tables, ignore_index=True)
+    duplicated = table[table.duplicated(RUN_KEY, keep=False)]
+    if len(duplicated):
+        first = duplicated.iloc[0]
+        raise ConfigError("the folders share a run: " + ", ".join(f"{k} {first[k]}" for k in RUN_KEY))
+    backbones = sorted(set(table["backbone"]))
+    if len(backbones) > 1:
+        raise ConfigError(f"the folders mix backbones: {', '.join(backbones)}")
+    seeds = int(table.groupby(["dataset", "size", "arm"]).seed.nunique().min())
+    write_study(table, Path(out), {"backbone": backbones[0], "epochs": int(table["epochs"].iloc[0]), "seeds": seeds,
+                                   "merged_from": [str(f) for f in folders],
+                                   "training_seconds": round(float(table["seconds"].sum()), 1)})
+    return table
+
+
+def load_study_runs(folder: str | Path) -> pd.DataFrame:
+    """The runs (study.csv) of a study folder."""
+    path = Path(folder) / "study.csv"
+    if not path.exists():
+        raise ConfigError(f"{folder} holds no study results (study.csv)")
+    return pd.read_csv(path)
+
+
+CHOSEN_ON_VAL = "proposed (patch lr chosen on val)"
+
+
+def with_validation_choice(table: pd.DataFrame) -> pd.DataFrame:
+    """Add the arm that picks, per dataset, size and seed, the proposed run with the best validation accuracy.
+
+    This is how a user would set --patch-lr: the test set plays no part in the choice. Needs at least
+    two proposed arms (the default patch lr and one from --patch-lrs); otherwise the table is returned as is.
+    """
+    proposed = table[table.method == "proposed"]
+    if proposed.arm.nunique() < 2:
+        return table
+    best = proposed.loc[proposed.groupby(["dataset", "size", "seed"]).val_acc.idxmax()].copy()
+    best["arm"] = CHOSEN_ON_VAL
+    return pd.concat([table, best], ignore_index=True)
 
 
 def gaps(table: pd.DataFrame) -> pd.DataFrame:
     """Seed-paired gaps to MeLo on encrypted images per dataset, size and arm: mean, 95% interval, p-value."""
-    wide = table.pivot_table(index=["dataset", "size", "seed"], columns="arm", values="test_acc")
+    wide = with_validation_choice(table).pivot_table(index=["dataset", "size", "seed"], columns="arm",
+                                                     values="test_acc")
     rows = []
     for arm in [a for a in wide.columns if a != "melo"]:
         for (dataset, size), part in wide.groupby(level=["dataset", "size"]):
@@ -85,29 +160,66 @@ def gaps(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def gap_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The gaps as a readable table: one row per dataset and size, one column per gap, cells "mean ± 95% half-width",
+    with " *" where the seed-paired t-test gives p < 0.05."""
+    cells = summary.assign(cell=[f"{m:+.2f} ± {h:.2f}{' *' if ok else ''}"
+                                 for m, h, ok in zip(summary["mean"], summary.ci95.fillna(float("nan")),
+                                                     summary.supported)])
+    table = cells.pivot(index=["dataset", "size"], columns="gap", values="cell")
+    return table[list(dict.fromkeys(summary.gap))]
+
+
+def arm_accuracy(table: pd.DataFrame) -> pd.DataFrame:
+    """Test accuracy per dataset, size and arm over the seeds (mean and standard deviation), one column per arm."""
+    summary = with_validation_choice(table).groupby(["dataset", "size", "arm"]).test_acc.agg(["mean", "std"])
+    cells = summary["mean"].map("{:.2f}".format) + " ± " + summary["std"].fillna(0).map("{:.2f}".format)
+    return cells.unstack("arm")
+
+
+def patch_lr_choices(table: pd.DataFrame) -> pd.DataFrame:
+    """How often validation chose each patch learning rate, per dataset and size (None: the method's lr)."""
+    chosen = with_validation_choice(table)
+    chosen = chosen[chosen.arm == CHOSEN_ON_VAL]
+    label = chosen.patch_lr.map(lambda lr: "same as lr" if pd.isna(lr) or lr is None else f"{lr:g}")
+    return chosen.assign(patch_lr=label).groupby(["dataset", "size"]).patch_lr.value_counts().unstack(fill_value=0)
+
+
 def plot_gaps(summary: pd.DataFrame, path: Path, title: str) -> None:
-    """Gap to MeLo (encrypted) against training-set size, one line per dataset and arm, 95% error bars."""
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for (dataset, gap), part in summary.groupby(["dataset", "gap"]):
-        part = part.sort_values("size")
-        ax.errorbar(part["size"], part["mean"], yerr=part.ci95.fillna(0), marker="o", capsize=3,
-                    linestyle="-" if dataset.startswith("fashion") else "--", label=f"{dataset}: {gap}")
-    ax.axhline(0, color="grey", linewidth=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("training images (log scale)")
-    ax.set_ylabel("test accuracy gap to MeLo (points)")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
+    """Gap to MeLo (encrypted) against training-set size, one panel per dataset, one line per arm, 95% error bars."""
+    datasets = list(dict.fromkeys(summary.dataset))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), sharey=True, squeeze=False)
+    gap_names = list(dict.fromkeys(summary.gap))
+    for ax, dataset in zip(axes[0], datasets):
+        for i, gap in enumerate(gap_names):
+            part = summary[(summary.dataset == dataset) & (summary.gap == gap)].sort_values("size")
+            # a small multiplicative offset per arm keeps the error bars apart on the log axis
+            shift = 1 + 0.04 * (i - (len(gap_names) - 1) / 2)
+            ax.errorbar(part["size"] * shift, part["mean"], yerr=part.ci95.fillna(0), marker="o", capsize=3,
+                        label=gap)
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_xscale("log")
+        sizes = sorted(set(summary["size"]))
+        ax.set_xticks(sizes, [str(v) for v in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("training images (log scale)")
+        ax.set_title(dataset)
+    axes[0][0].set_ylabel("test accuracy gap to MeLo (points)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
 
 
 def write_study(table: pd.DataFrame, out: Path, meta: dict) -> None:
-    """study.csv (runs), gaps.csv (paired gaps), study.png and meta.json, each atomically."""
+    """study.csv (runs), gaps.csv (paired gaps), accuracy.csv (per arm), patch_lr_choices.csv, study.png and
+    meta.json, each atomically."""
     out.mkdir(parents=True, exist_ok=True)
     summary = gaps(table)
     write_text(out / "study.csv", table.to_csv(index=False))
     write_text(out / "gaps.csv", summary.to_csv(index=False))
+    write_text(out / "accuracy.csv", arm_accuracy(table).to_csv())
+    write_text(out / "patch_lr_choices.csv", patch_lr_choices(table).to_csv())
     write_text(out / "meta.json", json.dumps(meta, indent=1))
     plot_gaps(summary, out / "study.png", f"{meta['backbone']}, encrypted images, {meta['seeds']} seed(s)")
 
