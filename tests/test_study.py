@@ -1,7 +1,9 @@
 """The data-size study: arms, seed-paired gaps, the patch lr chosen on validation, resuming and merging."""
 import functools
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -54,6 +56,8 @@ def test_every_arm_runs_once_per_dataset_size_and_seed(monkeypatch, tmp_path):
     assert {c[1] for c in fake.calls} == {20, 40}
     runs, summary, meta = load_study(tmp_path / "s")
     assert len(runs) == 48 and meta["seeds"] == 3 and meta["training_seconds"] == pytest.approx(48 * 1.5)
+    assert re.search(r"\| fashion5k \| 40 \| \+1\.00 ± 0\.00( \*)? \| \+4\.00 ± 0\.00",
+                     (tmp_path / "s" / "study.md").read_text())
     for name in ("gaps.csv", "accuracy.csv", "patch_lr_choices.csv"):
         assert (tmp_path / "s" / name).stat().st_size > 0
     with Image.open(tmp_path / "s" / "study.png") as plot:
@@ -155,16 +159,18 @@ def cli(*args, env=None):
                           env=env)
 
 
-def test_cli_study_end_to_end_at_a_toy_size(tmp_path):
+def test_the_study_script_runs_pieces_in_parallel_and_merges_them(tmp_path):
     import os
 
-    env = {**os.environ, "ENCVIT_STUDY_SIZES": "30", "ENCVIT_STUDY_SEEDS": "2"}
-    result = cli("study", "data-size", "--datasets", "mnist5k", "--epochs", "1", "--limit", "40", "--batch-size",
-                 "16", "--patch-lrs", "3e-2", "--out", tmp_path / "s", env=env)
-    assert result.returncode == 0, result.stderr
-    runs, summary, _ = load_study(tmp_path / "s")
-    assert len(runs) == 2 * 4 and set(runs["size"]) == {30}
-    assert runs.test_acc.between(0, 100).all() and len(summary) == 4
+    env = {**os.environ, "ENCVIT_STUDY_SIZES": "30", "ENCVIT_STUDY_SEEDS": "2", "PATCH_LRS": "3e-2",
+           "STUDY_ARGS": "--epochs 1 --limit 40 --batch-size 16", "ENCVIT": f"{sys.executable} -m encvit.cli"}
+    script = Path(__file__).parent.parent / "scripts" / "run_study.sh"
+    result = subprocess.run(["bash", str(script), str(tmp_path / "s")], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr + result.stdout
+    runs, summary, meta = load_study(tmp_path / "s")
+    assert len(runs) == 2 * 2 * 4 and set(runs["size"]) == {30} and meta["seeds"] == 2
+    assert runs.test_acc.between(0, 100).all() and len(summary) == 2 * 4  # 4 gaps per dataset
+    assert "wall time" in result.stdout
     result = cli("study", "merge", tmp_path / "s", "--out", tmp_path / "m")
     assert result.returncode == 2 and "at least two" in result.stderr and "Traceback" not in result.stderr
     result = cli("study", "merge", tmp_path / "nowhere", tmp_path / "s", "--out", tmp_path / "m")
