@@ -143,19 +143,25 @@ def with_validation_choice(table: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([table, best], ignore_index=True)
 
 
-def gaps(table: pd.DataFrame) -> pd.DataFrame:
-    """Seed-paired gaps to MeLo on encrypted images per dataset, size and arm: mean, 95% interval, p-value."""
+BASELINE_NAMES = {"melo": "MeLo", "full": "full"}
+
+
+def gaps(table: pd.DataFrame, baseline: str = "melo") -> pd.DataFrame:
+    """Seed-paired gaps to a baseline arm (MeLo; or "full", to ask whether an arm matches full fine-tuning) on
+    encrypted images per dataset, size and arm: mean, 95% interval, p-value."""
     wide = with_validation_choice(table).pivot_table(index=["dataset", "size", "seed"], columns="arm",
                                                      values="test_acc")
+    if baseline not in wide.columns:
+        raise ConfigError(f"the study has no arm {baseline!r} to compare with; it has: {', '.join(wide.columns)}")
     rows = []
-    for arm in [a for a in wide.columns if a != "melo"]:
+    for arm in [a for a in wide.columns if a != baseline]:
         for (dataset, size), part in wide.groupby(level=["dataset", "size"]):
-            diff = (part[arm] - part["melo"]).dropna().to_numpy()
+            diff = (part[arm] - part[baseline]).dropna().to_numpy()
             n = len(diff)
             sd = diff.std(ddof=1) if n > 1 else float("nan")
             half = stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n) if n > 1 else float("nan")
             p = float(stats.ttest_1samp(diff, 0).pvalue) if n > 1 and sd > 0 else float("nan")
-            rows.append({"dataset": dataset, "size": size, "gap": f"{arm} - MeLo", "mean": diff.mean(),
+            rows.append({"dataset": dataset, "size": size, "gap": f"{arm} - {BASELINE_NAMES.get(baseline, baseline)}", "mean": diff.mean(),
                          "ci95": half, "p_value": p, "seeds": n, "supported": bool(p < 0.05)})
     return pd.DataFrame(rows)
 
@@ -196,7 +202,7 @@ def patch_lr_choices(table: pd.DataFrame) -> pd.DataFrame:
 def plot_gaps(summary: pd.DataFrame, path: Path, title: str) -> None:
     """Gap to MeLo (encrypted) against training-set size, one panel per dataset, one line per arm, 95% error bars."""
     datasets = list(dict.fromkeys(summary.dataset))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.6), sharey=True, squeeze=False)
     gap_names = list(dict.fromkeys(summary.gap))
     for ax, dataset in zip(axes[0], datasets):
         for i, gap in enumerate(gap_names):
@@ -213,9 +219,11 @@ def plot_gaps(summary: pd.DataFrame, path: Path, title: str) -> None:
         ax.set_xlabel("training images (log scale)")
         ax.set_title(dataset)
     axes[0][0].set_ylabel("test accuracy gap to MeLo (points)")
-    axes[0][-1].legend(fontsize=7)
+    # below the panels, so that the legend hides no error bar
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     save_figure(fig, path)
 
 

@@ -76,6 +76,17 @@ def test_gaps_are_the_known_differences(monkeypatch):
     assert (summary.seeds == 3).all()
 
 
+def test_gaps_to_full_fine_tuning_and_an_unknown_baseline(monkeypatch):
+    table = run_study(monkeypatch, FakeTrain())
+    summary = gaps(table, baseline="full")
+    part = summary[summary.gap == f"{CHOSEN_ON_VAL} - full"]
+    assert len(part) == 4
+    np.testing.assert_allclose(part["mean"], 1.0)  # chosen (2 above MeLo) minus full (1 above MeLo)
+    np.testing.assert_allclose(summary[summary.gap == "melo - full"]["mean"], -1.0)
+    with pytest.raises(ConfigError, match="no arm 'head'"):
+        gaps(table, baseline="head")
+
+
 def test_gap_interval_and_p_value_match_a_paired_t_test():
     rng = np.random.default_rng(0)
     melo, proposed = rng.normal(70, 2, 5), rng.normal(72, 2, 5)
