@@ -18,6 +18,7 @@ from .lora import add_lora
 METHODS = ("full", "melo", "proposed")  # the paper's comparison
 ALL_METHODS = (*METHODS, "head")
 LORA_METHODS = ("melo", "proposed")
+PATCH_EMBED_METHODS = ("full", "proposed")  # the methods that train the patch embedding
 PATCH_EMBED = "patch_embed.proj."
 
 

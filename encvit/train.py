@@ -29,7 +29,7 @@ from .cipher import Key, fingerprint_of
 from .data import Splits, load_dataset
 from .errors import ConfigError, KeyMismatchError
 from .loop import LoopSettings, distributed, evaluate, fit, pick_device
-from .methods import LORA_METHODS, check_method, count_trainable, prepare
+from .methods import LORA_METHODS, PATCH_EMBED_METHODS, check_method, count_trainable, prepare
 from .preprocess import BatchPreprocess
 
 # Chosen on the validation split of fashion5k by scripts/choose_lr.py (README: "Default learning rates").
@@ -109,6 +109,9 @@ def prepare_run_dir(out: str | os.PathLike | None, overwrite: bool) -> Path | No
 def train(config: TrainConfig, splits: Splits | None = None, backbone: torch.nn.Module | None = None) -> dict:
     """Fine-tune a backbone by `config`; returns the result and writes the run directory if `config.out`."""
     check_method(config.method)
+    if config.patch_lr is not None and (config.method not in PATCH_EMBED_METHODS or config.patch_lr <= 0):
+        raise ConfigError(f"--patch-lr must be positive and needs a method that trains the patch embedding "
+                          f"({', '.join(PATCH_EMBED_METHODS)}), got {config.patch_lr:g} with {config.method}")
     out = prepare_run_dir(config.out, config.overwrite)
     rank, _ = distributed()
     torch.manual_seed(config.seed)

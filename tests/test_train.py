@@ -85,6 +85,24 @@ def test_existing_run_directory_is_refused_unless_overwrite(tmp_path):
     assert not (tmp_path / "run.partial").exists()
 
 
+def test_the_patch_embedding_learns_at_its_own_rate():
+    def patch_embedding_change(**kw):
+        backbone = create_backbone("encvit-tiny")
+        before = backbone.patch_embed.proj.weight.detach().clone()
+        model = train(quick(method="proposed", passphrase="own rate", **kw), backbone=backbone)["model"]
+        return (model.patch_embed.proj.weight.detach() - before).abs().max().item()
+
+    assert patch_embedding_change(patch_lr=1e-9) < 1e-6
+    assert patch_embedding_change() > 1e-4  # at the LoRA learning rate, 1e-2
+
+
+@pytest.mark.parametrize("method, patch_lr", [("melo", 1e-3), ("head", 1e-3), ("proposed", 0.0), ("proposed", -1e-3)])
+def test_a_patch_lr_without_a_trained_patch_embedding_or_not_positive_is_refused(tmp_path, method, patch_lr):
+    with pytest.raises(ConfigError, match="--patch-lr must be positive"):
+        train(quick(method=method, patch_lr=patch_lr, out=tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_names_are_refused():
     with pytest.raises(ConfigError, match="unknown dataset"):
         load_dataset("imagenet")
