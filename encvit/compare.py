@@ -100,6 +100,19 @@ CONTRASTS = (("MeLo: plain - encrypted", ("melo", "plain"), ("melo", "encrypted"
              ("encrypted: full - MeLo", ("full", "encrypted"), ("melo", "encrypted")))
 
 
+def paired_interval(diff: np.ndarray) -> tuple[float, float]:
+    """95% t-interval half-width and paired t-test p-value of seed-paired differences.
+
+    Both are nan with fewer than 2 seeds; p is also nan when every seed gives the same difference.
+    """
+    n = len(diff)
+    if n < 2:
+        return float("nan"), float("nan")
+    sd = diff.std(ddof=1)
+    half = float(stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n))
+    return half, float(stats.ttest_1samp(diff, 0).pvalue) if sd > 0 else float("nan")
+
+
 def paired_differences(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """Seed-paired differences of test accuracy for CONTRASTS, with a paired t-test and a 95% interval.
 
@@ -114,13 +127,8 @@ def paired_differences(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame
             continue
         seeds = sorted(set(a.index) & set(b.index))
         diff = (a.loc[seeds] - b.loc[seeds]).to_numpy()
-        n = len(diff)
-        if n >= 2 and diff.std(ddof=1) > 0:
-            p = float(stats.ttest_rel(a.loc[seeds], b.loc[seeds]).pvalue)
-            half = stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / np.sqrt(n)
-        else:
-            p, half = float("nan"), float("nan")
-        rows.append({"contrast": label, "mean_diff": diff.mean(), "ci95": half, "p_value": p, "seeds": n,
+        half, p = paired_interval(diff)
+        rows.append({"contrast": label, "mean_diff": diff.mean(), "ci95": half, "p_value": p, "seeds": len(diff),
                      "supported": bool(p < alpha)})
     return pd.DataFrame(rows)
 

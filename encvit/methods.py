@@ -18,7 +18,6 @@ from .lora import add_lora
 METHODS = ("full", "melo", "proposed")  # the paper's comparison
 ALL_METHODS = (*METHODS, "head")
 LORA_METHODS = ("melo", "proposed")
-PATCH_EMBED_METHODS = ("full", "proposed")  # the methods that train the patch embedding
 PATCH_EMBED = "patch_embed.proj."
 
 
@@ -36,6 +35,9 @@ def is_trained(name: str, method: str) -> bool:
     if method == "head":
         return name.startswith("head.")
     return "lora_" in name or name.startswith("head.") or (method == "proposed" and name.startswith(PATCH_EMBED))
+
+
+PATCH_EMBED_METHODS = tuple(m for m in ALL_METHODS if is_trained(PATCH_EMBED + "weight", m))  # full, proposed
 
 
 def prepare(model: nn.Module, method: str, num_classes: int, rank: int = 4, alpha: float = 8.0) -> nn.Module:

@@ -16,12 +16,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .atomic import save_figure, write_text
 from .backbones import create_backbone, describe
+from .compare import paired_interval
 from .data import Splits, load_dataset, stratified_subset
 from .errors import ConfigError
 from .samples import DEMO_PASSPHRASE
@@ -153,16 +152,14 @@ def gaps(table: pd.DataFrame, baseline: str = "melo") -> pd.DataFrame:
                                                      values="test_acc")
     if baseline not in wide.columns:
         raise ConfigError(f"the study has no arm {baseline!r} to compare with; it has: {', '.join(wide.columns)}")
+    baseline_name = BASELINE_NAMES.get(baseline, baseline)
     rows = []
     for arm in [a for a in wide.columns if a != baseline]:
         for (dataset, size), part in wide.groupby(level=["dataset", "size"]):
             diff = (part[arm] - part[baseline]).dropna().to_numpy()
-            n = len(diff)
-            sd = diff.std(ddof=1) if n > 1 else float("nan")
-            half = stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n) if n > 1 else float("nan")
-            p = float(stats.ttest_1samp(diff, 0).pvalue) if n > 1 and sd > 0 else float("nan")
-            rows.append({"dataset": dataset, "size": size, "gap": f"{arm} - {BASELINE_NAMES.get(baseline, baseline)}", "mean": diff.mean(),
-                         "ci95": half, "p_value": p, "seeds": n, "supported": bool(p < 0.05)})
+            half, p = paired_interval(diff)
+            rows.append({"dataset": dataset, "size": size, "gap": f"{arm} - {baseline_name}", "mean": diff.mean(),
+                         "ci95": half, "p_value": p, "seeds": len(diff), "supported": bool(p < 0.05)})
     return pd.DataFrame(rows)
 
 
