@@ -77,3 +77,74 @@ def test_bench_train_prints_plain_and_encrypted_side_by_side():
     for row in rows.values():
         cells = dict(zip(header, row))
         assert float(cells["plain (img/s)"]) > 0 and cells["encrypted/plain"].endswith("x")
+
+
+# ---- encvit.timing: the interleaved-repetition helpers every benchmark uses -----------------------------
+
+
+def test_interleave_rotates_the_order_and_drops_warmup_rounds():
+    from encvit.timing import interleave
+
+    calls = []
+    candidates = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    samples = interleave(candidates, repeats=3, warmup=1)
+    assert calls == list("abc" "bca" "cab" "abc")  # one warm-up round, then three timed ones, rotated
+    assert {name: len(values) for name, values in samples.items()} == {"a": 3, "b": 3, "c": 3}
+    assert all(seconds >= 0 for values in samples.values() for seconds in values)
+
+
+def test_compare_summarises_samples_and_ratios_per_round():
+    import json
+
+    import numpy as np
+    import pytest
+
+    from encvit.timing import compare, ratios, spread_cell, summarize
+
+    samples = {"full": [10.0, 20.0, 12.0, 11.0], "lora": [7.0, 16.0, 9.0, 8.0]}
+    result = json.loads(json.dumps(compare(samples, baseline="full")))  # survives JSON as it is
+    assert result["ratio_samples"]["lora"] == [0.7, 0.8, 0.75, 8 / 11]
+    assert result["ratios"]["full"] == summarize([1.0] * 4).to_dict()
+    lora = result["ratios"]["lora"]
+    assert lora["median"] == pytest.approx(np.median([0.7, 0.8, 0.75, 8 / 11]))
+    assert (lora["min"], lora["max"], lora["n"]) == (0.7, 0.8, 4)
+    assert lora["q1"] <= lora["median"] <= lora["q3"]
+    # the ratio of medians (12/9.5 ~ 0.79) is not the median of per-round ratios: load hits rounds, not names
+    assert result["summary"]["full"]["median"] == 11.5 and result["summary"]["lora"]["median"] == 8.5
+    assert spread_cell(lora, "x") == "0.74x (0.70–0.80)"
+    assert spread_cell(result["summary"]["full"], " ms", digits=0, factor=1e3) == "11,500 ms (10,000–20,000)"
+    assert spread_cell(summarize([3.0]), "x") == "3.00x"
+    with pytest.raises(ValueError, match="same round"):
+        ratios({"full": [1.0, 2.0], "lora": [1.0]}, "full")
+    with pytest.raises(KeyError, match="baseline"):
+        ratios(samples, "melo")
+    with pytest.raises(ValueError, match="empty"):
+        summarize([])
+
+
+def test_report_json_and_two_runs_compared(tmp_path, capsys):
+    import json
+
+    from encvit.timing import Report, compare, main, markdown_table
+
+    runs = []
+    for i, lora in enumerate(([7.0, 8.0, 9.0], [8.5, 9.5, 10.0])):
+        report = Report("benchmarks/bench_x.py", ["--repeats", "3"], settings={"repeats": 3})
+        assert report.header().startswith("command: python benchmarks/bench_x.py --repeats 3\nmachine: ")
+        assert " cores, load average " in report.header()
+        report.results.append({"backbone": "b", "step": compare({"full": [10.0] * 3, "lora": lora}, "full")})
+        assert report.finish(tmp_path / f"run{i}.json").startswith("load average at the end: ")
+        runs.append(tmp_path / f"run{i}.json")
+    saved = json.loads(runs[0].read_text())
+    assert saved["machine_start"]["cores"] >= 1 and saved["machine_end"]["load_avg"]
+    assert saved["results"][0]["step"]["samples"]["lora"] == [7.0, 8.0, 9.0]
+
+    assert main([str(runs[0]), str(runs[0])]) == 0  # a run always overlaps itself
+    assert main([str(runs[0]), str(runs[1])]) == 0  # 0.70-0.90 and 0.85-1.00 overlap
+    out = capsys.readouterr().out
+    assert "results[0].step.ratios.lora" in out and "2 of 2 overlap" in out
+    saved["results"][0]["step"]["ratios"]["lora"].update(min=2.0, median=2.5, max=3.0)
+    (tmp_path / "apart.json").write_text(json.dumps(saved))
+    assert main([str(runs[1]), str(tmp_path / "apart.json")]) == 1
+    assert "| NO |" in capsys.readouterr().out
+    assert markdown_table(["a", "b"], [["x", 1]]) == "| a | b |\n|---|---:|\n| x | 1 |"
