@@ -1,4 +1,4 @@
-"""The README's paper-scale recipe runs, on a tiny configuration, through the exact same command path."""
+"""The paper-scale recipe of docs/paper-scale.md runs, on a tiny configuration, through the exact same command path."""
 import re
 import shlex
 from pathlib import Path
@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_recipes() -> list[list[str]]:
-    """The `encvit compare` commands of the README's paper-scale block, as argument lists."""
-    block = re.search(r"<!-- paper-scale -->\s*```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    assert block, "README.md lacks the paper-scale recipe block"
+    """The `encvit compare` commands of the paper-scale block in docs/paper-scale.md, as argument lists."""
+    block = re.search(r"<!-- paper-scale -->\s*```bash\n(.*?)```", (ROOT / "docs" / "paper-scale.md").read_text(), re.S)
+    assert block, "docs/paper-scale.md lacks the paper-scale recipe block"
     text = block.group(1).replace("\\\n", " ")
     commands = [shlex.split(line) for line in text.splitlines() if line.strip().startswith(("encvit", "torchrun"))]
     return [c[c.index("compare"):] for c in commands if "compare" in c]
