@@ -29,5 +29,5 @@ if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   esac
 fi
 quiet "$PIP" install -q -e .
-"$VENV/bin/python" -c "import encvit, torch, timm, tenseal, streamlit, nbval" 
+"$VENV/bin/python" -c "import encvit, torch, timm, tenseal, streamlit, nbval, playwright" 
 touch "$VENV/.installed"

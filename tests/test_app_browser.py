@@ -1,28 +1,197 @@
-"""The demo in a real browser: `streamlit run app/Home.py` on a free local port, photographed by headless Chromium."""
-import importlib.util
-from pathlib import Path
+"""The demo in Chromium, used as a person would: `streamlit run app/Home.py` on a free port, driven by Playwright.
+
+Things are found by role, label and visible text (tests/browser/user.py); the checks are what a user sees. The
+shipped adapters are retrained from time to time, so predictions are checked for their form, never their values.
+A test of another page opens it with `go_to_page(app, "Its title")`.
+"""
+import re
 
 import pytest
+from playwright.sync_api import Page, expect
 
-APP_DIR = Path(__file__).resolve().parents[1] / "app"
-_spec = importlib.util.spec_from_file_location("encvit_app_browser", APP_DIR / "browser.py")
-browser = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(browser)
+from browser import (VIEWPORT, ChromiumNotFound, caption, find_chromium, go_to_page, launch_options, open_app,
+                     pick_sample, prediction_tables, read_table, serve_app, shown_fingerprint, type_passphrase,
+                     upload_images, wait_until_idle)
+from browser.screenshots import OTHER_PASSPHRASE, looks_rendered, take_screenshots
+from encvit import demo
+from encvit.adapters import read_adapter
+from encvit.cipher import Key
+from encvit.predict import find_runs, shipped_comparison
+from encvit.samples import DEMO_PASSPHRASE, SAMPLES_DIR
+
+# pytest-playwright's own base_url fixture (used when pytest-base-url is not installed) warns about itself.
+pytestmark = pytest.mark.filterwarnings("ignore:Session-scoped fixtures defined as instance methods")
+PREDICTION = re.compile(r"^(?P<label>.+) (?P<percent>\d+)%$")
+WRONG_KEY = "is not the key the encrypted adapters were trained with"
 
 
-def test_main_page_renders_predictions_in_chromium(tmp_path):
-    if not Path(browser.CHROMIUM).exists():
-        pytest.fail(browser.CHROMIUM_MISSING)  # a missing browser is a broken set-up, not a reason to skip
-    log = tmp_path / "server.log"
-    with browser.serve(log) as url:
-        elements = browser.run_page(url)  # the page as a first visit runs it; also loads the models
-        assert "exception" not in elements
-        assert elements.count("table") >= 3 and elements.count("imgs") >= 6, elements
-        shot = browser.screenshot(url, tmp_path / "home.png")
-        rendered, stats = browser.looks_rendered(shot)
-        assert rendered, f"the screenshot looks blank: {stats}"
-        shown, stats = browser.looks_rendered(shot, min_ink=0.05)
-        assert shown, f"the screenshot shows no images and predictions: {stats}"
-    assert "Stopping" in log.read_text()  # the server was shut down
-    problems = browser.log_problems(log)
+# ---- pytest-playwright's fixtures, pointed at Debian's Chromium and the served demo --------------------------
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """Launch the local Chromium (Playwright cannot download one here); a missing one fails every browser test."""
+    try:
+        return {**browser_type_launch_args, **launch_options()}
+    except ChromiumNotFound as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory):
+    """The demo served on a free port of 127.0.0.1 for this module's tests, stopped at the end."""
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    with serve_app(log) as server:
+        yield server
+    assert "Stopping..." in log.read_text(), "the server did not shut down cleanly"
+
+
+@pytest.fixture
+def browser_context_args(browser_context_args, app_server):
+    """Every test's fresh browser context (so a new Streamlit session) opens paths relative to the server."""
+    return {**browser_context_args, "base_url": app_server.url, "viewport": VIEWPORT}
+
+
+@pytest.fixture
+def app(page: Page, app_server):
+    """The demo's main page as a new visitor sees it; afterwards, no exception in the page or the server's log."""
+    logged_before = app_server.log_size()
+    page_errors = []
+    page.on("pageerror", lambda error: page_errors.append(error))
+    open_app(page)
+    yield page
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    problems = app_server.problems(since=logged_before) + [f"error in the page: {e}" for e in page_errors]
     assert not problems, "\n".join(problems)
+
+
+# ---- what the checks compare against ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shape():
+    infos = {name: read_adapter(run / "adapter.safetensors")[0] for name, run in find_runs(shipped_comparison()).items()}
+    return demo.geometry(infos)
+
+
+def fingerprint(passphrase: str, shape) -> str:
+    return Key.generate(shape.patch_size, shape.channels, passphrase=passphrase).fingerprint
+
+
+def assert_three_predictions_per_run(table, class_names) -> list[dict[str, str]]:
+    """Every row (a run) shows top-1..top-3 as "class NN%", classes of the model, most likely first."""
+    rows = read_table(table)
+    assert rows, "a prediction table without runs"
+    for row in rows:
+        shown = [PREDICTION.match(row.get(f"top-{k}", "")) for k in (1, 2, 3)]
+        assert all(shown), f"not three predictions: {row}"
+        assert {m["label"] for m in shown} <= set(class_names), row
+        percents = [int(m["percent"]) for m in shown]
+        assert percents == sorted(percents, reverse=True), f"predictions not in order: {row}"
+    return rows
+
+
+# ---- the user's flows -----------------------------------------------------------------------------------------
+def test_picked_samples_get_three_predictions_from_every_run(app, shape):
+    tables = prediction_tables(app)
+    expect(tables).to_have_count(3)  # three samples are picked on arrival
+    pick_sample(app, "fashion-5.png (Sandal)")
+    expect(tables).to_have_count(4)
+    wait_until_idle(app)
+    expect(caption(app, "fashion-5.png")).to_be_visible()
+    expect(app.get_by_text("True label: Sandal")).to_be_visible()
+    runs = None
+    for table in tables.all():
+        rows = assert_three_predictions_per_run(table, shape.class_names)
+        assert all(row["correct"] in ("✓", "✗") for row in rows)
+        names = [row["run"] for row in rows]
+        assert runs in (None, names), "every image is classified by the same runs"
+        runs = names
+    assert len(runs) == 4 and any("plain" in r for r in runs) and sum("encrypted" in r for r in runs) == 3, runs
+
+
+def test_png_uploaded_through_the_file_chooser_is_encrypted_and_classified(app, shape, tmp_path):
+    photo = tmp_path / "my-sneaker.png"
+    photo.write_bytes((SAMPLES_DIR / "fashion-7.png").read_bytes())
+    upload_images(app, [photo])
+    tables = prediction_tables(app)
+    expect(tables).to_have_count(4)
+    wait_until_idle(app)
+    expect(caption(app, "my-sneaker.png")).to_be_visible()
+    expect(app.get_by_role("button", name="Download encrypted images (zip of 4)")).to_be_visible()
+    rows = assert_three_predictions_per_run(tables.last, shape.class_names)
+    assert "correct" not in rows[0], "an upload has no true label to compare with"
+
+
+def test_corrupt_upload_gets_a_message_and_the_page_goes_on(app, shape):
+    upload_images(app, [{"name": "broken.png", "mimeType": "image/png", "buffer": b"\x89PNG\r\n\x1a\n not an image"}])
+    expect(app.get_by_role("alert").filter(has_text="broken.png is not a readable image")).to_be_visible()
+    wait_until_idle(app)
+    tables = prediction_tables(app)
+    expect(tables).to_have_count(3)  # the picked samples are still classified
+    for table in tables.all():
+        assert_three_predictions_per_run(table, shape.class_names)
+    expect(app.get_by_role("button", name="Download key file")).to_be_enabled()
+
+
+def test_another_passphrase_shows_the_wrong_key_warning(app, shape):
+    trained = fingerprint(DEMO_PASSPHRASE, shape)
+    assert shown_fingerprint(app) == trained
+    expect(app.get_by_role("alert").filter(has_text=WRONG_KEY)).to_have_count(0)
+
+    type_passphrase(app, OTHER_PASSPHRASE)
+    other = fingerprint(OTHER_PASSPHRASE, shape)
+    warning = app.get_by_role("alert").filter(has_text=WRONG_KEY)
+    expect(warning).to_contain_text(other)
+    expect(warning).to_contain_text(trained)
+    expect(caption(app, f"encrypted with {other}")).to_have_count(3)  # the images, re-encrypted
+    expect(prediction_tables(app)).to_have_count(3)  # predictions still shown, made with the wrong key
+    assert shown_fingerprint(app) == other
+
+    type_passphrase(app, DEMO_PASSPHRASE)
+    expect(warning).to_have_count(0)
+
+
+def test_comparison_page_shows_accuracy_and_parameter_counts(app):
+    go_to_page(app, "Comparison")
+    expect(app).to_have_url(re.compile(r"/Comparison$"))
+    expect(app.get_by_role("heading", name="Full fine-tuning, MeLo and the proposed method")).to_be_visible()
+    expect(app.get_by_role("heading", name="Test accuracy")).to_be_visible()
+    wait_until_idle(app)
+    expect(app.get_by_role("img").first).to_be_visible()  # the shipped results.png
+    parameters = app.get_by_role("table").filter(has=app.get_by_role("columnheader", name="paper (ViT-B/16)"))
+    expect(parameters.get_by_role("cell", name="encvit-tiny").first).to_be_visible()
+    rows = read_table(parameters)
+    assert {r["method"] for r in rows} >= {"full", "melo", "proposed"}, rows
+
+    go_to_page(app, "Home")  # and back: the main page starts again from its defaults
+    expect(prediction_tables(app)).to_have_count(3)
+
+
+def test_downloaded_key_file_is_the_key_in_use(app, shape, tmp_path):
+    with app.expect_download() as download:
+        app.get_by_role("button", name="Download key file").click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    key = Key.load(saved)
+    assert key.fingerprint == shown_fingerprint(app) == fingerprint(DEMO_PASSPHRASE, shape)
+    assert saved.name == f"key-{key.fingerprint}.json"
+
+
+def test_docs_screenshots_show_the_pages(page, app_server, tmp_path):
+    shots = take_screenshots(page, tmp_path)
+    assert [s.name for s in shots] == ["app.png", "app-wrong-key.png", "app-comparison.png"]
+    for shot in shots:
+        rendered, stats = looks_rendered(shot)
+        assert rendered, f"{shot.name} looks blank: {stats}"
+    assert not app_server.problems()
+
+
+# ---- a missing browser is a broken set-up, reported as such ----------------------------------------------------
+def test_chromium_named_by_the_environment_must_exist(monkeypatch, tmp_path):
+    monkeypatch.setenv("ENCVIT_CHROMIUM", str(tmp_path / "no-chromium"))
+    with pytest.raises(ChromiumNotFound, match="ENCVIT_CHROMIUM=.*no-chromium is not an executable file"):
+        find_chromium()
+
+
+def test_missing_chromium_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.delenv("ENCVIT_CHROMIUM", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ChromiumNotFound, match="apt-get install chromium"):
+        find_chromium()
