@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .atomic import write_text
-from .errors import ImageError, KeyFileError, KeyMismatchError
+from .errors import ConfigError, ImageError, KeyFileError, KeyMismatchError
 
 KEY_FORMAT = "encvit-key"
 KEY_VERSION = 1
@@ -81,16 +81,16 @@ class Key:
     def generate(cls, block_size: int = 16, channels: int = 3, *, passphrase: str | None = None,
                  scramble: bool = False, neg_pos: bool = False) -> "Key":
         """A new key: from `passphrase` (deterministic) or from the OS's randomness (passphrase None)."""
-        if not (isinstance(block_size, int) and block_size >= 1):
-            raise KeyMismatchError(f"block size must be an integer >= 1, got {block_size!r}")
-        if not (isinstance(channels, int) and channels >= 1):
-            raise KeyMismatchError(f"channels must be an integer >= 1, got {channels!r}")
+        if not (isinstance(block_size, int) and 1 <= block_size <= 256):
+            raise ConfigError(f"--block-size must be an integer from 1 to 256, got {block_size!r}")
+        if not (isinstance(channels, int) and 1 <= channels <= 4):
+            raise ConfigError(f"--channels must be an integer from 1 to 4, got {channels!r}")
         n = channels * block_size * block_size
         if n < 2:
-            raise KeyMismatchError("a block of one value has only the identity permutation: use a larger block")
+            raise ConfigError("a block of one value has only the identity permutation: use a larger block")
         if passphrase is not None:
             if not passphrase:
-                raise KeyMismatchError("the passphrase is empty")
+                raise ConfigError("the passphrase is empty")
             salt = f"{KEY_FORMAT}-v{KEY_VERSION}|M={block_size}|C={channels}|scramble={scramble}|negpos={neg_pos}"
             master = hashlib.scrypt(passphrase.encode(), salt=salt.encode(), **_SCRYPT)
         else:

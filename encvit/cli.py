@@ -1,15 +1,31 @@
 """The ``encvit`` command line: thin subcommands over the package's modules.
 
-A user error (bad file, wrong key, unknown name) prints one line to stderr and exits with status 2.
+A user error (bad file, wrong key, unknown name, an option value that cannot work) prints one line to stderr and
+exits with status 2, before any data is loaded or anything is written: each subcommand first builds the config
+dataclass that holds its options (which checks them, see ``encvit.errors.option``) and checks its files. A failure
+after work has started (an error, Ctrl-C) removes what was half-written and says so in one line; only a bug shows a
+traceback.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, EncvitError
+from .errors import (ConfigError, EncvitError, ImageError, check_options, check_output_path, integer, number, option,
+                     split_list, text)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (usage is one `--help` away); every subcommand's parser is one."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _key_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -22,10 +38,11 @@ def _key_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
 def cmd_keygen(args) -> int:
     from .cipher import Key
 
-    key = Key.generate(args.block_size, args.channels, passphrase=args.passphrase,
-                       scramble=args.scramble, neg_pos=args.neg_pos)
+    check_output_path(args.output, "--output", folder=False)
     if Path(args.output).exists() and not args.force:
         raise EncvitError(f"{args.output} exists; pass --force to replace it")
+    key = Key.generate(args.block_size, args.channels, passphrase=args.passphrase,
+                       scramble=args.scramble, neg_pos=args.neg_pos)
     key.save(args.output)
     print(f"wrote {args.output}: {key.describe()}")
     return 0
@@ -42,11 +59,13 @@ def cmd_key_info(args) -> int:
 
 def _convert_images(args, decrypt: bool) -> int:
     from .cipher import Key
-    from .images import is_grey, open_image, parse_size, save_png, to_array
+    from .images import MAX_PIXELS, is_grey, open_image, parse_size, save_png, to_array
 
+    out_dir = check_output_path(args.output, "--output", folder=True)
     key = Key.load(args.key)
-    resize = parse_size(args.resize) if args.resize else None
-    out_dir = Path(args.output)
+    resize = parse_size(args.resize) if args.resize is not None else None
+    if resize and resize[0] * resize[1] > MAX_PIXELS:
+        raise ImageError(f"--resize {args.resize} makes {resize[0] * resize[1]:,} pixels; at most {MAX_PIXELS:,}")
     targets: dict[str, Path] = {}
     arrays = []
     # Validate the whole batch before writing anything.
@@ -83,9 +102,23 @@ def cmd_decrypt(args) -> int:
 
 
 # ---- models ------------------------------------------------------------------------------------------
+@dataclass
+class ParamsConfig:
+    """The options of `encvit params`, checked when made."""
+
+    backbone: str = option("vit_base_patch16_224", text())
+    num_classes: int = option(10, integer(1, 1_000_000))
+    rank: int = option(4, integer(1, 4096))
+    alpha: float = option(8.0, number(0, low_open=True))
+
+    def __post_init__(self):
+        check_options(self)
+
+
 def cmd_params(args) -> int:
     from .report import parameter_table
 
+    ParamsConfig(args.backbone, args.num_classes, args.rank, args.alpha)
     table = parameter_table(args.backbone, args.num_classes, args.rank, args.alpha)
     if args.json:
         print(json.dumps({**{m: row["trainable"] for m, row in table.items()},
@@ -103,8 +136,9 @@ def cmd_params(args) -> int:
 def cmd_pretrain(args) -> int:
     from .pretrain import PretrainConfig, pretrain
 
-    result = pretrain(PretrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                                     limit=args.limit, seed=args.seed, out=args.out))
+    config = PretrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, limit=args.limit,
+                            seed=args.seed, out=args.out)
+    result = pretrain(config)
     print(f"test accuracy {result['test_acc']:.2f}% after {args.epochs} epochs, {result['seconds'] / 60:.1f} min")
     return 0
 
@@ -139,21 +173,32 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _wall(start: float, jobs: int) -> str:
+    return f"{time.perf_counter() - start:.0f} s wall time, {jobs} run(s) at a time"
+
+
 def cmd_compare(args) -> int:
     from .compare import compare
 
-    methods = args.methods.split(",")
-    settings = args.settings.split(",")
-    compare(_config_from(args, out=None), methods, settings, args.seeds, args.out, args.overwrite)
-    print(f"results in {args.out}: results.md, results.csv, results.png")
+    base = _config_from(args, out=None)
+    methods = split_list(args.methods, str, "--methods")
+    settings = split_list(args.settings, str, "--settings")
+    start = time.perf_counter()
+    compare(base, methods, settings, args.seeds, args.out, args.overwrite, jobs=args.jobs)
+    print(f"results in {args.out}: results.md, results.csv, results.png ({_wall(start, args.jobs)})")
     return 0
 
 
-def cmd_study(args) -> int:
-    import os
+def _from_env_or(option_value, env: str, convert, flag: str):
+    """An option's value from the environment variable `env` when set (sizes of slow studies), else the option's."""
+    value = os.environ.get(env) or option_value
+    return split_list(value, convert, f"{flag} (or {env})") if convert else value
 
+
+def cmd_study(args) -> int:
     from .study import data_size_study, merge_studies
 
+    base = _config_from(args, out=None)
     if args.kind == "merge":
         if len(args.folders) < 2:
             raise ConfigError("study merge needs at least two study folders")
@@ -162,11 +207,15 @@ def cmd_study(args) -> int:
         return 0
     if args.folders:
         raise ConfigError("study data-size takes no folders (they are for study merge)")
-    sizes = [int(v) for v in (os.environ.get("ENCVIT_STUDY_SIZES") or args.sizes).split(",")]
-    seeds = int(os.environ.get("ENCVIT_STUDY_SEEDS") or args.seeds)
-    patch_lrs = [float(v) for v in args.patch_lrs.split(",")] if args.patch_lrs else []
-    data_size_study(_config_from(args, out=None), args.datasets.split(","), sizes, seeds, patch_lrs, args.out)
-    print(f"study written to {args.out}: study.csv, gaps.csv, study.png")
+    sizes = _from_env_or(args.sizes, "ENCVIT_STUDY_SIZES", int, "--sizes")
+    seeds = _from_env_or(args.seeds, "ENCVIT_STUDY_SEEDS", int, "--seeds")
+    if len(seeds) != 1:
+        raise ConfigError(f"--seeds (or ENCVIT_STUDY_SEEDS) must be one integer, got {seeds}")
+    patch_lrs = split_list(args.patch_lrs, float, "--patch-lrs")
+    datasets = split_list(args.datasets, str, "--datasets")
+    start = time.perf_counter()
+    data_size_study(base, datasets, sizes, seeds[0], patch_lrs, args.out, jobs=args.jobs)
+    print(f"study written to {args.out}: study.csv, gaps.csv, study.png ({_wall(start, args.jobs)})")
     return 0
 
 
@@ -196,10 +245,15 @@ def _training_args(p: argparse.ArgumentParser, with_method: bool = True) -> None
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
 
 
+def _jobs_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process with the CPU cores "
+                   "split between them (default 1: one run after another, all cores each)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="encvit", description="Privacy-preserving fine-tuning of ViTs: "
-                                     "block-wise image encryption, LoRA methods and encrypted head training.")
+    parser = Parser(prog="encvit", description="Privacy-preserving fine-tuning of ViTs: "
+                    "block-wise image encryption, LoRA methods and encrypted head training.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("keygen", help="make a secret key file")
@@ -262,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="full,melo,proposed")
     p.add_argument("--settings", default="plain,encrypted")
     p.add_argument("--seeds", type=int, default=1, help="repeat every cell with this many seeds")
+    _jobs_arg(p)
     p.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
     p.set_defaults(func=cmd_compare)
 
@@ -272,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     _training_args(p, with_method=False)
     p.add_argument("--datasets", default="fashion5k,mnist5k")
     p.add_argument("--sizes", default="500,1000,2000,3600", help="training-set sizes (env ENCVIT_STUDY_SIZES)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per cell (env ENCVIT_STUDY_SEEDS)")
+    p.add_argument("--seeds", default="3", help="seeds per cell (env ENCVIT_STUDY_SEEDS)")
+    _jobs_arg(p)
     p.add_argument("--patch-lrs", default="", help="extra proposed arms with these patch-embedding learning rates")
     p.add_argument("--out", default="runs/study", help="output folder")
     p.set_defaults(func=cmd_study)
@@ -282,14 +338,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status (2: the input was refused, nothing was done)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    name = f"encvit {args.command}"
     try:
         return args.func(args)
     except EncvitError as exc:
-        print(f"encvit {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{name}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; what was half-written has been removed", file=sys.stderr)
+        return 130
+    except (OSError, MemoryError) as exc:  # the machine's limits (disk full, permissions, memory), not a bug
+        print(f"{name}: failed: {type(exc).__name__}: {exc}; what was half-written has been removed",
+              file=sys.stderr)
+        return 1
+    except Exception:
+        traceback.print_exc()
+        print(f"{name}: failed with an unexpected error (a bug: the traceback above shows where); what was "
+              f"half-written has been removed", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

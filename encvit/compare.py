@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import matplotlib
@@ -22,10 +22,11 @@ from scipy import stats
 from .atomic import save_figure, write_text
 from .backbones import create_backbone, describe
 from .data import load_dataset
-from .errors import ConfigError
-from .methods import METHODS, check_method
+from .errors import ConfigError, check_options, each, integer, one_of, option, optional, text
+from .methods import ALL_METHODS, METHODS
+from .parallel import jobs_allowed, train_runs
 from .samples import DEMO_PASSPHRASE
-from .train import TrainConfig, train
+from .train import MAX_SEED, TrainConfig, check_splits, prepare_run_dir, resolve_key
 
 SETTINGS = ("plain", "encrypted")
 
@@ -35,44 +36,73 @@ def run_name(method: str, setting: str, seed: int, first_seed: int = 0) -> str:
     return f"{method}-{setting}" + (f"-seed{seed}" if seed != first_seed else "")
 
 
+@dataclass
+class CompareConfig:
+    """What `compare` runs beyond the TrainConfig: methods x settings x seeds, where, and how many at a time."""
+
+    methods: tuple = option(METHODS, each(one_of(*ALL_METHODS)))
+    settings: tuple = option(SETTINGS, each(one_of(*SETTINGS)))
+    seeds: int = option(1, integer(1))
+    out: str | None = option(None, optional(text()))
+    overwrite: bool = False
+    jobs: int = option(1, jobs_allowed())
+
+    def __post_init__(self):
+        self.methods, self.settings = tuple(self.methods), tuple(self.settings)
+        check_options(self)
+
+    def check_seeds(self, first_seed: int) -> None:
+        """Refuse seeds past the largest a run accepts."""
+        if first_seed + self.seeds - 1 > MAX_SEED:
+            raise ConfigError(f"--seed + --seeds must stay below {MAX_SEED + 1}, got {first_seed} + {self.seeds}")
+
+
 def compare(base: TrainConfig, methods=METHODS, settings=SETTINGS, seeds: int = 1, out: str | Path | None = None,
-            overwrite: bool = False, log=print) -> pd.DataFrame:
-    """Train every (method, setting, seed) on one dataset; returns one row per run (and writes `out`)."""
-    for method in methods:
-        check_method(method)
-    unknown = set(settings) - set(SETTINGS)
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {sorted(unknown)}; choose from {', '.join(SETTINGS)}")
-    out = Path(out) if out else None
+            overwrite: bool = False, log=print, jobs: int = 1) -> pd.DataFrame:
+    """Train every (method, setting, seed) on one dataset, `jobs` runs at a time; one row per run (written to
+    `out`). Every option is checked before the data is loaded."""
+    grid = CompareConfig(methods, settings, seeds, str(out) if out else None, overwrite, jobs)
+    grid.check_seeds(base.seed)
+    out = prepare_run_dir(grid.out, True) if grid.out else None
     if out and (out / "results.csv").exists() and not overwrite:
         raise ConfigError(f"{out} already holds a comparison; pass --overwrite to replace it")
     backbone = create_backbone(base.backbone, pretrained=base.pretrained, weights=base.weights,
                                image_size=base.image_size)
     geometry = describe(backbone, base.backbone)
-    splits = load_dataset(base.dataset, geometry.image_size, geometry.channels, base.limit)
     passphrase = base.passphrase if base.passphrase or base.key else DEMO_PASSPHRASE
-    rows = []
-    start = time.perf_counter()
+    configs = {}
     for seed in range(base.seed, base.seed + seeds):
-        for setting in settings:
-            for method in methods:
+        for setting in grid.settings:
+            for method in grid.methods:
                 name = run_name(method, setting, seed, base.seed)
-                config = replace(base, method=method, seed=seed, lr=base.lr, test_every_epoch=False,
-                                 key=base.key if setting == "encrypted" else None,
-                                 passphrase=passphrase if setting == "encrypted" and not base.key else None,
-                                 out=str(out / name) if out else None, overwrite=True)
-                result = train(config, splits=splits, backbone=copy.deepcopy(backbone))
-                row = {k: v for k, v in result.items() if k not in ("model", "metrics")}
-                row["run"] = name
-                rows.append(row)
-                log(f"{name}: test {row['test_acc']:.2f}%  val {row['val_acc']:.2f}%  "
-                    f"{row['trainable']:,} trainable  {row['seconds']:.0f} s")
+                configs[name] = replace(base, method=method, seed=seed, lr=base.lr, test_every_epoch=False,
+                                        key=base.key if setting == "encrypted" else None,
+                                        passphrase=passphrase if setting == "encrypted" and not base.key else None,
+                                        out=str(out / name) if out else None, overwrite=True,
+                                        progress=base.progress and jobs == 1)
+    if base.key:  # a key file that does not fit is refused before the data is loaded
+        resolve_key(base.key, None, geometry.patch_size, geometry.channels)
+    splits = load_dataset(base.dataset, geometry.image_size, geometry.channels, base.limit)
+    check_splits(splits, base.limit)
+    names = list(configs)
+    rows: list[dict | None] = [None] * len(names)
+
+    def finished(index: int, result: dict) -> None:
+        row = {k: v for k, v in result.items() if k not in ("model", "metrics")}
+        row["run"] = names[index]
+        rows[index] = row
+        log(f"{row['run']}: test {row['test_acc']:.2f}%  val {row['val_acc']:.2f}%  "
+            f"{row['trainable']:,} trainable  {row['seconds']:.0f} s")
+
+    start = time.perf_counter()
+    train_runs(((config, splits, copy.deepcopy(backbone)) for config in configs.values()), jobs, finished)
     table = pd.DataFrame(rows)
     full = table.loc[table.method == "full", "trainable"]
     table["percent_of_full"] = 100 * table.trainable / (full.iloc[0] if len(full) else np.nan)
     if out:
         write_results(table, out, {"backbone": base.backbone, "dataset": splits.name, "seeds": seeds,
-                                   "epochs": base.epochs, "seconds_total": time.perf_counter() - start})
+                                   "epochs": base.epochs, "jobs": jobs,
+                                   "seconds_total": time.perf_counter() - start})
     return table
 
 

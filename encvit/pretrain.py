@@ -14,33 +14,47 @@ from safetensors.torch import save_file
 from .atomic import atomic_path, write_text
 from .backbones import EMBEDDED, NORM_MEAN, NORM_STD, create_backbone, embedded_weights_path
 from .data import HOLDOUT_PER_CLASS, load_dataset
+from .errors import ConfigError, check_options, check_output_path, integer, number, one_of, option, optional, text
 from .loop import LoopSettings, evaluate, fit, pick_device
 from .preprocess import BatchPreprocess
+from .train import MAX_SEED, check_splits
 
 
 @dataclass
 class PretrainConfig:
-    """The recipe of the shipped weights; its defaults are the recipe used for them."""
+    """The recipe of the shipped weights; its defaults are the recipe used for them. Values that cannot work are
+    refused when it is made."""
 
-    name: str = "encvit-tiny"
-    epochs: int = 15
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    batch_size: int = 128
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
+    name: str = option("encvit-tiny", one_of(*EMBEDDED), flag="name")
+    epochs: int = option(15, integer(1))
+    lr: float = option(2e-3, number(0, low_open=True))
+    weight_decay: float = option(0.05, number(0))
+    batch_size: int = option(128, integer(1))
+    warmup_epochs: float = option(1.0, number(0))
+    label_smoothing: float = option(0.1, number(0, 1, high_open=True))
     hflip: bool = True
-    seed: int = 0
-    limit: int | None = None
-    out: str | None = None
+    seed: int = option(0, integer(0, MAX_SEED))
+    limit: int | None = option(None, optional(integer(1)))
+    out: str | None = option(None, optional(text()))
+
+    def __post_init__(self):
+        check_options(self)
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(f"--warmup-epochs must be at most --epochs ({self.epochs}), got {self.warmup_epochs:g}")
 
 
 def pretrain(config: PretrainConfig) -> dict:
     """Train the embedded backbone from scratch on the 55,000 pretraining images; write weights and card."""
+    out = Path(config.out) if config.out else embedded_weights_path(config.name)
+    check_output_path(out, "--out", folder=False)
+    check_output_path(out.with_suffix(".md"), "--out (its model card)", folder=False)
+    if out.suffix == ".md":
+        raise ConfigError(f"--out {out} would be overwritten by its model card (.md): name a .safetensors file")
     torch.manual_seed(config.seed)
     model = create_backbone(config.name, pretrained=False)
     spec = EMBEDDED[config.name]
     splits = load_dataset("fashion55k", limit=config.limit)
+    check_splits(splits, config.limit)
     preprocess = BatchPreprocess(spec["img_size"], spec["in_chans"])
     settings = LoopSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
                             weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs,
@@ -50,7 +64,6 @@ def pretrain(config: PretrainConfig) -> dict:
                on_epoch=lambda r: print(json.dumps(r), flush=True))
     seconds = time.perf_counter() - start
     test_acc = evaluate(model, splits.test, preprocess, pick_device())
-    out = Path(config.out) if config.out else embedded_weights_path(config.name)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     with atomic_path(out) as tmp:
         save_file(state, tmp, metadata={"name": config.name, "recipe": json.dumps(asdict(config))})

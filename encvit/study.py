@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import matplotlib
@@ -22,9 +22,10 @@ from .atomic import save_figure, write_text
 from .backbones import create_backbone, describe
 from .compare import paired_interval
 from .data import Splits, load_dataset, stratified_subset
-from .errors import ConfigError
+from .errors import ConfigError, check_options, check_output_path, each, integer, number, option, optional, text
+from .parallel import jobs_allowed, train_runs
 from .samples import DEMO_PASSPHRASE
-from .train import TrainConfig, train
+from .train import MAX_SEED, TrainConfig, check_splits, dataset_name
 
 SHIPPED_STUDY = Path(__file__).parent / "results" / "study"  # the full study, measured on the shipped backbone
 
@@ -37,53 +38,85 @@ def arm_name(method: str, patch_lr: float | None) -> str:
 RUN_KEY = ["dataset", "size", "seed", "arm"]
 
 
+@dataclass
+class StudyConfig:
+    """What the data-size study runs beyond the TrainConfig: datasets x sizes x seeds x arms, where, and how
+    many runs at a time."""
+
+    datasets: tuple = option(("fashion5k", "mnist5k"), each(dataset_name()))
+    sizes: tuple = option((500, 1000, 2000, 3600), each(integer(1)))
+    seeds: int = option(3, integer(1))
+    patch_lrs: tuple = option((), each(number(0, low_open=True), empty=True))
+    out: str | None = option(None, optional(text()))
+    jobs: int = option(1, jobs_allowed())
+
+    def __post_init__(self):
+        self.datasets, self.sizes, self.patch_lrs = tuple(self.datasets), tuple(self.sizes), tuple(self.patch_lrs)
+        check_options(self)
+
+
 def data_size_study(base: TrainConfig, datasets=("fashion5k", "mnist5k"), sizes=(500, 1000, 2000, 3600),
-                    seeds: int = 3, patch_lrs=(), out: str | Path | None = None, log=print) -> pd.DataFrame:
-    """Train MeLo, proposed (with each patch lr) and full on encrypted subsets; one row per run.
+                    seeds: int = 3, patch_lrs=(), out: str | Path | None = None, log=print,
+                    jobs: int = 1) -> pd.DataFrame:
+    """Train MeLo, proposed (with each patch lr) and full on encrypted subsets, `jobs` runs at a time; one row
+    per run.
 
     With `out`, study.csv is rewritten after every run, and runs already in it are skipped: an
     interrupted study resumes where it stopped.
     """
-    if seeds < 1 or not sizes or not datasets:
-        raise ConfigError("the study needs at least one dataset, one size and one seed")
+    plan = StudyConfig(datasets, sizes, seeds, patch_lrs, str(out) if out else None, jobs)
+    if base.seed + seeds - 1 > MAX_SEED:
+        raise ConfigError(f"--seed + --seeds must stay below {MAX_SEED + 1}, got {base.seed} + {seeds}")
+    out = check_output_path(out, "--out", folder=True) if out else None
+    rows = _finished_runs(out, base.backbone) if out else []
     backbone = create_backbone(base.backbone, pretrained=base.pretrained, weights=base.weights)
     geometry = describe(backbone, base.backbone)
     passphrase = base.passphrase or DEMO_PASSPHRASE
-    arms = [("melo", None), ("proposed", None), *[("proposed", lr) for lr in patch_lrs], ("full", None)]
-    rows = _finished_runs(Path(out), base.backbone) if out else []
+    arms = [("melo", None), ("proposed", None), *[("proposed", lr) for lr in plan.patch_lrs], ("full", None)]
     done = {tuple(r[k] for k in RUN_KEY) for r in rows}
     if done:
-        log(f"resuming: {len(done)} runs already in {Path(out) / 'study.csv'}")
-    loaded = {dataset: load_dataset(dataset, geometry.image_size, geometry.channels) for dataset in datasets}
+        log(f"resuming: {len(done)} runs already in {out / 'study.csv'}")
+    loaded = {dataset: load_dataset(dataset, geometry.image_size, geometry.channels) for dataset in plan.datasets}
     for dataset, full_splits in loaded.items():  # refuse before any training, not halfway through
-        too_big = [size for size in sizes if size > len(full_splits.train)]
+        too_big = [size for size in plan.sizes if size > len(full_splits.train)]
         if too_big:
             raise ConfigError(f"{dataset} has {len(full_splits.train)} training images, fewer than {too_big[0]}")
-    start = time.perf_counter()
+    todo = []  # (the run's row without results, its config, its splits) in the order a sequential study runs them
     for dataset, full_splits in loaded.items():
         val, test = (stratified_subset(s, base.limit) if base.limit else s for s in (full_splits.val, full_splits.test))
-        for size in sizes:
+        for size in plan.sizes:
             splits = Splits(dataset, stratified_subset(full_splits.train, size), val, test)
+            check_splits(splits, base.limit)
             for seed in range(base.seed, base.seed + seeds):
                 for method, patch_lr in arms:
                     if (dataset, size, seed, arm_name(method, patch_lr)) in done:
                         continue
                     config = replace(base, dataset=dataset, method=method, seed=seed, patch_lr=patch_lr,
-                                     test_every_epoch=False,
+                                     test_every_epoch=False, progress=base.progress and jobs == 1,
                                      passphrase=passphrase, key=None, out=None, limit=None)
-                    result = train(config, splits=splits, backbone=copy.deepcopy(backbone))
-                    rows.append({"dataset": dataset, "size": size, "seed": seed, "arm": arm_name(method, patch_lr),
-                                 "method": method, "patch_lr": patch_lr, "val_acc": result["val_acc"],
-                                 "test_acc": result["test_acc"], "seconds": result["seconds"],
-                                 "backbone": base.backbone, "epochs": base.epochs})
-                    log(f"{dataset} n={size} seed {seed} {rows[-1]['arm']}: test {result['test_acc']:.2f}%")
-                    if out:
-                        write_text(Path(out) / "study.csv", pd.DataFrame(rows).to_csv(index=False))
-    table = pd.DataFrame(rows)
+                    row = {"dataset": dataset, "size": size, "seed": seed, "arm": arm_name(method, patch_lr),
+                           "method": method, "patch_lr": patch_lr}
+                    todo.append((row, config, splits))
+    new_rows: dict[int, dict] = {}
+
+    def table_so_far() -> pd.DataFrame:
+        return pd.DataFrame(rows + [new_rows[i] for i in sorted(new_rows)])  # the sequential order, whatever jobs
+
+    def finished(index: int, result: dict) -> None:
+        row = {**todo[index][0], "val_acc": result["val_acc"], "test_acc": result["test_acc"],
+               "seconds": result["seconds"], "backbone": base.backbone, "epochs": base.epochs}
+        new_rows[index] = row
+        log(f"{row['dataset']} n={row['size']} seed {row['seed']} {row['arm']}: test {row['test_acc']:.2f}%")
+        if out:
+            write_text(out / "study.csv", table_so_far().to_csv(index=False))
+
+    start = time.perf_counter()
+    train_runs(((config, splits, copy.deepcopy(backbone)) for _, config, splits in todo), jobs, finished)
+    table = table_so_far()
     if out:
-        write_study(table, Path(out), {"backbone": base.backbone, "epochs": base.epochs, "seeds": seeds,
-                                       "seconds_this_session": round(time.perf_counter() - start, 1),
-                                       "training_seconds": round(float(table["seconds"].sum()), 1)})
+        write_study(table, out, {"backbone": base.backbone, "epochs": base.epochs, "seeds": seeds, "jobs": jobs,
+                                 "seconds_this_session": round(time.perf_counter() - start, 1),
+                                 "training_seconds": round(float(table["seconds"].sum()), 1)})
     return table
 
 
@@ -91,7 +124,7 @@ def _finished_runs(out: Path, backbone: str) -> list[dict]:
     """Rows of an earlier, possibly interrupted, study in `out`; refuses one made with another backbone."""
     if not (out / "study.csv").exists():
         return []
-    table = pd.read_csv(out / "study.csv")
+    table = load_study_runs(out)
     others = set(table.get("backbone", pd.Series([backbone]))) - {backbone}
     if others:
         raise ConfigError(f"{out} holds a study of backbone {sorted(others)[0]}, not {backbone}: "
@@ -101,6 +134,7 @@ def _finished_runs(out: Path, backbone: str) -> list[dict]:
 
 def merge_studies(folders, out: str | Path) -> pd.DataFrame:
     """Join the runs of several study folders (e.g. one per seed, run in parallel) into one study."""
+    out = check_output_path(out, "--out", folder=True)
     tables = [load_study_runs(f) for f in folders]
     table = pd.concat(tables, ignore_index=True)
     duplicated = table[table.duplicated(RUN_KEY, keep=False)]
@@ -111,18 +145,28 @@ def merge_studies(folders, out: str | Path) -> pd.DataFrame:
     if len(backbones) > 1:
         raise ConfigError(f"the folders mix backbones: {', '.join(backbones)}")
     seeds = int(table.groupby(["dataset", "size", "arm"]).seed.nunique().min())
-    write_study(table, Path(out), {"backbone": backbones[0], "epochs": int(table["epochs"].iloc[0]), "seeds": seeds,
-                                   "merged_from": [str(f) for f in folders],
-                                   "training_seconds": round(float(table["seconds"].sum()), 1)})
+    write_study(table, out, {"backbone": backbones[0], "epochs": int(table["epochs"].iloc[0]), "seeds": seeds,
+                             "merged_from": [str(f) for f in folders],
+                             "training_seconds": round(float(table["seconds"].sum()), 1)})
     return table
 
 
+STUDY_COLUMNS = [*RUN_KEY, "method", "patch_lr", "val_acc", "test_acc", "seconds", "backbone", "epochs"]
+
+
 def load_study_runs(folder: str | Path) -> pd.DataFrame:
-    """The runs (study.csv) of a study folder."""
+    """The runs (study.csv) of a study folder; a missing, unreadable or foreign file is refused."""
     path = Path(folder) / "study.csv"
-    if not path.exists():
+    if not path.is_file():
         raise ConfigError(f"{folder} holds no study results (study.csv)")
-    return pd.read_csv(path)
+    try:
+        table = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ConfigError(f"{path} is not readable ({type(exc).__name__}: {exc})") from None
+    missing = [c for c in STUDY_COLUMNS if c not in table.columns]
+    if missing:
+        raise ConfigError(f"{path} is not a study's run table: it lacks {', '.join(missing)}")
+    return table
 
 
 CHOSEN_ON_VAL = "proposed (patch lr chosen on val)"

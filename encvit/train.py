@@ -26,45 +26,66 @@ from .adapters import AdapterInfo, load_classifier, save_adapter
 from .atomic import write_text
 from .backbones import create_backbone, describe, weights_hash
 from .cipher import Key, fingerprint_of
-from .data import Splits, load_dataset
-from .errors import ConfigError, KeyMismatchError
+from .data import DATASETS, Splits, load_dataset
+from .errors import (Allowed, ConfigError, KeyMismatchError, check_options, check_output_path, integer, number, one_of, option,
+                     optional, text)
 from .loop import LoopSettings, distributed, evaluate, fit, pick_device
-from .methods import LORA_METHODS, PATCH_EMBED_METHODS, check_method, count_trainable, prepare
+from .methods import ALL_METHODS, LORA_METHODS, PATCH_EMBED_METHODS, count_trainable, prepare
 from .preprocess import BatchPreprocess
 
 # Chosen on the validation split of fashion5k by scripts/choose_lr.py (README: "Default learning rates").
 DEFAULT_LR = {"full": 2e-3, "melo": 1e-2, "proposed": 1e-2, "head": 1e-2}
 
 
+MAX_SEED = 2 ** 32 - 1
+
+
+def dataset_name() -> Allowed:
+    """A dataset name that `load_dataset` knows, or folder:PATH."""
+    names = [n for n in DATASETS if not n.startswith("folder:")]
+    return Allowed(f"one of {', '.join(names)} or folder:PATH",
+                   lambda v: v in names or (isinstance(v, str) and v.startswith("folder:") and v[7:].strip() != ""))
+
+
 @dataclass
 class TrainConfig:
-    """Everything a run depends on; also the command line's defaults."""
+    """Everything a run depends on; also the command line's defaults. Values that cannot work are refused here."""
 
-    dataset: str = "fashion5k"
-    method: str = "proposed"
-    backbone: str = "encvit-tiny"
-    weights: str | None = None
+    dataset: str = option("fashion5k", dataset_name())
+    method: str = option("proposed", one_of(*ALL_METHODS))
+    backbone: str = option("encvit-tiny", text())
+    weights: str | None = option(None, optional(text()))
     pretrained: bool = True
-    image_size: int | None = None
-    key: str | None = None
-    passphrase: str | None = None
-    epochs: int = 6
-    lr: float | None = None
-    patch_lr: float | None = None
-    batch_size: int = 128
-    weight_decay: float = 0.01
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    rank: int = 4
-    alpha: float = 8.0
-    seed: int = 0
-    limit: int | None = None
-    amp: str = "auto"
+    image_size: int | None = option(None, optional(integer(1, 4096)))
+    key: str | None = option(None, optional(text()))
+    passphrase: str | None = option(None, optional(text()))
+    epochs: int = option(6, integer(1))
+    lr: float | None = option(None, optional(number(0, low_open=True)))
+    patch_lr: float | None = option(None, optional(number(0, low_open=True)))
+    batch_size: int = option(128, integer(1))
+    weight_decay: float = option(0.01, number(0))
+    warmup_epochs: float = option(1.0, number(0))
+    label_smoothing: float = option(0.1, number(0, 1, high_open=True))
+    rank: int = option(4, integer(1))
+    alpha: float = option(8.0, number(0, low_open=True))
+    seed: int = option(0, integer(0, MAX_SEED))
+    limit: int | None = option(None, optional(integer(1)))
+    amp: str = option("auto", one_of("auto", "off", "bf16"))
     progress: bool = True
     test_every_epoch: bool = True
-    out: str | None = None
+    out: str | None = option(None, optional(text()))
     overwrite: bool = False
     extras: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_options(self)
+        if self.patch_lr is not None and self.method not in PATCH_EMBED_METHODS:
+            raise ConfigError(f"--patch-lr needs a method that trains the patch embedding "
+                              f"({', '.join(PATCH_EMBED_METHODS)}), got --method {self.method}")
+        if self.key and self.passphrase:
+            raise ConfigError("give either --key or --passphrase, not both")
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(f"--warmup-epochs must be at most --epochs ({self.epochs}), got {self.warmup_epochs:g}")
 
     @property
     def learning_rate(self) -> float:
@@ -96,22 +117,30 @@ def versions() -> dict:
             "encvit": __version__}
 
 
-def prepare_run_dir(out: str | os.PathLike | None, overwrite: bool) -> Path | None:
-    """Refuse an existing run directory unless `overwrite`; nothing is deleted before training succeeds."""
+def prepare_run_dir(out: str | os.PathLike | None, overwrite: bool, flag: str = "--out") -> Path | None:
+    """Refuse an existing run directory unless `overwrite`, and a path that cannot be written; deletes nothing."""
     if out is None:
         return None
-    path = Path(out)
+    path = check_output_path(out, flag, folder=True)
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise ConfigError(f"run directory {path} exists; pass --overwrite to replace it")
     return path
 
 
+def check_splits(splits: Splits, limit: int | None) -> None:
+    """Refuse a dataset (or a --limit) that leaves a split without images: the run would report nan."""
+    empty = [name for name in ("train", "val", "test") if len(getattr(splits, name)) == 0]
+    if empty:
+        hint = f" (--limit {limit} is below one image per class: use at least {len(splits.classes)})" \
+            if limit and limit < len(splits.classes) else ""
+        raise ConfigError(f"dataset {splits.name} has no {' or '.join(empty)} images{hint}")
+
+
 def train(config: TrainConfig, splits: Splits | None = None, backbone: torch.nn.Module | None = None) -> dict:
-    """Fine-tune a backbone by `config`; returns the result and writes the run directory if `config.out`."""
-    check_method(config.method)
-    if config.patch_lr is not None and (config.method not in PATCH_EMBED_METHODS or config.patch_lr <= 0):
-        raise ConfigError(f"--patch-lr must be positive and needs a method that trains the patch embedding "
-                          f"({', '.join(PATCH_EMBED_METHODS)}), got {config.patch_lr:g} with {config.method}")
+    """Fine-tune a backbone by `config`; returns the result and writes the run directory if `config.out`.
+
+    Everything is checked before the data is loaded; a failure later (an error, Ctrl-C) removes RUN.partial.
+    """
     out = prepare_run_dir(config.out, config.overwrite)
     rank, _ = distributed()
     torch.manual_seed(config.seed)
@@ -121,8 +150,12 @@ def train(config: TrainConfig, splits: Splits | None = None, backbone: torch.nn.
     if config.image_size and config.image_size != geometry.image_size:
         raise ConfigError(f"backbone {config.backbone} takes {geometry.image_size}x{geometry.image_size} images, "
                           f"not {config.image_size}")
+    width = model.patch_embed.proj.out_channels
+    if config.method in LORA_METHODS and config.rank > width:
+        raise ConfigError(f"--rank must be at most the backbone's width ({width}), got {config.rank}")
     key = resolve_key(config.key, config.passphrase, geometry.patch_size, geometry.channels)
     splits = splits or load_dataset(config.dataset, geometry.image_size, geometry.channels, config.limit)
+    check_splits(splits, config.limit)
     backbone_hash = weights_hash(model)
     prepare(model, config.method, len(splits.classes), config.rank, config.alpha)
     preprocess = BatchPreprocess(geometry.image_size, geometry.channels, key, geometry.mean, geometry.std)
@@ -131,6 +164,16 @@ def train(config: TrainConfig, splits: Splits | None = None, backbone: torch.nn.
                             label_smoothing=config.label_smoothing, patch_lr=config.patch_lr, amp=config.amp,
                             seed=config.seed, progress=config.progress, test_every_epoch=config.test_every_epoch)
     staging = out.with_name(out.name + ".partial") if out and rank == 0 else None
+    try:
+        return _fit_and_write(config, model, splits, key, geometry, backbone_hash, preprocess, settings, out, staging)
+    except BaseException:
+        if staging:  # an error or Ctrl-C after work started: leave nothing half-written behind
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _fit_and_write(config, model, splits, key, geometry, backbone_hash, preprocess, settings, out, staging) -> dict:
+    """Train, then write the run into `staging` and rename it to `out` in one step."""
     if staging:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -154,7 +197,7 @@ def train(config: TrainConfig, splits: Splits | None = None, backbone: torch.nn.
     result = {"method": config.method, "dataset": splits.name, "setting": "encrypted" if key else "plain",
               "key_fingerprint": fingerprint_of(key), "val_acc": rows[-1]["val_acc"] if rows else float("nan"),
               "test_acc": rows[-1]["test_acc"] if rows else float("nan"), "trainable": count_trainable(model),
-              "seconds": seconds, "lr": config.learning_rate, "seed": config.seed,
+              "seconds": seconds, "threads": torch.get_num_threads(), "lr": config.learning_rate, "seed": config.seed,
               "train_images": len(splits.train), "epochs": config.epochs}
     if staging:
         adapter = save_adapter(staging / "adapter.safetensors", model, info)
@@ -176,10 +219,28 @@ def train(config: TrainConfig, splits: Splits | None = None, backbone: torch.nn.
     return result
 
 
+@dataclass
+class EvaluateConfig:
+    """The options of `encvit evaluate`, checked when made."""
+
+    run: str = option("", text(), flag="RUN")
+    dataset: str | None = option(None, optional(dataset_name()))
+    key: str | None = option(None, optional(text()))
+    passphrase: str | None = option(None, optional(text()))
+    allow_key_mismatch: bool = False
+    limit: int | None = option(None, optional(integer(1)))
+    weights: str | None = option(None, optional(text()))
+    split: str = option("test", one_of("train", "val", "test"))
+
+    def __post_init__(self):
+        check_options(self)
+
+
 def evaluate_run(run: str | os.PathLike, dataset: str | None = None, key_path: str | None = None,
                  passphrase: str | None = None, allow_key_mismatch: bool = False, limit: int | None = None,
                  weights: str | None = None, split: str = "test") -> dict:
     """Accuracy of a run's adapter on a dataset, refusing a key other than the run's unless allowed."""
+    EvaluateConfig(str(run), dataset, key_path, passphrase, allow_key_mismatch, limit, weights, split)
     run = Path(run)
     adapter = run / "adapter.safetensors" if run.is_dir() else run
     model, info = load_classifier(adapter, weights=weights)
@@ -193,11 +254,13 @@ def evaluate_run(run: str | os.PathLike, dataset: str | None = None, key_path: s
     if list(splits.classes) != list(info.class_names):
         raise ConfigError(f"dataset {splits.name} has classes {splits.classes[:4]}..., the adapter "
                           f"{info.class_names[:4]}...")
+    images = getattr(splits, split)
+    if len(images) == 0:
+        raise ConfigError(f"dataset {splits.name} has no {split} images" + (f" with --limit {limit}" if limit else ""))
     preprocess = BatchPreprocess(info.image_size, info.channels, key, tuple(info.mean), tuple(info.std))
     device = pick_device()
     model.to(device)
     preprocess.to(device)
-    images = getattr(splits, split)
     accuracy = evaluate(model, images, preprocess, device)
     return {"accuracy": accuracy, "images": len(images), "dataset": splits.name, "split": split,
             "trained_key": trained_with, "given_key": given, "method": info.method}

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
+import encvit.parallel as parallel
 import encvit.study as study
 from encvit.errors import ConfigError
 from encvit.study import (CHOSEN_ON_VAL, data_size_study, gaps, load_study, merge_studies, patch_lr_choices,
@@ -42,7 +43,7 @@ cached_load_dataset = functools.lru_cache(maxsize=None)(study.load_dataset)
 
 
 def run_study(monkeypatch, fake, out=None, seeds=3, seed=0, sizes=(20, 40), datasets=("fashion5k", "mnist5k")):
-    monkeypatch.setattr(study, "train", fake)
+    monkeypatch.setattr(parallel, "train", fake)
     monkeypatch.setattr(study, "load_dataset", cached_load_dataset)
     return data_size_study(TrainConfig(progress=False, seed=seed), datasets=datasets, sizes=sizes, seeds=seeds,
                            patch_lrs=(0.003,), out=out, log=lambda *_: None)
@@ -113,7 +114,7 @@ def test_the_patch_lr_is_chosen_on_validation_not_test(monkeypatch):
 
 
 def test_no_choice_arm_without_a_second_proposed_arm(monkeypatch):
-    monkeypatch.setattr(study, "train", FakeTrain())
+    monkeypatch.setattr(parallel, "train", FakeTrain())
     monkeypatch.setattr(study, "load_dataset", cached_load_dataset)
     table = data_size_study(TrainConfig(progress=False), datasets=("mnist5k",), sizes=(20,), seeds=2,
                             log=lambda *_: None)
@@ -170,20 +171,30 @@ def cli(*args, env=None):
                           env=env)
 
 
-def test_the_study_script_runs_pieces_in_parallel_and_merges_them(tmp_path):
+def test_the_study_script_runs_the_study_two_runs_at_a_time(tmp_path):
     import os
 
-    env = {**os.environ, "ENCVIT_STUDY_SIZES": "30", "ENCVIT_STUDY_SEEDS": "2", "PATCH_LRS": "3e-2",
+    env = {**os.environ, "ENCVIT_STUDY_SIZES": "30", "ENCVIT_STUDY_SEEDS": "2", "PATCH_LRS": "3e-2", "JOBS": "2",
            "STUDY_ARGS": "--epochs 1 --limit 40 --batch-size 16", "ENCVIT": f"{sys.executable} -m encvit.cli"}
     script = Path(__file__).parent.parent / "scripts" / "run_study.sh"
     result = subprocess.run(["bash", str(script), str(tmp_path / "s")], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr + result.stdout
     runs, summary, meta = load_study(tmp_path / "s")
-    assert len(runs) == 2 * 2 * 4 and set(runs["size"]) == {30} and meta["seeds"] == 2
+    assert len(runs) == 2 * 2 * 4 and set(runs["size"]) == {30} and meta["seeds"] == 2 and meta["jobs"] == 2
     assert runs.test_acc.between(0, 100).all() and len(summary) == 2 * 4  # 4 gaps per dataset
-    assert "wall time" in result.stdout
+    assert "s wall time, 2 run(s) at a time" in result.stdout
+    # the rows are in the order of a sequential study, whichever run finished first
+    assert list(runs.dataset) == ["fashion5k"] * 8 + ["mnist5k"] * 8 and list(runs.seed[:8]) == [0] * 4 + [1] * 4
+
+
+def test_study_merge_refuses_fewer_than_two_or_missing_folders(monkeypatch, tmp_path):
+    run_study(monkeypatch, FakeTrain(), out=tmp_path / "s", seeds=1, datasets=("mnist5k",), sizes=(20,))
     result = cli("study", "merge", tmp_path / "s", "--out", tmp_path / "m")
     assert result.returncode == 2 and "at least two" in result.stderr and "Traceback" not in result.stderr
     result = cli("study", "merge", tmp_path / "nowhere", tmp_path / "s", "--out", tmp_path / "m")
     assert result.returncode == 2 and "holds no study results" in result.stderr
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "study.csv").write_bytes(b"\x00\xff garbage")
+    result = cli("study", "merge", tmp_path / "bad", tmp_path / "s", "--out", tmp_path / "m")
+    assert result.returncode == 2 and "study.csv" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "m").exists()

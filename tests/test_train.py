@@ -96,9 +96,12 @@ def test_the_patch_embedding_learns_at_its_own_rate():
     assert patch_embedding_change() > 1e-4  # at the LoRA learning rate, 1e-2
 
 
-@pytest.mark.parametrize("method, patch_lr", [("melo", 1e-3), ("head", 1e-3), ("proposed", 0.0), ("proposed", -1e-3)])
-def test_a_patch_lr_without_a_trained_patch_embedding_or_not_positive_is_refused(tmp_path, method, patch_lr):
-    with pytest.raises(ConfigError, match="--patch-lr must be positive"):
+@pytest.mark.parametrize("method, patch_lr, message", [("melo", 1e-3, "needs a method that trains the patch"),
+                                                       ("head", 1e-3, "needs a method that trains the patch"),
+                                                       ("proposed", 0.0, "must be a number > 0, got 0.0"),
+                                                       ("proposed", -1e-3, "must be a number > 0, got -0.001")])
+def test_a_patch_lr_without_a_trained_patch_embedding_or_not_positive_is_refused(tmp_path, method, patch_lr, message):
+    with pytest.raises(ConfigError, match="--patch-lr " + message):
         train(quick(method=method, patch_lr=patch_lr, out=tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 

@@ -1,0 +1,89 @@
+"""Training runs in N worker processes with the CPU cores split between them (`--jobs N` of compare and study).
+
+Each worker uses cores // N torch threads. A run gives the same numbers in a worker as in this process with
+the same number of threads: CPU training is deterministic, but a different thread count sums in another order
+and changes the last bits.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import queue
+import shutil
+import signal
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from .errors import Allowed, integer
+from .train import TrainConfig, train
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def jobs_allowed() -> Allowed:
+    """What --jobs accepts: 1 up to the CPU cores (more workers than cores only wait for each other)."""
+    cores = cpu_cores()
+    return Allowed(f"an integer from 1 to {cores} (the CPU cores here)", integer(1, cores).accepts)
+
+
+def threads_per_job(jobs: int) -> int:
+    """Torch threads of each of `jobs` workers: the cores split evenly, at least one."""
+    return max(1, cpu_cores() // jobs)
+
+
+def _start_worker(threads: int) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the workers and cleans up after them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+
+
+def _train_payload(payload: bytes) -> dict:
+    config, splits, backbone = pickle.loads(payload)
+    result = train(config, splits=splits, backbone=backbone)
+    return {k: v for k, v in result.items() if k != "model"}
+
+
+def train_runs(runs: Iterable[tuple[TrainConfig, object, torch.nn.Module]], jobs: int = 1,
+               on_result: Callable[[int, dict], None] = lambda i, r: None) -> None:
+    """Train every (config, splits, backbone) of `runs`, `jobs` at a time; `on_result(index, result)` is
+    called in this process as each run finishes (in order when `jobs` is 1). Each backbone is used as given."""
+    if jobs == 1:
+        for index, (config, splits, backbone) in enumerate(runs):
+            on_result(index, train(config, splits=splits, backbone=backbone))
+        return
+    finished: queue.Queue = queue.Queue()
+    started: dict[int, TrainConfig] = {}
+    context = multiprocessing.get_context("spawn")  # a forked torch process can deadlock in its thread pool
+    try:
+        with context.Pool(jobs, initializer=_start_worker, initargs=(threads_per_job(jobs),)) as pool:
+            for index, (config, splits, backbone) in enumerate(runs):
+                while len(started) >= jobs + 1:  # keep the workers busy without pickling every run up front
+                    _take(finished, started, on_result)
+                # Pickled by value here: multiprocessing would share the tensors' memory with the worker.
+                payload = pickle.dumps((config, splits, backbone))
+                started[index] = config
+                pool.apply_async(_train_payload, (payload,),
+                                 callback=lambda result, i=index: finished.put((i, result, None)),
+                                 error_callback=lambda error, i=index: finished.put((i, None, error)))
+            while started:
+                _take(finished, started, on_result)
+    except BaseException:
+        # An error or Ctrl-C: the pool is terminated on leaving `with`; remove what its runs left half-written.
+        for config in started.values():
+            if config.out:
+                shutil.rmtree(Path(config.out).with_name(Path(config.out).name + ".partial"), ignore_errors=True)
+        raise
+
+
+def _take(finished: queue.Queue, started: dict, on_result) -> None:
+    index, result, error = finished.get()
+    del started[index]
+    if error is not None:
+        raise error
+    on_result(index, result)
