@@ -32,23 +32,33 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device: torch.device) -> float:
-    """Seconds that `fn()` takes on `device`, including its queued CUDA kernels."""
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def timed(fn, device: torch.device, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds that `fn()` takes on `device`, including its queued CUDA kernels.
+
+    `clock` is wall time by default; `time.process_time` (CPU seconds of this process, all threads) does not
+    count the time other processes hold the cores, so on a loaded machine it is far steadier for a
+    one-thread CPU run (with several threads it also counts OpenMP workers spinning, and it misses GPU work).
+    """
     synchronize(device)
-    start = time.perf_counter()
+    start = clock()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 # ---- interleaved repetitions ----------------------------------------------------------------------------
 
 
 def interleave(candidates: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1,
-               device: torch.device | str = "cpu") -> dict[str, list[float]]:
+               device: torch.device | str = "cpu", clock: Callable[[], float] = time.perf_counter
+               ) -> dict[str, list[float]]:
     """Seconds of each named callable, one per round: `warmup` untimed rounds, then `repeats` timed ones.
 
     Every round runs every callable once; the order rotates (A B C, B C A, C A B, ...) so none always goes first.
+    `clock` as in `timed` (wall time by default; `CLOCKS["cpu"]` for CPU seconds).
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
@@ -58,7 +68,7 @@ def interleave(candidates: Mapping[str, Callable[[], object]], repeats: int, war
     for round_ in range(warmup + repeats):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
-            seconds = timed(candidates[name], device)
+            seconds = timed(candidates[name], device, clock)
             if round_ >= warmup:
                 samples[name].append(seconds)
     return samples
@@ -180,6 +190,9 @@ def add_repeat_options(parser, repeats: int, warmup: int = 1) -> None:
     parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed rounds first (default {warmup})")
     parser.add_argument("--json", metavar="PATH", default=None,
                         help="also write the report (settings, machine, raw samples, summaries) as JSON")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="wall time (default), or cpu: this process's CPU seconds, steadier on a loaded "
+                             "machine with --threads 1 (CPU device only)")
 
 
 def check_repeat_options(args, parser) -> None:
@@ -188,6 +201,8 @@ def check_repeat_options(args, parser) -> None:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.warmup < 0:
         parser.error(f"--warmup must be 0 or more, got {args.warmup}")
+    if args.clock == "cpu" and str(getattr(args, "device", "cpu")).startswith("cuda"):
+        parser.error("--clock cpu counts CPU seconds only and would miss the GPU's work: use --clock wall")
 
 
 @dataclass

@@ -93,6 +93,16 @@ def test_interleave_rotates_the_order_and_drops_warmup_rounds():
     assert all(seconds >= 0 for values in samples.values() for seconds in values)
 
 
+def test_interleave_on_the_cpu_clock_does_not_count_waiting():
+    import time
+
+    from encvit.timing import CLOCKS, interleave
+
+    sleeps = {"sleep": lambda: time.sleep(0.05)}
+    assert min(interleave(sleeps, repeats=2, warmup=0)["sleep"]) >= 0.05
+    assert max(interleave(sleeps, repeats=2, warmup=0, clock=CLOCKS["cpu"])["sleep"]) < 0.04
+
+
 def test_compare_summarises_samples_and_ratios_per_round():
     import json
 
