@@ -56,7 +56,7 @@ def upload_images(page: Page, files: list[Path] | list[FilePayload]) -> None:
 
 def type_passphrase(page: Page, passphrase: str) -> None:
     """Replace the passphrase in the sidebar and press Enter."""
-    box = page.get_by_role("textbox", name="Passphrase")
+    box = page.get_by_role("textbox", name="Passphrase")  # get_by_label also finds the radio option "Passphrase"
     box.fill(passphrase)
     box.press("Enter")
 
