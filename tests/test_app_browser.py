@@ -4,6 +4,7 @@ Things are found by role, label and visible text (tests/browser/user.py); the ch
 shipped adapters are retrained from time to time, so predictions are checked for their form, never their values.
 A test of another page opens it with `go_to_page(app, "Its title")`.
 """
+import os
 import re
 
 import pytest
@@ -32,7 +33,8 @@ def browser_type_launch_args(browser_type_launch_args):
     try:
         return {**browser_type_launch_args, **launch_options()}
     except ChromiumNotFound as exc:
-        pytest.fail(str(exc), pytrace=False)
+        missing = str(exc)
+    pytest.fail(missing, pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +186,14 @@ def test_docs_screenshots_show_the_pages(page, app_server, tmp_path):
 
 
 # ---- a missing browser is a broken set-up, reported as such ----------------------------------------------------
+def test_chromium_is_found():
+    try:
+        chromium = find_chromium()
+    except ChromiumNotFound as exc:
+        pytest.fail(str(exc), pytrace=False)
+    assert os.access(chromium, os.X_OK), chromium
+
+
 def test_chromium_named_by_the_environment_must_exist(monkeypatch, tmp_path):
     monkeypatch.setenv("ENCVIT_CHROMIUM", str(tmp_path / "no-chromium"))
     with pytest.raises(ChromiumNotFound, match="ENCVIT_CHROMIUM=.*no-chromium is not an executable file"):
