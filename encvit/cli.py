@@ -21,11 +21,24 @@ from .errors import (ConfigError, EncvitError, ImageError, check_options, check_
                      split_list, text)
 
 
+def one_line(message: str) -> str:
+    """`message` with line breaks and other unprintable characters (e.g. from a file name) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with its errors on one line (usage is one `--help` away); every subcommand's parser is one."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see `{self.prog} --help`)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        # argparse turns "--opt=--" into an empty list; refuse it rather than hand a list on as a value
+        for action in self._actions:
+            if action.nargs is None and action.option_strings and getattr(namespace, action.dest, None) == []:
+                self.error(f"argument {'/'.join(action.option_strings)}: expected one value")
+        return namespace, extras
 
 
 def _key_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -345,13 +358,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except EncvitError as exc:
-        print(f"{name}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{name}: error: {type(exc).__name__}: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{name}: interrupted; what was half-written has been removed", file=sys.stderr)
         return 130
     except (OSError, MemoryError) as exc:  # the machine's limits (disk full, permissions, memory), not a bug
-        print(f"{name}: failed: {type(exc).__name__}: {exc}; what was half-written has been removed",
+        print(f"{name}: failed: {type(exc).__name__}: {one_line(str(exc))}; what was half-written has been removed",
               file=sys.stderr)
         return 1
     except Exception:

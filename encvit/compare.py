@@ -22,7 +22,7 @@ from scipy import stats
 from .atomic import save_figure, write_text
 from .backbones import create_backbone, describe
 from .data import load_dataset
-from .errors import ConfigError, check_options, each, integer, one_of, option, optional, text
+from .errors import ConfigError, check_options, each, integer, one_of, option, optional, path
 from .methods import ALL_METHODS, METHODS
 from .parallel import jobs_allowed, train_runs
 from .samples import DEMO_PASSPHRASE
@@ -43,7 +43,7 @@ class CompareConfig:
     methods: tuple = option(METHODS, each(one_of(*ALL_METHODS)))
     settings: tuple = option(SETTINGS, each(one_of(*SETTINGS)))
     seeds: int = option(1, integer(1))
-    out: str | None = option(None, optional(text()))
+    out: str | None = option(None, optional(path()))
     overwrite: bool = False
     jobs: int = option(1, jobs_allowed())
 

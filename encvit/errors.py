@@ -102,7 +102,12 @@ def one_of(*choices) -> Allowed:
 
 def text() -> Allowed:
     """A non-empty string."""
-    return Allowed("a non-empty text", lambda v: isinstance(v, str) and v.strip() != "")
+    return Allowed("a non-empty text", lambda v: isinstance(v, str) and v != "")
+
+
+def path() -> Allowed:
+    """A non-empty path (a string or a path object)."""
+    return Allowed("a path", lambda v: isinstance(v, (str, os.PathLike)) and os.fspath(v) != "")
 
 
 def optional(rule: Allowed) -> Allowed:

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from .atomic import atomic_path, write_text
 from .backbones import EMBEDDED, NORM_MEAN, NORM_STD, create_backbone, embedded_weights_path
 from .data import HOLDOUT_PER_CLASS, load_dataset
-from .errors import ConfigError, check_options, check_output_path, integer, number, one_of, option, optional, text
+from .errors import ConfigError, check_options, check_output_path, integer, number, one_of, option, optional, path
 from .loop import LoopSettings, evaluate, fit, pick_device
 from .preprocess import BatchPreprocess
 from .train import MAX_SEED, check_splits
@@ -35,7 +35,7 @@ class PretrainConfig:
     hflip: bool = True
     seed: int = option(0, integer(0, MAX_SEED))
     limit: int | None = option(None, optional(integer(1)))
-    out: str | None = option(None, optional(text()))
+    out: str | None = option(None, optional(path()))
 
     def __post_init__(self):
         check_options(self)

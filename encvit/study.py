@@ -22,7 +22,7 @@ from .atomic import save_figure, write_text
 from .backbones import create_backbone, describe
 from .compare import paired_interval
 from .data import Splits, load_dataset, stratified_subset
-from .errors import ConfigError, check_options, check_output_path, each, integer, number, option, optional, text
+from .errors import ConfigError, check_options, check_output_path, each, integer, number, option, optional, path
 from .parallel import jobs_allowed, train_runs
 from .samples import DEMO_PASSPHRASE
 from .train import MAX_SEED, TrainConfig, check_splits, dataset_name
@@ -47,7 +47,7 @@ class StudyConfig:
     sizes: tuple = option((500, 1000, 2000, 3600), each(integer(1)))
     seeds: int = option(3, integer(1))
     patch_lrs: tuple = option((), each(number(0, low_open=True), empty=True))
-    out: str | None = option(None, optional(text()))
+    out: str | None = option(None, optional(path()))
     jobs: int = option(1, jobs_allowed())
 
     def __post_init__(self):

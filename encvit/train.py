@@ -27,8 +27,8 @@ from .atomic import write_text
 from .backbones import create_backbone, describe, weights_hash
 from .cipher import Key, fingerprint_of
 from .data import DATASETS, Splits, load_dataset
-from .errors import (Allowed, ConfigError, KeyMismatchError, check_options, check_output_path, integer, number, one_of, option,
-                     optional, text)
+from .errors import (Allowed, ConfigError, KeyMismatchError, check_options, check_output_path, integer, number,
+                     one_of, option, optional, path, text)
 from .loop import LoopSettings, distributed, evaluate, fit, pick_device
 from .methods import ALL_METHODS, LORA_METHODS, PATCH_EMBED_METHODS, count_trainable, prepare
 from .preprocess import BatchPreprocess
@@ -54,10 +54,10 @@ class TrainConfig:
     dataset: str = option("fashion5k", dataset_name())
     method: str = option("proposed", one_of(*ALL_METHODS))
     backbone: str = option("encvit-tiny", text())
-    weights: str | None = option(None, optional(text()))
+    weights: str | None = option(None, optional(path()))
     pretrained: bool = True
     image_size: int | None = option(None, optional(integer(1, 4096)))
-    key: str | None = option(None, optional(text()))
+    key: str | None = option(None, optional(path()))
     passphrase: str | None = option(None, optional(text()))
     epochs: int = option(6, integer(1))
     lr: float | None = option(None, optional(number(0, low_open=True)))
@@ -73,7 +73,7 @@ class TrainConfig:
     amp: str = option("auto", one_of("auto", "off", "bf16"))
     progress: bool = True
     test_every_epoch: bool = True
-    out: str | None = option(None, optional(text()))
+    out: str | None = option(None, optional(path()))
     overwrite: bool = False
     extras: dict = field(default_factory=dict)
 
@@ -223,13 +223,13 @@ def _fit_and_write(config, model, splits, key, geometry, backbone_hash, preproce
 class EvaluateConfig:
     """The options of `encvit evaluate`, checked when made."""
 
-    run: str = option("", text(), flag="RUN")
+    run: str = option("", path(), flag="RUN")
     dataset: str | None = option(None, optional(dataset_name()))
-    key: str | None = option(None, optional(text()))
+    key: str | None = option(None, optional(path()))
     passphrase: str | None = option(None, optional(text()))
     allow_key_mismatch: bool = False
     limit: int | None = option(None, optional(integer(1)))
-    weights: str | None = option(None, optional(text()))
+    weights: str | None = option(None, optional(path()))
     split: str = option("test", one_of("train", "val", "test"))
 
     def __post_init__(self):

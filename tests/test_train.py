@@ -113,7 +113,7 @@ def test_unknown_names_are_refused():
         create_backbone("resnet_of_my_dreams")
     with pytest.raises(ConfigError, match="not a timm VisionTransformer"):
         create_backbone("resnet18", pretrained=False)
-    with pytest.raises(ConfigError, match="unknown method"):
+    with pytest.raises(ConfigError, match="--method must be one of full, melo, proposed, head, got 'lora'"):
         train(quick(method="lora"))
 
 
@@ -180,7 +180,7 @@ def test_cli_train_and_evaluate_with_clear_errors(tmp_path):
     result = cli("evaluate", run, "--passphrase", "q", "--limit", LIMIT, "--allow-key-mismatch")
     assert result.returncode == 0 and "WRONG KEY" in result.stdout
     result = cli("train", "--method", "melo", "--dataset", "nowhere", "--limit", LIMIT)
-    assert result.returncode == 2 and "unknown dataset" in result.stderr
+    assert result.returncode == 2 and "--dataset must be one of fashion5k" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
