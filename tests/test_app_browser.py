@@ -2,7 +2,7 @@
 
 Things are found by role, label and visible text (tests/browser/user.py); the checks are what a user sees. The
 shipped adapters are retrained from time to time, so predictions are checked for their form, never their values.
-A test of another page opens it with `go_to_page(app, "Its title")`.
+A test of another page opens it with `go_to_page(app, "Its name in the sidebar")`.
 """
 import os
 import re
@@ -68,8 +68,9 @@ def app(page: Page, app_server):
 # ---- what the checks compare against ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def shape():
-    infos = {name: read_adapter(run / "adapter.safetensors")[0] for name, run in find_runs(shipped_comparison()).items()}
-    return demo.geometry(infos)
+    """What the shipped adapters take: block size, channels and class names."""
+    runs = find_runs(shipped_comparison())
+    return demo.geometry({name: read_adapter(run / "adapter.safetensors")[0] for name, run in runs.items()})
 
 
 def fingerprint(passphrase: str, shape) -> str:

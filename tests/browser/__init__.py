@@ -7,6 +7,6 @@ from .server import AppServer, serve_app
 from .user import (caption, go_to_page, open_app, pick_sample, prediction_tables, read_table, shown_fingerprint,
                    type_passphrase, upload_images, wait_until_idle)
 
-__all__ = ["VIEWPORT", "AppServer", "ChromiumNotFound", "caption", "find_chromium", "go_to_page", "launch_options", "open_app",
-           "pick_sample", "prediction_tables", "read_table", "serve_app", "shown_fingerprint", "type_passphrase",
-           "upload_images", "wait_until_idle"]
+__all__ = ["VIEWPORT", "AppServer", "ChromiumNotFound", "caption", "find_chromium", "go_to_page", "launch_options",
+           "open_app", "pick_sample", "prediction_tables", "read_table", "serve_app", "shown_fingerprint",
+           "type_passphrase", "upload_images", "wait_until_idle"]

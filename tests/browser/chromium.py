@@ -23,8 +23,9 @@ def find_chromium() -> str:
     if configured:
         found = shutil.which(configured)
         if not found:
-            raise ChromiumNotFound(f"{ENV_VARIABLE}={configured} is not an executable file: point it at a Chromium "
-                                   f"binary (e.g. {ENV_VARIABLE}=/usr/bin/chromium) or unset it to use chromium on PATH")
+            raise ChromiumNotFound(f"{ENV_VARIABLE}={configured} is not an executable file: point it at a "
+                                   f"Chromium binary (e.g. {ENV_VARIABLE}=/usr/bin/chromium) or unset it to use "
+                                   "chromium on PATH")
         return found
     for name in NAMES:
         found = shutil.which(name)
