@@ -202,10 +202,9 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _from_env_or(option_value, env: str, convert, flag: str):
-    """An option's value from the environment variable `env` when set (sizes of slow studies), else the option's."""
-    value = os.environ.get(env) or option_value
-    return split_list(value, convert, f"{flag} (or {env})") if convert else value
+def _from_env_or(option_value: str, env: str, convert, flag: str) -> list:
+    """A list option's values from the environment variable `env` when set (sizes of slow studies), else its own."""
+    return split_list(os.environ.get(env) or option_value, convert, f"{flag} (or {env})")
 
 
 def cmd_study(args) -> int:

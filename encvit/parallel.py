@@ -40,7 +40,13 @@ def threads_per_job(jobs: int) -> int:
 def _start_worker(threads: int) -> None:
     # Ctrl-C reaches the whole process group: the parent stops the workers and cleans up after them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Stopped by the parent (SIGTERM), a worker exits through Python, so that its semaphores are released.
+    signal.signal(signal.SIGTERM, _exit)
     torch.set_num_threads(threads)
+
+
+def _exit(*_) -> None:
+    raise SystemExit(1)
 
 
 def _train_payload(payload: bytes) -> dict:
