@@ -1,21 +1,22 @@
 """Training throughput with encryption on and off: what the key costs in the real training step.
 
     python benchmarks/bench_train.py [--backbones encvit-tiny [vit_base_patch16_224]] [--methods full melo proposed]
-                                     [--batch 128] [--steps 10] [--warmup 3] [--source-size 32] [--device auto]
+                                     [--batch 128] [--repeats 10] [--warmup 2] [--source-size 32]
+                                     [--clock wall|cpu] [--threads N] [--device auto] [--json PATH]
 
 The step is the one encvit.loop.fit runs: a uint8 batch -> device -> BatchPreprocess (resize to the backbone's
 size, encryption when a key is given, normalisation) -> model -> loss -> backward -> AdamW step -> scheduler.
 Images are synthetic uint8 at `--source-size` (32: CIFAR-10's size, resized on the device for a 224 backbone as
-training does), so no dataset is needed. Plain and encrypted steps alternate on the same model, so load on the
-machine hits both alike; each is the median of `--steps`. The encryption alone (`Key.encrypt` on one resized
-batch on the device) is timed for reference. Goal: encryption costs <= 3% of the step time.
-On a busy machine pass `--threads 1` (more threads than free cores make torch's OpenMP workers stall).
+training does), so no dataset is needed. Each round runs a plain step, an encrypted step and the encryption alone
+(`Key.encrypt` on one resized batch on the device) on the same model, in rotating order, so load on the machine
+hits all three alike; every ratio is computed per round and reported as median (min–max) over `--repeats` rounds.
+Goal, judged on the median: encryption costs <= 3% of the step time.
+On a busy machine pass `--threads 1` (more threads than free cores make torch's OpenMP workers stall) and
+`--clock cpu` (CPU seconds: the time other processes hold the cores is not counted).
 """
 from __future__ import annotations
 
 import argparse
-import shlex
-import statistics
 import sys
 
 import torch
@@ -27,18 +28,18 @@ from encvit.cipher import Key
 from encvit.loop import autocast_for, backward_and_step, param_groups, warmup_cosine
 from encvit.methods import METHODS, prepare
 from encvit.preprocess import BatchPreprocess
-from encvit.timing import add_device_options, device_from_options, timed
+from encvit.timing import (CLOCKS, Report, add_device_options, add_repeat_options, argv_of, as_summary,
+                           check_repeat_options, compare, device_from_options, interleave, markdown_table,
+                           spread_cell)
 
 NUM_CLASSES = 10
 GOAL = 0.03  # encryption may add at most 3% to the step time
 
 
-
-
-def measure(backbone: str, method: str, batch: int, steps: int, warmup: int, device: torch.device,
+def measure(backbone: str, method: str, batch: int, repeats: int, warmup: int, device: torch.device,
             amp: str = "auto", source_size: int = 32, source_channels: int = 3, scramble: bool = False,
-            neg_pos: bool = False) -> dict:
-    """Median step time of one backbone x method with and without a key, and the encryption alone."""
+            neg_pos: bool = False, clock: str = "wall") -> dict:
+    """Plain step, encrypted step and the encryption alone of one backbone x method, interleaved per round."""
     torch.manual_seed(0)
     model = create_backbone(backbone, pretrained=backbone in EMBEDDED)  # timm: random weights, offline
     geometry = describe(model, backbone)
@@ -49,7 +50,7 @@ def measure(backbone: str, method: str, batch: int, steps: int, warmup: int, dev
                                            geometry.std).to(device)
                   for setting, k in (("plain", None), ("encrypted", key))}
     optimizer = torch.optim.AdamW(param_groups(model, 1e-4, None), weight_decay=0.01)
-    total = 2 * (warmup + steps)
+    total = 2 * (warmup + repeats)
     scheduler = warmup_cosine(optimizer, total // 10, total)
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     autocast, scaler = autocast_for(device, amp)
@@ -71,40 +72,41 @@ def measure(backbone: str, method: str, batch: int, steps: int, warmup: int, dev
         scheduler.step()
         loss.item()  # fit reads the loss every step
 
-    times = {"plain": [], "encrypted": []}
-    for i in range(warmup + steps):
-        x, y = pool[i % len(pool)]
-        order = ("plain", "encrypted") if i % 2 == 0 else ("encrypted", "plain")
-        for setting in order:
-            seconds = timed(lambda: step(x, y, preprocess[setting]), device)
-            if i >= warmup:
-                times[setting].append(seconds)
-
     resized = pool[0][0].to(device)
     if resized.shape[-2:] != (geometry.image_size, geometry.image_size):
         resized = TF.resize(resized, [geometry.image_size, geometry.image_size], antialias=True)
     if resized.shape[1] != geometry.channels:
         resized = resized.expand(-1, geometry.channels, -1, -1)
-    key.encrypt(resized)  # build the index map once, as the first training step does
-    encrypt_s = statistics.median(timed(lambda: key.encrypt(resized), device) for _ in range(max(5, steps)))
+    rounds = iter(range(10 ** 9))
+
+    def next_batch():
+        return pool[next(rounds) % len(pool)]
+
+    samples = interleave({"plain": lambda: step(*next_batch(), preprocess["plain"]),
+                          "encrypted": lambda: step(*next_batch(), preprocess["encrypted"]),
+                          "encrypt alone": lambda: key.encrypt(resized)}, repeats, warmup, device, CLOCKS[clock])
     return {"backbone": backbone, "method": method, "batch": batch, "image_size": geometry.image_size,
-            "plain_s": statistics.median(times["plain"]), "encrypted_s": statistics.median(times["encrypted"]),
-            "encrypt_s": encrypt_s, "key": key.describe()}
+            "key": key.describe(), "times": compare(samples, "plain")}
 
 
 def table(results: list[dict]) -> str:
-    """A Markdown table, one row per backbone x method, plain and encrypted side by side."""
+    """A Markdown table, one row per backbone x method, plain and encrypted side by side; median (min–max)."""
     header = ["backbone", "method", "batch", "plain (img/s)", "encrypted (img/s)", "plain step (ms)",
               "encrypted step (ms)", "encrypted/plain", "encrypt alone (ms)", "encrypt/plain step", "goal <= 3%"]
-    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * (len(header) - 3) + "---|"]
+    rows = []
     for r in results:
-        overhead = r["encrypted_s"] / r["plain_s"] - 1
-        cells = [r["backbone"], r["method"], str(r["batch"]), f"{r['batch'] / r['plain_s']:,.1f}",
-                 f"{r['batch'] / r['encrypted_s']:,.1f}", f"{r['plain_s'] * 1e3:.1f}", f"{r['encrypted_s'] * 1e3:.1f}",
-                 f"{r['encrypted_s'] / r['plain_s']:.3f}x", f"{r['encrypt_s'] * 1e3:.2f}",
-                 f"{100 * r['encrypt_s'] / r['plain_s']:.2f}%", "met" if overhead <= GOAL else "NOT met"]
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+        summary, ratios, batch = r["times"]["summary"], r["times"]["ratios"], r["batch"]
+        per_second = {name: compare({name: [batch / s for s in r["times"]["samples"][name]]})["summary"][name]
+                      for name in ("plain", "encrypted")}
+        met = as_summary(ratios["encrypted"]).median <= 1 + GOAL
+        rows.append([r["backbone"], r["method"], batch, spread_cell(per_second["plain"], digits=1),
+                     spread_cell(per_second["encrypted"], digits=1),
+                     spread_cell(summary["plain"], digits=1, factor=1e3),
+                     spread_cell(summary["encrypted"], digits=1, factor=1e3),
+                     spread_cell(ratios["encrypted"], "x", digits=3),
+                     spread_cell(summary["encrypt alone"], digits=2, factor=1e3),
+                     spread_cell(ratios["encrypt alone"], "%", digits=2, factor=100), "met" if met else "NOT met"])
+    return markdown_table(header, rows, text_columns=2)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,8 +116,7 @@ def main(argv: list[str] | None = None) -> None:
                              "e.g. encvit-tiny vit_base_patch16_224")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per setting")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per setting first")
+    add_repeat_options(parser, repeats=10, warmup=2)
     parser.add_argument("--source-size", type=int, default=32,
                         help="side of the synthetic uint8 images before BatchPreprocess resizes them (CIFAR-10: 32)")
     parser.add_argument("--source-channels", type=int, default=3, choices=(1, 3))
@@ -124,31 +125,39 @@ def main(argv: list[str] | None = None) -> None:
     add_device_options(parser)
     args = parser.parse_args(argv)
     args.device = device_from_options(args, parser)
+    check_repeat_options(args, parser)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backbones = [name for item in args.backbones for name in item.split(",") if name]
 
-    print(f"command: python benchmarks/bench_train.py {shlex.join(sys.argv[1:] if argv is None else argv)}")
     amp = "off" if device.type == "cpu" and args.amp != "bf16" else args.amp
+    report = Report("benchmarks/bench_train.py", argv_of(argv),
+                    settings={"backbones": backbones, "methods": args.methods, "batch": args.batch,
+                              "repeats": args.repeats, "warmup": args.warmup, "clock": args.clock,
+                              "source_size": args.source_size, "source_channels": args.source_channels,
+                              "device": str(device), "amp": amp, "threads": torch.get_num_threads()})
+    print(report.header())
     print(f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-          + f", batch {args.batch}, AMP {amp}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
-          f"synthetic uint8 {args.source_channels}x{args.source_size}x{args.source_size} images; median of "
-          f"{args.steps} steps per setting after {args.warmup} warm-up, plain and encrypted alternating", flush=True)
-    results = []
+          + f", batch {args.batch}, AMP {amp}, {torch.get_num_threads()} CPU threads, {args.clock} clock; "
+          f"synthetic uint8 {args.source_channels}x{args.source_size}x{args.source_size} images; median (min–max) "
+          f"of {args.repeats} rounds after {args.warmup} warm-up, each round a plain step, an encrypted step and "
+          "the encryption alone in rotating order", flush=True)
     for backbone in backbones:
         for method in args.methods:
             print(f"  measuring {backbone} / {method} ...", file=sys.stderr, flush=True)
-            results.append(measure(backbone, method, args.batch, args.steps, args.warmup, device, args.amp,
-                                   args.source_size, args.source_channels, args.scramble, args.neg_pos))
+            report.results.append(measure(backbone, method, args.batch, args.repeats, args.warmup, device,
+                                          args.amp, args.source_size, args.source_channels, args.scramble,
+                                          args.neg_pos, args.clock))
+    results = report.results
     print()
     print(table(results))
     print()
     for backbone in dict.fromkeys(r["backbone"] for r in results):
         print(f"{backbone}: {next(r['key'] for r in results if r['backbone'] == backbone)}")
-    print("encrypted/plain: ratio of median step times (goal <= 1.03); encrypt alone: Key.encrypt on one resized "
-          "uint8 batch on the device, as a share of the plain step.")
-
+    print("encrypted/plain: per-round ratio of the two steps (goal: median <= 1.03); encrypt alone: Key.encrypt "
+          "on one resized uint8 batch on the device, as a share of the same round's plain step.")
+    print(report.finish(args.json))
 
 if __name__ == "__main__":
     main()

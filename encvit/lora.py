@@ -3,6 +3,10 @@
 The layer stays a plain ``nn.Linear``: its weight is computed as
 ``W_qkv + scale * [B_q A_q ; 0 ; B_v A_v]`` with ``scale = alpha / rank`` as a float, so ``merge``
 is one call to ``remove_parametrizations`` and the adapter state is the parameters named ``lora_``.
+
+The layer's forward, though, adds the low-rank path to the frozen product (``x W^T + scale * x A^T B^T`` on
+the q and v columns) instead of multiplying by the summed weight: same outputs, but the backward pass then
+never forms the full (3*dim x dim) weight gradient that only the small A and B would use.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from .errors import ConfigError
@@ -38,6 +43,23 @@ class QVLoRA(nn.Module):
         delta_v = (self.lora_B_v @ self.lora_A_v) * self.scale
         return torch.cat([weight[:d] + delta_q, weight[d:2 * d], weight[2 * d:] + delta_v])
 
+    def add_updates(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """`out` (= x W^T + b, 2-D: tokens x 3*dim) plus the q and v low-rank updates of `x`, in place."""
+        zeros = self.lora_B_q.new_zeros(self.rank, self.dim)  # the k columns get no update
+        up = torch.cat([torch.cat([self.lora_B_q.t(), zeros, zeros], 1),
+                        torch.cat([zeros, zeros, self.lora_B_v.t()], 1)]) * self.scale  # (2r, 3*dim), contiguous
+        low = x @ torch.cat([self.lora_A_q, self.lora_A_v]).t()  # (tokens, 2r)
+        # In place on the frozen product, which its backward does not need: no copy of the tokens x 3*dim output.
+        return out.addmm_(low.to(out.dtype), up.to(out.dtype))  # under autocast, out is bf16/fp16
+
+
+def _lora_qkv_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """Forward of a LoRA-parametrized qkv Linear: the frozen product plus the low-rank path (see module doc)."""
+    weight = self.parametrizations.weight
+    tokens = x.reshape(-1, x.shape[-1])  # 2-D, so that the in-place update acts on a tensor, not on a view
+    out = weight[0].add_updates(F.linear(tokens, weight.original, self.bias), tokens)
+    return out.view(*x.shape[:-1], out.shape[-1])
+
 
 def qkv_layers(model: nn.Module) -> list[nn.Linear]:
     """The fused qkv Linear of every transformer block of a timm ViT."""
@@ -51,6 +73,9 @@ def add_lora(model: nn.Module, rank: int = 4, alpha: float = 8.0) -> nn.Module:
             raise ConfigError("the model already has LoRA on its qkv weights")
         lora = QVLoRA(qkv.in_features, rank, alpha).to(qkv.weight.device)
         parametrize.register_parametrization(qkv, "weight", lora)
+        # register_parametrization gave this one layer a class of its own; remove_parametrizations (merge)
+        # restores nn.Linear and with it the plain forward.
+        type(qkv).forward = _lora_qkv_forward
     return model
 
 

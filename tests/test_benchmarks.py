@@ -1,82 +1,168 @@
-"""The benchmark scripts run at tiny sizes and print their tables with every method and ratio (speed is not tested)."""
+"""The benchmark scripts run at tiny sizes; their reports carry medians with spread and ratios that agree with
+the raw per-round times (speed itself is not tested)."""
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 from encvit.methods import METHODS
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # One thread: on a busy machine more threads than free cores make torch's OpenMP workers stall.
-TINY = ["--steps", "2", "--warmup", "1", "--batch", "2", "--device", "cpu", "--threads", "1"]
+TINY = ["--repeats", "2", "--warmup", "1", "--batch", "2", "--device", "cpu", "--threads", "1"]
 
 
 def run(script: str, *args: str) -> str:
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
 
-def table_rows(out: str) -> tuple[list[str], dict[tuple[str, str], list[str]]]:
-    """The Markdown table's header cells and its rows by (backbone, method)."""
-    lines = [line for line in out.splitlines() if line.startswith("| ")]
-    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
-    header, rows = cells[0], cells[1:]
-    assert all(len(row) == len(header) for row in rows), out
-    return header, {(row[0], row[1]): row for row in rows}
+def load_benchmark(name: str):
+    """A benchmark script imported as a module (to call its measuring functions in process)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_bench_methods_prints_every_method_with_ratios_to_full():
-    out = run("bench_methods.py", "--backbones", "encvit-tiny", *TINY)
+def tables(out: str) -> list[tuple[list[str], list[list[str]]]]:
+    """Every Markdown table printed: (header cells, rows of cells)."""
+    found, block = [], []
+    for line in out.splitlines() + [""]:
+        if line.startswith("|---"):
+            continue
+        if line.startswith("| "):
+            block.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif block:
+            header, rows = block[0], block[1:]
+            assert all(len(row) == len(header) for row in rows), out
+            found.append((header, rows))
+            block = []
+    return found
+
+
+def assert_consistent(result: dict, repeats: int) -> None:
+    """A compare() result: summaries are the raw samples' medians and spreads, ratios are per round."""
+    samples, base = result["samples"], result["samples"][result["baseline"]]
+    for name, values in samples.items():
+        assert len(values) == repeats
+        summary = result["summary"][name]
+        assert summary["median"] == pytest.approx(np.median(values))
+        assert (summary["min"], summary["max"], summary["n"]) == (min(values), max(values), repeats)
+        per_round = [a / b for a, b in zip(values, base)]
+        assert result["ratio_samples"][name] == pytest.approx(per_round)
+        ratio = result["ratios"][name]
+        assert ratio["median"] == pytest.approx(np.median(per_round))
+        assert ratio["min"] <= ratio["q1"] <= ratio["median"] <= ratio["q3"] <= ratio["max"]
+
+
+def test_bench_methods_reports_medians_with_spread_and_per_round_ratios(tmp_path):
+    from encvit.timing import spread_cell
+
+    report = tmp_path / "methods.json"
+    out = run("bench_methods.py", "--backbones", "encvit-tiny", "--methods", "full", "proposed",
+              "--memory-repeats", "2", "--json", str(report), *TINY)
     assert "command: python benchmarks/bench_methods.py --backbones encvit-tiny" in out
-    assert "batch 2 (CPU)" in out
-    header, rows = table_rows(out)
-    for column in ("step (ms)", "step/full", "peak RSS", "peak/full", "RSS increment", "incr/full", "AdamW state",
-                   "state/full", "adapter file", "adapter/full", "plain infer (ms)", "unmerged (ms)", "merged (ms)",
-                   "unmerged/plain", "merged/plain"):
-        assert column in header, column
-    assert set(rows) == {("encvit-tiny", m) for m in METHODS}
-    full = dict(zip(header, rows["encvit-tiny", "full"]))
-    assert full["step/full"] == full["peak/full"] == full["state/full"] == full["adapter/full"] == "1.00x"
-    for method in ("melo", "proposed"):
-        row = dict(zip(header, rows["encvit-tiny", method]))
-        assert all(row[c].endswith("x") for c in ("step/full", "peak/full", "unmerged/plain", "merged/plain"))
-        assert float(row["adapter/full"].rstrip("x")) < 0.1  # LoRA adapters are a small part of the model
-    assert "proposed merged inference" in out and "Merge check" in out
+    assert "batch 2 (CPU)" in out and " cores, load average " in out and "load average at the end" in out
+    (train_header, train_rows), (infer_header, infer_rows) = tables(out)
+    for column in ("step (ms)", "step/full", "peak RSS (MiB)", "peak/full", "RSS increment (MiB)", "incr/full",
+                   "AdamW state", "state/full", "adapter file", "adapter/full"):
+        assert column in train_header, column
+    assert [row[:2] for row in train_rows] == [["encvit-tiny", "full"], ["encvit-tiny", "proposed"]]
+    assert [row[1] for row in infer_rows] == ["plain", "proposed unmerged", "proposed merged"]
+
+    saved = json.loads(report.read_text())
+    assert saved["settings"]["repeats"] == 2 and saved["machine_start"]["cores"] >= 1
+    (result,) = saved["results"]
+    for key, repeats in (("step", 2), ("infer", 2), ("peak", 2), ("increment", 2)):
+        assert_consistent(result[key], repeats)
+    proposed = dict(zip(train_header, train_rows[1]))
+    # the printed cells are the JSON's summaries: median (min–max)
+    assert proposed["step/full"] == spread_cell(result["step"]["ratios"]["proposed"], "x")
+    assert proposed["peak/full"] == spread_cell(result["peak"]["ratios"]["proposed"], "x")
+    assert proposed["step (ms)"] == spread_cell(result["step"]["summary"]["proposed"], digits=0, factor=1e3)
+    assert float(proposed["adapter/full"].rstrip("x")) < 0.1  # LoRA adapters are a small part of the model
+    merged = dict(zip(infer_header, infer_rows[2]))
+    assert merged["/plain"] == spread_cell(result["infer"]["ratios"]["proposed merged"], "x", digits=3)
+    assert result["merge_error"]["proposed"] < 1e-4
+    assert "proposed step time" in out and "on the median" in out and "Merge check" in out
 
 
 def test_bench_methods_measures_a_timm_vit():
-    """The measurement itself on a timm ViT (in process: a subprocess per method would cost seconds each)."""
-    spec = importlib.util.spec_from_file_location("bench_methods", BENCHMARKS / "bench_methods.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    """The measurements themselves on a timm ViT (in process: a subprocess per method costs seconds each)."""
+    bench = load_benchmark("bench_methods")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = bench.measure("vit_tiny_patch16_224", "proposed", batch=1, steps=1, warmup=0)
+        memory = bench.measure_memory("vit_tiny_patch16_224", "proposed", batch=1)
+        speed = bench.measure_speed("vit_tiny_patch16_224", ["full", "melo", "proposed"], batch=1, repeats=1,
+                                    warmup=0, clock="cpu")
     finally:
         torch.set_num_threads(threads)
-    assert result["trainable"] == 186_442  # LoRA 36,864 + head 1,930 + patch embedding 147,648
-    assert result["optimizer_bytes"] == 2 * 4 * result["trainable"]  # fp32 exp_avg and exp_avg_sq
-    assert set(result["infer_s"]) == {"plain", "unmerged", "merged"}
-    assert result["merge_error"] < 1e-4 and result["adapter_bytes"] > 4 * result["trainable"]
+    assert memory["trainable"] == 186_442  # LoRA 36,864 + head 1,930 + patch embedding 147,648
+    assert memory["optimizer_bytes"] == 2 * 4 * memory["trainable"]  # fp32 exp_avg and exp_avg_sq
+    assert memory["peak_bytes"] >= memory["base_bytes"] > 0 and memory["adapter_bytes"] > 4 * memory["trainable"]
+    assert list(speed["step"]["samples"]) == ["full", "melo", "proposed"]
+    assert list(speed["infer"]["samples"]) == ["plain", "melo unmerged", "melo merged", "proposed unmerged",
+                                               "proposed merged"]
+    assert speed["step"]["ratios"]["full"]["median"] == 1.0
+    assert max(speed["merge_error"].values()) < 1e-4
 
 
-def test_bench_train_prints_plain_and_encrypted_side_by_side():
-    out = run("bench_train.py", "--backbones", "encvit-tiny", "vit_tiny_patch16_224", *TINY, "--steps", "1",
-              "--warmup", "0")  # later flags win: one step per setting
-    assert "command: python benchmarks/bench_train.py" in out
-    header, rows = table_rows(out)
+def test_bench_train_reports_plain_and_encrypted_per_round(tmp_path):
+    from encvit.timing import spread_cell
+
+    report = tmp_path / "train.json"
+    out = run("bench_train.py", "--backbones", "encvit-tiny", "vit_tiny_patch16_224", *TINY, "--repeats", "3",
+              "--warmup", "0", "--json", str(report))  # later flags win
+    assert "command: python benchmarks/bench_train.py" in out and " cores, load average " in out
+    ((header, rows),) = tables(out)
     for column in ("plain (img/s)", "encrypted (img/s)", "plain step (ms)", "encrypted step (ms)", "encrypted/plain",
                    "encrypt alone (ms)", "encrypt/plain step"):
         assert column in header, column
-    assert set(rows) == {(b, m) for b in ("encvit-tiny", "vit_tiny_patch16_224") for m in METHODS}
-    for row in rows.values():
+    assert {(row[0], row[1]) for row in rows} == {(b, m) for b in ("encvit-tiny", "vit_tiny_patch16_224")
+                                                  for m in METHODS}
+    saved = json.loads(report.read_text())["results"]
+    for row, result in zip(rows, saved):
+        assert_consistent(result["times"], 3)
         cells = dict(zip(header, row))
-        assert float(cells["plain (img/s)"]) > 0 and cells["encrypted/plain"].endswith("x")
+        assert cells["encrypted/plain"] == spread_cell(result["times"]["ratios"]["encrypted"], "x", digits=3)
+        assert cells["encrypt/plain step"] == spread_cell(result["times"]["ratios"]["encrypt alone"], "%",
+                                                          factor=100)
+        assert cells["goal <= 3%"] in ("met", "NOT met")
+
+
+def test_bench_cipher_reports_copy_encrypt_and_loop_per_round(tmp_path):
+    from encvit.timing import spread_cell
+
+    report = tmp_path / "cipher.json"
+    out = run("bench_cipher.py", "--batch", "4", "--size", "32", "--repeats", "3", "--loop-images", "2",
+              "--threads", "1", "--clock", "cpu", "--json", str(report))
+    ((header, rows),) = tables(out)
+    assert header == ["dtype", "copy (ms)", "encrypt (ms)", "per-block loop (ms)", "encrypt/copy", "loop/encrypt"]
+    saved = json.loads(report.read_text())["results"]
+    assert [row[0] for row in rows] == [r["dtype"] for r in saved] == ["uint8", "float32"]
+    for row, result in zip(rows, saved):
+        assert_consistent(result, 3)
+        loop = result["loop_over_encrypt"]
+        assert loop["samples"] == pytest.approx([a / b for a, b in zip(result["samples"]["loop"],
+                                                                       result["samples"]["encrypt"])])
+        assert row[4] == spread_cell(result["ratios"]["encrypt"], "x")
+        assert row[5] == spread_cell(loop["summary"], "x", digits=0)
+
+
+def test_benchmarks_refuse_bad_repeats():
+    for script in ("bench_methods.py", "bench_train.py", "bench_cipher.py"):
+        done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--repeats", "0"], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 2 and "--repeats must be at least 1" in done.stderr, script
 
 
 # ---- encvit.timing: the interleaved-repetition helpers every benchmark uses -----------------------------
@@ -158,3 +244,46 @@ def test_report_json_and_two_runs_compared(tmp_path, capsys):
     assert main([str(runs[1]), str(tmp_path / "apart.json")]) == 1
     assert "| NO |" in capsys.readouterr().out
     assert markdown_table(["a", "b"], [["x", 1]]) == "| a | b |\n|---|---:|\n| x | 1 |"
+
+
+# ---- where a LoRA step's time goes: the qkv layer never forms the summed weight -------------------------
+
+
+def test_lora_training_forms_no_qkv_weight_gradient_and_matches_the_summed_weight():
+    """The qkv forward adds the low-rank path to the frozen product: same outputs and gradients as multiplying
+    by the summed weight, without the full (3*dim x dim) weight gradient that only A and B would use."""
+    from torch.nn import functional as F
+
+    from encvit.backbones import create_backbone
+    from encvit.lora import qkv_layers
+    from encvit.methods import prepare
+
+    torch.manual_seed(0)
+    model = prepare(create_backbone("vit_tiny_patch16_224", pretrained=False), "proposed", 10)
+    for qkv in qkv_layers(model):  # non-zero B, so that the update is visible
+        torch.nn.init.normal_(qkv.parametrizations.weight[0].lora_B_q, std=0.02)
+        torch.nn.init.normal_(qkv.parametrizations.weight[0].lora_B_v, std=0.02)
+    summed_weight_built = []
+    for qkv in qkv_layers(model):
+        qkv.parametrizations.weight[0].register_forward_hook(lambda *_: summed_weight_built.append(1))
+    x = torch.randn(2, 3, 224, 224)
+    model(x).square().sum().backward()
+    assert not summed_weight_built  # a training step never materialises W + BA
+    trained = {name for name, p in model.named_parameters() if p.grad is not None}
+    assert trained == {name for name, p in model.named_parameters() if p.requires_grad}
+    below_blocks = {name for name in trained if not name.startswith(("blocks.", "head."))}
+    assert below_blocks == {"patch_embed.proj.weight", "patch_embed.proj.bias"}
+    assert all("lora_" in name for name in trained if name.startswith("blocks."))
+
+    low_rank = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    tokens = torch.randn(2, 197, 192)
+    qkv = qkv_layers(model)[0]
+    assert torch.allclose(qkv(tokens), F.linear(tokens, qkv.weight, qkv.bias), atol=1e-5)
+    for layer in qkv_layers(model):  # the summed-weight forward, as a reference
+        type(layer).forward = lambda self, t: F.linear(t, self.weight, self.bias)
+    model(x).square().sum().backward()
+    assert summed_weight_built
+    for name, grad in low_rank.items():
+        reference = dict(model.named_parameters())[name].grad
+        assert torch.allclose(grad, reference, rtol=1e-3, atol=1e-4 * reference.abs().max().item()), name
