@@ -1,177 +1,232 @@
-"""Encrypted head training speed: packed ciphertexts against the naive one-ciphertext-per-sample baseline.
+"""Encrypted head training at ViT widths: seconds per iteration, traffic and peak memory of the packed trainer.
 
-    python benchmarks/bench_fhe.py [--dataset mnist5k] [--limit N] [--batch-size 1024] [--epochs 1]
-                                   [--naive-samples 4] [--no-pretrained]
+    python benchmarks/bench_fhe.py [--dim 96,384,768] [--batch-size 1024] [--classes 10] [--repeats 3]
+                                   [--warmup 1] [--naive-samples 0] [--json PATH]
 
-Each variant runs in its own process (so that its peak memory is its own) on features of the shipped backbone:
-plaintext numpy training with the same polynomial softmax, the naive TenSEAL trainer (timed on a few samples and
-scaled to an epoch: a full naive epoch takes hours), and the packed trainer (a full epoch, refreshes included).
-Sizes also come from the environment: ENCVIT_BENCH_LIMIT, ENCVIT_BENCH_EPOCHS, ENCVIT_BENCH_NAIVE_SAMPLES.
+Random features (Gaussian, scaled as the client scales real ones), 10 classes, one batch of 1024 samples
+uploaded once. Each width runs in its own process, one width at a time (so that its peak memory is its own and
+the widths do not compete for memory); inside it, every round times one encrypted iteration (the refresh round
+trip the iteration needs, then the server's Nesterov step) and one iteration of the numpy twin on the same batch,
+interleaved, and the report gives the median and min-max of each and of their per-round ratio. Operation counts
+and seconds per kind of operation say what an iteration is made of. With --naive-samples N the naive
+one-ciphertext-per-sample trainer is also timed on N samples per round and scaled to the batch.
+Sizes also come from the environment: ENCVIT_BENCH_DIMS, ENCVIT_BENCH_REPEATS.
 """
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from encvit.timing import (CLOCKS, Report, add_repeat_options, check_repeat_options, compare,  # noqa: E402
+                           interleave, markdown_table, spread_cell, summarize)
+
+HETAL = "HETAL: 4.29-15.72 s per iteration (A40 GPU, ring degree 2^16 with bootstrapping, 768 features)"
+GOAL_SECONDS = 15.7  # HETAL's slowest reported iteration: the goal at 768 features on 2 cores
+
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory in MB.
-
-    /proc's VmHWM belongs to the process image; ru_maxrss would carry over the parent's peak through fork/exec.
-    """
-    try:
-        for line in open("/proc/self/status"):
+    """This process's peak resident memory in MB (/proc's VmHWM: its own, not inherited through fork/exec)."""
+    with open("/proc/self/status") as status:
+        for line in status:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    raise OSError("no VmHWM in /proc/self/status")
 
 
-def load_features(args):
-    """Features of the shipped backbone (extracted once and cached by encvit)."""
-    import torch
+def random_features(dim: int, samples: int, classes: int, seed: int):
+    """FeatureSplits of Gaussian features whose class means differ (so training has something to learn)."""
+    from encvit.fhe.head import FeatureSplits
 
-    from encvit.backbones import create_backbone
-    from encvit.fhe.features import dataset_features
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim))
 
-    torch.manual_seed(0)
-    model = create_backbone("encvit-tiny", pretrained=args.pretrained)
-    return dataset_features("encvit-tiny", args.dataset, args.limit, model=model)
+    def split(n):
+        y = np.arange(n) % classes
+        return (centres[y] + 2 * rng.normal(size=(n, dim))).astype(np.float32), y
 
-
-def config_of(args):
-    from encvit.fhe.train import FHEConfig
-
-    return FHEConfig(dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                     limit=args.limit, pretrained=args.pretrained)
+    return FeatureSplits(split(samples), split(classes), split(classes), [str(c) for c in range(classes)],
+                         "random", "0", "random")
 
 
 def worker(args) -> dict:
-    from encvit.fhe.head import FeatureSplits, nag_step
+    """One width: keys, upload, then interleaved rounds of one encrypted and one numpy iteration."""
+    from encvit.fhe.head import nag_step
     from encvit.fhe.naive import time_naive_step
-    from encvit.fhe.train import setup, train_encrypted, train_reference
+    from encvit.fhe.train import FHEConfig, Protocol, setup
 
-    # Features come from a file: the workers never import torch, so their memory is the trainer's own.
-    features, config = FeatureSplits.load(args.features), config_of(args)
+    features = random_features(int(args.dim), args.batch_size, args.classes, args.seed)
+    config = FHEConfig(batch_size=args.batch_size, epochs=1, whiten_ridge=None)
     s = setup(features, config)
-    n = len(s.x)
-    if args.worker == "plain":
-        run = train_reference(features, config)
-        seconds = float(np.mean([r["seconds"] for r in run.rows]))
-        return {"epoch_seconds": seconds, "iteration_seconds": seconds / len(s.schedule.batches(0)),
-                "test_acc": run.rows[-1]["test_acc"], "weights": run.weights.tolist()}
-    if args.worker == "naive":
-        index = s.schedule.samples(s.schedule.batches(0)[0])[:args.naive_samples]
-        zero = np.zeros((s.y.shape[1], s.x.shape[1]))
-        r = time_naive_step(s.x[index], s.y[index], zero, zero, s.poly, config.lr, config.momentum)
-        w_ref, _ = nag_step(zero, zero, s.x[index], s.y[index], s.poly, config.lr, config.momentum)
-        per_sample = r["seconds_per_sample"]
-        return {"epoch_seconds": per_sample * n, "iteration_seconds": per_sample * s.schedule.blocks_per_batch
-                * len(s.schedule.blocks[0]), "seconds_per_sample": per_sample, "samples": len(index),
-                "max_weight_diff": float(np.abs(r["w"] - w_ref).max())}
+    protocol = Protocol(s, config)
     start = time.perf_counter()
-    run = train_encrypted(features, config, progress=False)
-    total = time.perf_counter() - start
-    reference = train_reference(features, config)
-    st = run.stats
-    return {"epoch_seconds": float(np.mean([r["seconds"] for r in run.rows])),
-            "iteration_seconds": st["seconds_per_iteration"], "total_seconds": total, "stats": st,
-            "test_acc": run.rows[-1]["test_acc"], "plain_test_acc": reference.rows[-1]["test_acc"],
-            "max_weight_diff": float(np.abs(run.weights - reference.weights).max()),
-            "max_weight": float(np.abs(reference.weights).max())}
+    protocol.exchange_keys()
+    protocol.upload()
+    setup_seconds = time.perf_counter() - start
+    upload = protocol.wire.summary()
+    server, engine = protocol.server, protocol.server.engine
+    block_ids = s.schedule.batches(0)[0]
+    index = s.schedule.samples(block_ids)
+    lr = config.lr
+    parts = {"refresh": [], "step": []}
+    plain = {"u": np.zeros((s.y.shape[1], s.x.shape[1]))}
+    plain["w"] = plain["u"].copy()
+
+    def encrypted_iteration():
+        start = time.perf_counter()
+        if server.needs_refresh():
+            protocol.exchange(None, 0, lr)
+        middle = time.perf_counter()
+        server.step(block_ids, lr)
+        parts["refresh"].append(middle - start)
+        parts["step"].append(time.perf_counter() - middle)
+
+    def numpy_iteration():
+        plain["w"], plain["u"] = nag_step(plain["u"], plain["w"], s.x[index], s.y[index], s.poly, lr, config.momentum)
+
+    candidates = {"encrypted": encrypted_iteration, "numpy": numpy_iteration}
+    naive_seconds = []
+    if args.naive_samples:
+        few = index[:args.naive_samples]
+        zero = np.zeros_like(plain["u"])
+        # Timed inside: its keys and encryption are set-up, not the step (the naive keys also raise peak memory).
+        candidates["naive"] = lambda: naive_seconds.append(time_naive_step(
+            s.x[few], s.y[few], zero, zero, s.poly, lr, config.momentum)["seconds_per_sample"] * len(index))
+    encrypted_iteration()  # the first iteration starts from fresh weights: no refresh, not typical
+    before_counts, before_seconds = dict(engine.counts), dict(engine.seconds)
+    before_bytes = protocol.wire.summary()
+    rounds = args.warmup + args.repeats
+    samples = interleave(candidates, args.repeats, args.warmup, clock=CLOCKS[args.clock])
+    if "naive" in samples:  # the naive step, timed on a few samples and scaled to the batch
+        samples["naive"] = naive_seconds[-args.repeats:]
+    after_bytes = protocol.wire.summary()
+
+    def per_iteration(after: dict, before: dict) -> dict:
+        return {k: (after[k] - before.get(k, 0)) / rounds for k in after if after[k] != before.get(k, 0)}
+
+    traffic = {direction: {kind: (size - before_bytes.get(direction, {}).get(kind, 0)) / rounds
+                           for kind, size in kinds.items() if kind != "total"}
+               for direction, kinds in after_bytes.items()}
+    levels = {kind: dict(sorted(counter.items())) for kind, counter in engine.by_level.items()}
+    return {"dim": int(args.dim), "inputs": s.x.shape[1], "layout": s.layout.describe(),
+            "blocks_per_batch": len(block_ids), "samples": samples,
+            "refresh_seconds": parts["refresh"][-args.repeats:], "step_seconds": parts["step"][-args.repeats:],
+            "operations_per_iteration": per_iteration(dict(engine.counts), before_counts),
+            "operation_seconds_per_iteration": per_iteration(dict(engine.seconds), before_seconds),
+            "operations_by_level_total": levels, "bytes_per_iteration": traffic, "upload_bytes": upload,
+            "setup_seconds": setup_seconds, "ckks": s.params.describe(), "peak_rss_mb": peak_rss_mb()}
+
+
+def available_gb() -> float:
+    """Memory available to new processes (GB), from /proc/meminfo."""
+    with open("/proc/meminfo") as info:
+        for line in info:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024 ** 2
+    return float("nan")
 
 
 def main() -> None:
     env = os.environ.get
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="mnist5k")
-    parser.add_argument("--limit", type=int, default=int(env("ENCVIT_BENCH_LIMIT", 0)) or None,
-                        help="images per split (default: all)")
-    parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--lr", type=float, default=None, help="default: FHEConfig's")
-    parser.add_argument("--epochs", type=int, default=int(env("ENCVIT_BENCH_EPOCHS", 1)))
-    parser.add_argument("--naive-samples", type=int, default=int(env("ENCVIT_BENCH_NAIVE_SAMPLES", 4)))
-    parser.add_argument("--no-pretrained", dest="pretrained", action="store_false")
-    parser.add_argument("--worker", choices=["plain", "naive", "packed"], help=argparse.SUPPRESS)
-    parser.add_argument("--features", help=argparse.SUPPRESS)
+    parser.add_argument("--dim", default=env("ENCVIT_BENCH_DIMS", "96,384,768"),
+                        help="feature widths, comma-separated (ViT-Tiny here 96, ViT-S 384, ViT-B 768)")
+    parser.add_argument("--batch-size", type=int, default=1024, help="samples per iteration (HETAL: 1024)")
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--naive-samples", type=int, default=0,
+                        help="also time the naive trainer on this many samples per round (0: not at all)")
+    parser.add_argument("--seed", type=int, default=0)
+    add_repeat_options(parser, repeats=int(env("ENCVIT_BENCH_REPEATS", 3)))
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.lr is None:
-        from encvit.fhe.train import FHEConfig
-
-        args.lr = FHEConfig.lr
+    check_repeat_options(args, parser)
     if args.worker:
-        result = worker(args)
-        result["peak_rss_mb"] = peak_rss_mb()
-        print(json.dumps(result))
+        print(json.dumps({**worker(args), "peak_rss_mb": peak_rss_mb()}))
         return
+    try:
+        dims = [int(d) for d in args.dim.split(",")]
+    except ValueError:
+        parser.error(f"--dim must be integers separated by commas, got {args.dim!r}")
+    if not dims or min(dims) < 1 or args.batch_size < 1 or args.classes < 2 or args.naive_samples < 0:
+        parser.error("--dim values and --batch-size must be >= 1, --classes >= 2, --naive-samples >= 0")
 
-    features = load_features(args)
-    shared = tempfile.NamedTemporaryFile(suffix=".npz", delete=False)
-    shared.write(features.to_bytes())
-    shared.close()
-    command = " ".join(["python benchmarks/bench_fhe.py", *sys.argv[1:]])
-    print(f"command: {command}")
-    print(f"{features.dataset}: {len(features.train[1])} training samples, {features.dim} features, "
-          f"{len(features.classes)} classes; batch {args.batch_size}; {os.cpu_count()} CPU cores "
-          f"({platform.processor() or platform.machine()}), numpy {np.__version__}")
-    results = {}
-    for variant in ("plain", "naive", "packed"):
-        argv = [sys.executable, __file__, "--worker", variant, "--dataset", args.dataset, "--batch-size",
-                str(args.batch_size), "--lr", str(args.lr), "--epochs", str(args.epochs), "--naive-samples",
-                str(args.naive_samples), "--features", shared.name]
-        argv += (["--limit", str(args.limit)] if args.limit else []) + ([] if args.pretrained else ["--no-pretrained"])
+    report = Report("benchmarks/bench_fhe.py", sys.argv[1:], settings=vars(args).copy())
+    print(report.header())
+    print(f"random features, {args.classes} classes, batch {args.batch_size}; widths {dims}, each in its own "
+          f"process, one at a time; {args.repeats} timed rounds after {args.warmup} untimed")
+    results = []
+    for dim in dims:
+        free = available_gb()
+        argv = [sys.executable, os.path.abspath(__file__), "--worker", "--dim", str(dim), "--batch-size",
+                str(args.batch_size), "--classes", str(args.classes), "--naive-samples", str(args.naive_samples),
+                "--seed", str(args.seed), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+                "--clock", args.clock]
         done = subprocess.run(argv, capture_output=True, text=True)
         if done.returncode != 0:
-            os.unlink(shared.name)
-            sys.exit(f"{variant} failed:\n{done.stderr[-3000:]}")
-        results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+            sys.exit(f"width {dim} failed:\n{done.stderr[-3000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        result["available_gb_before"] = free
+        result["comparison"] = compare(result["samples"], baseline="numpy")
+        results.append(result)
+        print(f"  width {dim}: {spread_cell(result['comparison']['summary']['encrypted'], ' s')} per iteration, "
+              f"peak {result['peak_rss_mb']:,.0f} MB ({free:.1f} GB were available)", flush=True)
+    report.results = results
 
-    os.unlink(shared.name)
-    packed, naive, plain = results["packed"], results["naive"], results["plain"]
-    st = packed["stats"]
-    ck = st["ckks"]
-    print(f"CKKS: ring degree {ck['poly_modulus_degree']} ({ck['slots']} slots), coefficient moduli "
-          f"{ck['coeff_mod_bit_sizes']} = {ck['total_modulus_bits']} bits, scale 2^{ck['scale_bits']}: "
-          f"{ck['security_bits']}-bit security (HE standard: at most {ck['max_bits_for_128']} bits for 128-bit)")
-    lay = st["layout"]
-    print(f"packed layout: {lay['samples_per_ciphertext']} samples x {lay['features_per_ciphertext']} features x "
-          f"{lay['class_slots']} class slots per ciphertext, {lay['ciphertexts_per_block']} ciphertexts per block; "
-          f"{st['levels_per_iteration']} levels per iteration, so the weights are refreshed every iteration")
     print()
-    print("| trainer | s / epoch | s / iteration | peak RSS (MB) | epoch / packed | notes |")
-    print("|---|---|---|---|---|---|")
-    rows = [("plaintext numpy", plain, "same polynomial softmax and schedule"),
-            ("naive TenSEAL", naive, f"{naive['seconds_per_sample']:.2f} s per sample, timed on {naive['samples']} "
-             f"samples and scaled to {len(features.train[1])}; peak RSS of that short run"),
-            ("packed (this kit)", packed, f"{st['refreshes']} refreshes in {st['refresh_seconds']:.1f} s included; "
-             f"{st['operations'].get('rotate', 0) // max(st['iterations'], 1)} rotations per iteration")]
-    for name, r, note in rows:
-        print(f"| {name} | {r['epoch_seconds']:.3g} | {r['iteration_seconds']:.3g} | {r['peak_rss_mb']:.0f} | "
-              f"{r['epoch_seconds'] / packed['epoch_seconds']:.3g}x | {note} |")
+    rows = []
+    for r in results:
+        c, lay = r["comparison"], r["layout"]
+        ops = r["operations_per_iteration"]
+        to_server = sum(r["bytes_per_iteration"].get("client_to_server", {}).values()) / 1e6
+        to_client = sum(r["bytes_per_iteration"].get("server_to_client", {}).values()) / 1e6
+        upload = r["upload_bytes"]["client_to_server"]["total"] / 1e6
+        rows.append([r["dim"], f"{lay['samples_per_ciphertext']} x {lay['features_per_ciphertext']} x "
+                     f"{lay['class_slots']}, {lay['ciphertexts_per_block']} per block, {r['blocks_per_batch']} blocks",
+                     spread_cell(c["summary"]["encrypted"], " s"), spread_cell(summarize(r["refresh_seconds"]), " s"),
+                     spread_cell(c["summary"]["numpy"], " ms", factor=1e3),
+                     spread_cell(c["ratios"]["encrypted"], "x", digits=0),
+                     f"{ops.get('rotate', 0):,.0f}", f"{ops.get('multiply', 0):,.0f}",
+                     f"{ops.get('relinearize', 0):,.0f}", f"{to_server:,.0f} / {to_client:,.0f}", f"{upload:,.0f}",
+                     f"{r['peak_rss_mb']:,.0f}"])
+    print(markdown_table(["features", "layout (samples x features x class slots)", "s / iteration",
+                          "of which refresh", "numpy twin", "encrypted / numpy", "rotations", "ct x ct products",
+                          "relinearisations", "MB / iteration to server / back", "upload MB", "peak RSS MB"], rows,
+                         text_columns=2))
+    if any("naive" in r["samples"] for r in results):
+        print()
+        print(markdown_table(["features", "naive s / iteration (scaled)", "naive / encrypted"],
+                             [[r["dim"], spread_cell(r["comparison"]["summary"]["naive"], " s", digits=0),
+                               spread_cell(compare(r["samples"], "encrypted")["ratios"]["naive"], "x", digits=0)]
+                              for r in results if "naive" in r["samples"]]))
     print()
-    print(f"speed-up of packed over naive: {naive['epoch_seconds'] / packed['epoch_seconds']:.0f}x per epoch "
-          f"(goal >= 10x); packed is {packed['epoch_seconds'] / plain['epoch_seconds']:.0f}x slower than plaintext")
-    lo, hi = st["hetal_seconds_per_iteration"]
-    print(f"per iteration: packed {packed['iteration_seconds']:.2f} s here (batch {st['effective_batch_size']}, "
-          f"{features.dim} features, no bootstrapping, {os.cpu_count()} CPU cores) vs HETAL's reported {lo}-{hi} s "
-          f"(ring degree 2^16 with bootstrapping, 768 features, on the HETAL authors' hardware, not this machine)")
-    print(f"one-off costs of packed: keys {st['timings']['keygen_seconds']:.1f} s, client encryption "
-          f"{st['timings']['client_encrypt_seconds']:.1f} s, server loading "
-          f"{st['timings']['server_load_seconds']:.1f} s; "
-          f"{st['bytes']['client_to_server']['total'] / 1e6:.0f} MB to the server, "
-          f"{st['bytes']['server_to_client']['total'] / 1e6:.1f} MB back")
-    print(f"checks: packed vs plaintext weights max |diff| {packed['max_weight_diff']:.2e} (largest weight "
-          f"{packed['max_weight']:.2f}); test accuracy packed {packed['test_acc']:.2f}% vs plaintext "
-          f"{packed['plain_test_acc']:.2f}% after {args.epochs} epoch(s); naive step vs numpy max |diff| "
-          f"{naive['max_weight_diff']:.2e}")
+    kinds = ["rotate", "multiply", "relinearize", "multiply_plain", "rescale", "add", "encode", "switch", "copy"]
+    share_rows = []
+    for r in results:
+        seconds = r["operation_seconds_per_iteration"]
+        step = float(np.median(r["step_seconds"]))
+        refresh = float(np.median(r["refresh_seconds"]))
+        total = step + refresh
+        share_rows.append([r["dim"]] + [f"{seconds.get(k, 0.0):.2f} ({100 * seconds.get(k, 0.0) / total:.0f}%)"
+                                        for k in kinds] + [f"{refresh:.2f} ({100 * refresh / total:.0f}%)"])
+    print("seconds per iteration by kind of operation (share of the median iteration):")
+    print(markdown_table(["features"] + kinds + ["refresh round trip"], share_rows))
+    print()
+    print(HETAL + "; here: 2 CPU cores, ring degree 2^14, no bootstrapping (the client refreshes), timed on this "
+          "machine under the load shown above and below")
+    widest = results[-1]
+    median = widest["comparison"]["summary"]["encrypted"]["median"]
+    seconds = widest["operation_seconds_per_iteration"]
+    ranked = sorted(((seconds.get(k, 0.0), k) for k in kinds), reverse=True)
+    ranked_text = ", ".join(f"{k} {v:.1f} s" for v, k in ranked[:3])
+    print(f"goal at {widest['dim']} features: <= {GOAL_SECONDS} s per iteration: "
+          f"{'met' if median <= GOAL_SECONDS else 'not met'} ({median:.1f} s median); largest costs: {ranked_text}, "
+          f"refresh {float(np.median(widest['refresh_seconds'])):.1f} s")
+    print(report.finish(args.json))
 
 
 if __name__ == "__main__":

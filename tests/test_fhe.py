@@ -1,4 +1,5 @@
-"""BlindTuner on CKKS: roles, packed products, encrypted = plaintext training, refreshes, CLI, errors.
+"""BlindTuner on CKKS: roles, packed products, encrypted = plaintext training with the same early-stopping
+decisions, refreshes, whitening, the full-precision reference, the CLI and its refusals.
 
 Small sizes (a few dozen samples, a few features): the whole file takes well under two minutes.
 """
@@ -16,10 +17,12 @@ from encvit.data import load_dataset
 from encvit.errors import ConfigError
 from encvit.fhe import ckks, packing
 from encvit.fhe.client import Client
-from encvit.fhe.head import FeatureSplits, momentum_ratio
+from encvit.fhe.head import EarlyStopping, FeatureScaler, FeatureSplits, learning_rate, momentum_ratio
 from encvit.fhe.ops import Engine, LevelError
 from encvit.fhe.server import LEVELS_PER_ITERATION
 from encvit.fhe.softmax import PolySoftmax
+from encvit.fhe.plain import TrainingDiverged
+from encvit.fhe.reference import logistic_reference
 from encvit.fhe.train import FHEConfig, train_encrypted, train_reference
 
 # Encrypted weights must equal the numpy trainer's to this absolute tolerance (CKKS noise is ~1e-6 here).
@@ -48,9 +51,12 @@ def small_client():
 
 @pytest.fixture(scope="module")
 def runs():
-    """The encrypted and the numpy trainer on the same synthetic problem and hyperparameters."""
+    """The encrypted and the numpy trainer on the same synthetic problem, hyperparameters and stopping rule.
+
+    With patience 1 the client stops at the first epoch whose validation loss does not improve (epoch 3 here).
+    """
     features = synthetic()
-    config = FHEConfig(epochs=2, batch_size=16, lr=2.0, momentum=0.9)
+    config = FHEConfig(epochs=6, patience=1, batch_size=16, lr=2.0, momentum=0.9, lr_schedule="cosine")
     return train_encrypted(features, config, progress=False), train_reference(features, config)
 
 
@@ -88,23 +94,88 @@ def test_packed_products_equal_numpy_products(small_client):
     assert engine.counts["rotate"] == np.log2(layout.group) + layout.groups * np.log2(layout.block)
 
 
-def test_encrypted_training_matches_plaintext_training(runs):
+def test_encrypted_training_matches_plaintext_training_and_its_decisions(runs):
     encrypted, reference = runs
     assert np.abs(encrypted.weights - reference.weights).max() < WEIGHT_TOLERANCE
     assert np.abs(reference.weights).max() > 0.1  # the trainers did learn something to compare
+    assert len(encrypted.rows) == len(reference.rows) == 3  # both stopped after the same epoch
     for enc, ref in zip(encrypted.rows, reference.rows):
-        assert enc["val_acc"] == ref["val_acc"] and enc["test_acc"] == ref["test_acc"]
-        assert abs(enc["train_loss"] - ref["train_loss"]) < 1e-4
-    assert reference.rows[-1]["val_acc"] > 80
+        assert enc["val_acc"] == ref["val_acc"] and enc["test_acc"] == ref["test_acc"] and enc["best"] == ref["best"]
+        assert abs(enc["val_loss"] - ref["val_loss"]) < 1e-4 and abs(enc["train_loss"] - ref["train_loss"]) < 1e-4
+    assert encrypted.best_epoch == reference.best_epoch == 2 and reference.best["val_acc"] > 80
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
+    rule = EarlyStopping(patience=2)
+    decisions = [rule.update(epoch, {"val_loss": loss, "val_acc": 0.0})
+                 for epoch, loss in enumerate([0.9, 0.5, 0.5, 0.7, 0.4, 0.6, 0.8], start=1)]
+    # A tie is no improvement; two epochs without one stop the run.
+    assert decisions == [(True, False), (True, False), (False, False), (False, True), (True, False), (False, False),
+                         (False, True)]
+    assert rule.best_epoch == 5 and rule.best_value == 0.4
+    by_accuracy = EarlyStopping(patience=1, metric="val_acc")
+    assert by_accuracy.update(1, {"val_acc": 50.0}) == (True, False)
+    assert by_accuracy.update(2, {"val_acc": 40.0}) == (False, True)
+
+
+def test_the_client_decides_on_encrypted_validation_logits_one_iteration_late(runs):
+    encrypted, _ = runs
+    stats = encrypted.stats
+    assert stats["stopped_early"] and stats["epochs_run"] == 3 and stats["best_epoch"] == 2
+    # The verdict on epoch 3 rides on the refresh before epoch 4's second step: one iteration ran in vain.
+    per_epoch = 80 // 16
+    assert stats["iterations"] == 3 * per_epoch + 1 and stats["iterations_after_last_validated_epoch"] == 1
+    sent = stats["bytes"]
+    assert sent["server_to_client"]["validation_logits"] > 0 and sent["client_to_server"]["validation_features"] > 0
+    assert sent["client_to_server"]["decision"] == stats["refreshes"] + 1  # one byte per exchange, the last: stop
+    assert stats["timings"]["server_validation_seconds"] > 0
 
 
 def test_refresh_is_triggered_and_counted(runs):
     stats = runs[0].stats
     # Six levels per iteration and six in the parameters: every iteration after the first needs a refresh.
     assert ckks.get_params(stats["preset"]).levels == LEVELS_PER_ITERATION
-    assert stats["refreshes"] == stats["iterations"] - 1 == sum(r["refreshes"] for r in runs[0].rows)
-    assert stats["refresh_seconds"] > 0
+    assert stats["refreshes"] == stats["iterations"] - 1
+    assert stats["timings"]["refresh_seconds"] > 0
     assert stats["bytes"]["server_to_client"]["refresh"] > 0 and stats["bytes"]["client_to_server"]["refresh"] > 0
+
+
+def test_learning_rate_schedules():
+    assert learning_rate(4.0, "constant", 7, 10) == 4.0
+    assert [learning_rate(4.0, "cosine", i, 4) for i in range(5)] == pytest.approx([4.0, 3.414, 2.0, 0.586, 0.0],
+                                                                                  abs=1e-3)
+    with pytest.raises(ConfigError, match="schedule"):
+        learning_rate(4.0, "step", 0, 4)
+
+
+def test_whitened_features_are_uncorrelated_and_fold_back_onto_raw_features():
+    rng = np.random.default_rng(3)
+    raw = rng.normal(size=(500, 5)) @ rng.normal(size=(5, 5)) * 3 + 7  # correlated, shifted, scaled
+    scaler = FeatureScaler.fit(raw, whiten_ridge=1e-9)
+    scaled = scaler.transform(raw)[:, :-1] / scaler.factor
+    np.testing.assert_allclose(np.cov(scaled, rowvar=False, bias=True), np.eye(5), atol=1e-6)
+    weights = rng.normal(size=(3, 6))
+    w, b = scaler.fold(weights)
+    np.testing.assert_allclose(raw @ w.T + b, scaler.transform(raw) @ weights.T, atol=1e-9)
+
+
+def test_the_reference_chooses_c_on_validation_and_reports_its_test_accuracy():
+    from sklearn.linear_model import LogisticRegression
+
+    features = synthetic(num_classes=4, dim=5, n=120, seed=4)
+    result = logistic_reference(features, grid=(1e-3, 1.0))
+    # C=1e-3 barely fits these blobs; C=1 separates them, and validation says so.
+    assert result["val_acc_per_C"][1.0] > result["val_acc_per_C"][1e-3] and result["C"] == 1.0
+    scaled = [(x - features.train[0].mean(0)) / features.train[0].std(0) / np.sqrt(5)
+              for x in (features.train[0], features.test[0])]
+    direct = LogisticRegression(C=1.0, max_iter=10000, tol=1e-6).fit(scaled[0], features.train[1])
+    assert result["test_acc"] == pytest.approx(100 * direct.score(scaled[1], features.test[1]))
+    assert result["converged"] and result["test_acc"] > 80
+
+
+def test_diverging_weights_stop_with_a_clear_error():
+    with pytest.raises(TrainingDiverged, match="lower --lr"):
+        train_reference(synthetic(), FHEConfig(epochs=3, batch_size=16, lr=900.0))
 
 
 def test_an_exhausted_ciphertext_cannot_be_multiplied(small_client):
@@ -131,13 +202,19 @@ def test_cli_writes_a_run_whose_adapter_loads(tmp_path, capsys):
     args = ["fhe-train", "--dataset", "mnist5k", "--limit", "40", "--epochs", "1", "--batch-size", "16", "--lr", "2",
             "--out", str(out), "--no-progress"]
     assert main(args) == 0
-    assert "128-bit security" in capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.csv", "adapter.safetensors", "fhe.json"}
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.csv", "adapter.safetensors", "fhe.json",
+                                               "result.json"}
     metrics = pd.read_csv(out / "metrics.csv")
-    assert list(metrics.columns[:7]) == ["epoch", "train_loss", "val_acc", "test_acc", "seconds", "refreshes",
-                                         "refresh_seconds"]
+    assert list(metrics.columns[:7]) == ["epoch", "val_acc", "val_loss", "best", "seconds", "train_loss", "test_acc"]
     fhe = json.loads((out / "fhe.json").read_text())
     assert fhe["ckks"]["security_bits"] == 128 and fhe["bytes"]["client_to_server"]["total"] > 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["difference"] == pytest.approx(result["encrypted_test_acc"] - result["reference_test_acc"])
+    assert result["refreshes"] >= 1 and result["wall_seconds"] > 0 and result["megabytes_to_server"] > 0
+    # The last line says the three numbers that matter.
+    assert f"test accuracy {result['encrypted_test_acc']:.2f}%" in last
+    assert f"reference {result['reference_test_acc']:.2f}%" in last and f"{result['difference']:+.2f} points" in last
     model, info = load_classifier(out / "adapter.safetensors")
     assert info.method == "head" and set(dict(model.named_parameters())) >= {"head.weight", "head.bias"}
     # The saved head, on raw backbone features, reproduces the decrypted head's test accuracy.
@@ -146,20 +223,38 @@ def test_cli_writes_a_run_whose_adapter_loads(tmp_path, capsys):
     test = load_dataset("mnist5k", limit=40).test
     with torch.no_grad():
         predicted = model(BatchPreprocess(info.image_size, info.channels)(test.images)).argmax(1)
-    assert 100.0 * (predicted == test.labels).float().mean().item() == pytest.approx(metrics["test_acc"].iloc[-1])
+    assert 100.0 * (predicted == test.labels).float().mean().item() == pytest.approx(result["encrypted_test_acc"])
     assert main(args) == 2  # an existing run directory is refused without --overwrite
     assert "--overwrite" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--dataset", "no-such-set"], "unknown dataset"),
+    (["--dataset", "no-such-set"], "--dataset must be one of"),
     (["--batch-size", "100000"], "slots"),
+    (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
     (["--momentum", "0.123"], "momentum"),
-    (["--lr", "0"], "lr must be positive"),
+    (["--momentum", "nan"], "--momentum must be a number in [0, 1)"),
+    (["--lr", "0"], "--lr must be a number in (0, 1000]"),
+    (["--lr", "inf"], "--lr must be a number in (0, 1000]"),
+    (["--epochs", str(2 ** 63)], "--epochs must be an integer from 1 to 1000"),
+    (["--patience", "0"], "--patience must be an integer from 1 to 1000"),
+    (["--seed", "-1"], "--seed must be an integer from 0"),
+    (["--softmax-radius", "1e999"], "--softmax-radius must be a number in [0.5, 64]"),
+    (["--whiten-ridge", "-1"], "--whiten-ridge must be a number in (0, 1e+06]"),
+    (["--limit", "0"], "--limit must be an integer >= 1"),
+    (["--out", "file.txt"], "--out file.txt is a file, not a folder"),
 ])
-def test_bad_input_gets_a_clear_error(extra, message, tmp_path, capsys):
-    assert main(["fhe-train", "--limit", "8", "--out", str(tmp_path / "r"), "--no-progress", *extra]) == 2
-    assert message in capsys.readouterr().err
+def test_bad_input_is_refused_in_one_line_before_any_work(extra, message, tmp_path, capsys, monkeypatch):
+    import encvit.fhe.command as command
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file.txt").write_text("not a folder")
+    monkeypatch.setattr(command, "create_backbone", lambda *a, **k: pytest.fail("work started"))
+    out = [] if "--out" in extra else ["--out", "r"]
+    assert main(["fhe-train", "--limit", "8", "--no-progress", *out, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
 
 
 def test_bad_values_raise_config_errors():

@@ -1,16 +1,21 @@
 """`encvit fhe-train`: the encrypted head trainer from the command line, writing a self-describing run.
 
     RUN/config.json          FHEConfig, derived sizes and library versions
-    RUN/metrics.csv          per epoch: train loss, val/test accuracy of the decrypted head, seconds, refreshes
+    RUN/metrics.csv          per epoch: validation accuracy and loss from the encrypted validation logits, whether
+                             the epoch is the best so far, seconds; train loss and test accuracy as reported by the
+                             client (never used to decide); the numpy twin's validation and test accuracy
     RUN/adapter.safetensors  head.weight and head.bias for RAW backbone features (`encvit evaluate RUN` uses it)
-    RUN/fhe.json             CKKS parameters and security level, layout, refreshes, bytes each way, timings,
-                             and the plaintext reference (same polynomial and schedule) with the weight gap
+    RUN/result.json          encrypted test accuracy, the full-precision reference and their difference; wall time,
+                             refreshes and bytes each way
+    RUN/fhe.json             CKKS parameters and security level, layout, operation counts, bytes by kind, timings,
+                             and the numpy twins (same polynomial; exact softmax) with the weight gap
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -21,12 +26,12 @@ import torch
 from ..adapters import AdapterInfo, save_adapter
 from ..atomic import write_text
 from ..backbones import create_backbone, describe
+from ..errors import check_output_path
 from ..methods import prepare
-from .ckks import PRESETS
 from .features import dataset_features
 from .head import FeatureSplits
-from .server import LEVELS_PER_ITERATION
-from .train import FHEConfig, HeadRun, train_encrypted, train_reference
+from .reference import logistic_reference
+from .train import HETAL_SECONDS_PER_RUN, TRAINABLE_PRESETS, FHEConfig, HeadRun, train_encrypted, train_reference
 
 
 def head_model(features: FeatureSplits, run: HeadRun, model: torch.nn.Module | None = None,
@@ -41,20 +46,36 @@ def head_model(features: FeatureSplits, run: HeadRun, model: torch.nn.Module | N
     return model
 
 
-def compare(encrypted: HeadRun, reference: HeadRun, exact: HeadRun | None = None) -> dict:
-    """Accuracy and weight gaps between the decrypted head and the plaintext reference (and exact softmax)."""
-    gap = np.abs(encrypted.weights - reference.weights)
-    extra = {"exact_softmax_val_acc": exact.rows[-1]["val_acc"],
-             "exact_softmax_test_acc": exact.rows[-1]["test_acc"]} if exact is not None else {}
-    return {**extra, "plain_val_acc": reference.rows[-1]["val_acc"], "plain_test_acc": reference.rows[-1]["test_acc"],
-            "encrypted_val_acc": encrypted.rows[-1]["val_acc"], "encrypted_test_acc": encrypted.rows[-1]["test_acc"],
-            "test_acc_gap": encrypted.rows[-1]["test_acc"] - reference.rows[-1]["test_acc"],
+def compare(encrypted: HeadRun, twin: HeadRun, exact: HeadRun | None = None) -> dict:
+    """Accuracy and weight gaps between the decrypted head and its numpy twin (and the exact-softmax twin)."""
+    gap = np.abs(encrypted.weights - twin.weights)
+    extra = {"exact_softmax_val_acc": exact.best["val_acc"], "exact_softmax_test_acc": exact.best["test_acc"],
+             "exact_softmax_best_epoch": exact.best_epoch} if exact is not None else {}
+    return {**extra, "plain_val_acc": twin.best["val_acc"], "plain_test_acc": twin.best["test_acc"],
+            "plain_best_epoch": twin.best_epoch, "encrypted_val_acc": encrypted.best["val_acc"],
+            "encrypted_test_acc": encrypted.best["test_acc"], "encrypted_best_epoch": encrypted.best_epoch,
+            "test_acc_gap_to_twin": encrypted.best["test_acc"] - twin.best["test_acc"],
             "max_abs_weight_diff": float(gap.max()),
-            "max_relative_weight_diff": float(gap.max() / max(np.abs(reference.weights).max(), 1e-12))}
+            "max_relative_weight_diff": float(gap.max() / max(np.abs(twin.weights).max(), 1e-12))}
 
 
-def write_run(out: Path, config: FHEConfig, features: FeatureSplits, encrypted: HeadRun, reference: HeadRun,
-              model: torch.nn.Module, exact: HeadRun | None = None) -> Path:
+def summary(encrypted: HeadRun, reference: dict, wall_seconds: float) -> dict:
+    """result.json: the encrypted head's accuracy against the full-precision reference, and what the run cost."""
+    st = encrypted.stats
+    return {"encrypted_test_acc": encrypted.best["test_acc"], "encrypted_val_acc": encrypted.best["val_acc"],
+            "reference_test_acc": reference["test_acc"], "reference_val_acc": reference["val_acc"],
+            "reference_C": reference["C"], "difference": encrypted.best["test_acc"] - reference["test_acc"],
+            "best_epoch": encrypted.best_epoch, "epochs_run": st["epochs_run"], "stopped_early": st["stopped_early"],
+            "iterations": st["iterations"], "seconds_per_iteration": st["seconds_per_iteration"],
+            "refreshes": st["refreshes"], "wall_seconds": wall_seconds,
+            "training_seconds": st["timings"]["training_seconds"],
+            "megabytes_to_server": st["bytes"]["client_to_server"]["total"] / 1e6,
+            "megabytes_to_client": st["bytes"]["server_to_client"]["total"] / 1e6,
+            "hetal_seconds_per_run": list(HETAL_SECONDS_PER_RUN), "reference": reference}
+
+
+def write_run(out: Path, config: FHEConfig, features: FeatureSplits, encrypted: HeadRun, twin: HeadRun,
+              model: torch.nn.Module, exact: HeadRun, result: dict) -> Path:
     """Write the run directory atomically: files into RUN.partial, then one rename."""
     from ..train import versions
 
@@ -63,65 +84,76 @@ def write_run(out: Path, config: FHEConfig, features: FeatureSplits, encrypted: 
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    geometry = describe(model, config.backbone)
-    info = AdapterInfo(method="head", backbone=config.backbone, backbone_hash=features.backbone_hash,
-                       class_names=list(features.classes), image_size=geometry.image_size,
-                       patch_size=geometry.patch_size, channels=geometry.channels, mean=list(geometry.mean),
-                       std=list(geometry.std), dataset=features.dataset or config.dataset)
-    save_adapter(staging / "adapter.safetensors", model, info)
-    plain = {r["epoch"]: r for r in reference.rows}
-    rows = [{**r, "plain_val_acc": plain[r["epoch"]]["val_acc"], "plain_test_acc": plain[r["epoch"]]["test_acc"]}
-            for r in encrypted.rows]
-    write_text(staging / "metrics.csv", pd.DataFrame(rows).to_csv(index=False))
-    derived = {"classes": list(features.classes), "backbone_hash": features.backbone_hash,
-               "feature_dim": features.dim, "train_samples": len(features.train[1]),
-               "layout": encrypted.stats["layout"], "effective_batch_size": encrypted.stats["effective_batch_size"]}
-    write_text(staging / "config.json", json.dumps({**asdict(config), "derived": derived,
-                                                    "versions": {**versions(), "tenseal": tenseal.__version__}},
-                                                   indent=1))
-    summary = {**encrypted.stats, "plaintext_reference": compare(encrypted, reference, exact)}
-    write_text(staging / "fhe.json", json.dumps(summary, indent=1, default=float))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
+    try:
+        geometry = describe(model, config.backbone)
+        info = AdapterInfo(method="head", backbone=config.backbone, backbone_hash=features.backbone_hash,
+                           class_names=list(features.classes), image_size=geometry.image_size,
+                           patch_size=geometry.patch_size, channels=geometry.channels, mean=list(geometry.mean),
+                           std=list(geometry.std), dataset=features.dataset or config.dataset)
+        save_adapter(staging / "adapter.safetensors", model, info)
+        plain = {r["epoch"]: r for r in twin.rows}
+        rows = [{**r, "plain_val_acc": plain[r["epoch"]]["val_acc"], "plain_test_acc": plain[r["epoch"]]["test_acc"]}
+                for r in encrypted.rows]
+        write_text(staging / "metrics.csv", pd.DataFrame(rows).to_csv(index=False))
+        derived = {"classes": list(features.classes), "backbone_hash": features.backbone_hash,
+                   "feature_dim": features.dim, "train_samples": len(features.train[1]),
+                   "val_samples": len(features.val[1]), "test_samples": len(features.test[1]),
+                   "layout": encrypted.stats["layout"], "effective_batch_size": encrypted.stats["effective_batch_size"]}
+        write_text(staging / "config.json", json.dumps({**asdict(config), "derived": derived,
+                                                        "versions": {**versions(), "tenseal": tenseal.__version__}},
+                                                       indent=1))
+        write_text(staging / "result.json", json.dumps(result, indent=1, default=float))
+        details = {**encrypted.stats, "numpy_twins": compare(encrypted, twin, exact)}
+        write_text(staging / "fhe.json", json.dumps(details, indent=1, default=float))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return out
 
 
 def fhe_train(config: FHEConfig, out: str | os.PathLike | None = None, overwrite: bool = False,
               progress: bool = True) -> dict:
-    """Extract features, train the head on ciphertexts and in plaintext, write the run; returns the summary."""
+    """Extract features, compute the reference, train the head on ciphertexts and its numpy twins, write the run."""
     from ..train import prepare_run_dir
 
-    run_dir = prepare_run_dir(out, overwrite)
+    start = time.perf_counter()
     config.check()
+    run_dir = prepare_run_dir(check_output_path(out, "--out", folder=True), overwrite) if out is not None else None
     model = create_backbone(config.backbone, pretrained=config.pretrained)
     features = dataset_features(config.backbone, config.dataset, config.limit, model=model, progress=progress)
-    reference = train_reference(features, config)
+    reference = logistic_reference(features)
+    twin = train_reference(features, config)  # first: a learning rate that diverges fails here, in seconds
     exact = train_reference(features, config, exact=True)
     encrypted = train_encrypted(features, config, progress=progress)
     head_model(features, encrypted, model)
+    result = summary(encrypted, reference, time.perf_counter() - start)
     if run_dir is not None:
-        write_run(run_dir, config, features, encrypted, reference, model, exact)
-    return {**compare(encrypted, reference, exact), "stats": encrypted.stats, "rows": encrypted.rows, "out": run_dir}
+        write_run(run_dir, config, features, encrypted, twin, model, exact, result)
+    return {**result, **compare(encrypted, twin, exact), "stats": encrypted.stats, "rows": encrypted.rows,
+            "out": run_dir}
 
 
 def cmd_fhe_train(args) -> int:
-    """Run `encvit fhe-train` and print the figures that matter."""
+    """Run `encvit fhe-train` and print the figures that matter; the last line is the result."""
     names = {f.name for f in fields(FHEConfig)}
     config = FHEConfig(**{k: v for k, v in vars(args).items() if k in names})
     r = fhe_train(config, args.out, args.overwrite, progress=not args.no_progress)
-    s = r["stats"]
-    ckks = s["ckks"]
-    print(f"encrypted head on {config.dataset} ({config.backbone}): test accuracy {r['encrypted_test_acc']:.2f}% "
-          f"(plaintext, same polynomial and schedule: {r['plain_test_acc']:.2f}%; max weight difference "
-          f"{r['max_abs_weight_diff']:.2e}, {100 * r['max_relative_weight_diff']:.4f}% of the largest weight; "
-          f"exact softmax in plaintext: {r['exact_softmax_test_acc']:.2f}%)")
+    s, ckks = r["stats"], r["stats"]["ckks"]
     print(f"CKKS: ring degree {ckks['poly_modulus_degree']}, moduli {ckks['coeff_mod_bit_sizes']} "
-          f"({ckks['total_modulus_bits']} bits), scale 2^{ckks['scale_bits']}: {ckks['security_bits']}-bit security; "
-          f"{s['iterations']} iterations, {s['seconds_per_iteration']:.2f} s each, {s['refreshes']} refreshes "
-          f"({s['refresh_seconds']:.1f} s); sent {s['bytes']['client_to_server']['total'] / 1e6:.0f} MB to the "
-          f"server, {s['bytes']['server_to_client']['total'] / 1e6:.0f} MB back"
+          f"({ckks['total_modulus_bits']} bits), scale 2^{ckks['scale_bits']}: {ckks['security_bits']}-bit security")
+    print(f"{r['epochs_run']} epochs ({'stopped early' if r['stopped_early'] else 'all'}; best epoch "
+          f"{r['best_epoch']}), {r['iterations']} iterations at {r['seconds_per_iteration']:.2f} s, {r['refreshes']} "
+          f"refreshes; {r['wall_seconds']:.0f} s in all (HETAL: {HETAL_SECONDS_PER_RUN[0]}-{HETAL_SECONDS_PER_RUN[1]} "
+          f"s per run); {r['megabytes_to_server']:.0f} MB to the server, {r['megabytes_to_client']:.0f} MB back")
+    print(f"numpy twin with the same polynomial: test {r['plain_test_acc']:.2f}% (max weight difference "
+          f"{r['max_abs_weight_diff']:.1e}); exact softmax, same schedule: {r['exact_softmax_test_acc']:.2f}%"
           + (f"; run written to {r['out']}" if r["out"] else ""))
+    print(f"encrypted head on {config.dataset} ({config.backbone}): test accuracy {r['encrypted_test_acc']:.2f}%, "
+          f"full-precision reference {r['reference_test_acc']:.2f}% (logistic regression, C={r['reference_C']:g} "
+          f"chosen on validation), difference {r['difference']:+.2f} points")
     return 0
 
 
@@ -132,19 +164,28 @@ def register(subparsers) -> None:
     p.add_argument("--backbone", default=d.backbone,
                    help=f"encvit-tiny (shipped) or a timm ViT name (default {d.backbone})")
     p.add_argument("--dataset", default=d.dataset,
-                   help=f"mnist5k, fashion5k, cifar10 or folder:PATH (default {d.dataset})")
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
+                   help=f"fashion5k, mnist5k, cifar10 or folder:PATH (default {d.dataset})")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"most epochs (default {d.epochs})")
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help=f"stop after this many epochs without a better validation loss (default {d.patience})")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"samples per Nesterov step (default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr:g})")
+    p.add_argument("--lr-schedule", default=d.lr_schedule, choices=["constant", "cosine"],
+                   help=f"learning rate over the most epochs (default {d.lr_schedule})")
     p.add_argument("--momentum", type=float, default=d.momentum,
                    help=f"Nesterov momentum, at most 2 decimals (default {d.momentum})")
     p.add_argument("--softmax-radius", type=float, default=d.softmax_radius,
-                   help=f"logit range the polynomial softmax is fitted on (default {d.softmax_radius})")
-    trainable = sorted(name for name, params in PRESETS.items() if params.levels >= LEVELS_PER_ITERATION)
-    p.add_argument("--preset", default=d.preset, choices=trainable, help=f"CKKS parameters (default {d.preset})")
+                   help=f"logit range the polynomial softmax is fitted on (default {d.softmax_radius:g})")
+    p.add_argument("--whiten-ridge", type=float, default=d.whiten_ridge,
+                   help=f"ridge added to the eigenvalues when whitening the features (default {d.whiten_ridge:g})")
+    p.add_argument("--no-whiten", dest="whiten_ridge", action="store_const", const=None,
+                   help="standardise the features only")
+    p.add_argument("--preset", default=d.preset, choices=TRAINABLE_PRESETS, help=f"CKKS parameters (default {d.preset})")
     p.add_argument("--limit", type=int, help="at most this many images per split (quick runs)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help=f"threads for independent ciphertexts (default {d.threads}: the cores this process may use)")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="random backbone weights (tests, dry runs)")
     p.add_argument("--out", metavar="RUN", help="run directory to write")

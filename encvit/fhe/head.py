@@ -53,16 +53,28 @@ class FeatureSplits:
 
 @dataclass
 class FeatureScaler:
-    """x -> ((x - mean) / std / sqrt(d), 1): the server's input; `fold` maps trained weights back to raw x."""
+    """x -> ((x - mean) M / sqrt(d), 1), the server's input; `fold` maps trained weights back to raw x.
+
+    M standardises every feature and, by default, whitens them (ZCA on the correlation matrix, eigenvalues plus
+    a ridge): gradient descent on whitened features converges in tens of epochs instead of hundreds, and the
+    client does it once, in plaintext, on its own data.
+    """
 
     mean: np.ndarray
-    std: np.ndarray
+    matrix: np.ndarray
 
     @classmethod
-    def fit(cls, features: np.ndarray) -> "FeatureScaler":
-        """Mean and standard deviation per feature (constant features keep a std of 1)."""
-        std = features.std(axis=0)
-        return cls(features.mean(axis=0), np.where(std > 1e-8, std, 1.0))
+    def fit(cls, features: np.ndarray, whiten_ridge: float | None = None) -> "FeatureScaler":
+        """Mean and M from the training features; `whiten_ridge` None standardises only (constant features: std 1)."""
+        features = np.asarray(features, np.float64)
+        mean, std = features.mean(axis=0), features.std(axis=0)
+        std = np.where(std > 1e-8, std, 1.0)
+        matrix = np.diag(1.0 / std)
+        if whiten_ridge is not None:
+            z = (features - mean) / std
+            eigenvalues, vectors = np.linalg.eigh(z.T @ z / max(len(z), 1))
+            matrix = matrix @ (vectors / np.sqrt(np.clip(eigenvalues, 0.0, None) + whiten_ridge)) @ vectors.T
+        return cls(mean, matrix)
 
     @property
     def factor(self) -> float:
@@ -71,12 +83,12 @@ class FeatureScaler:
 
     def transform(self, features: np.ndarray) -> np.ndarray:
         """Scaled features with the bias column (n x (d + 1)), float64."""
-        scaled = (np.asarray(features, np.float64) - self.mean) / self.std * self.factor
+        scaled = (np.asarray(features, np.float64) - self.mean) @ self.matrix * self.factor
         return np.concatenate([scaled, np.ones((len(scaled), 1))], axis=1)
 
     def fold(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(W, b) on raw features equal to `weights` (K x (d + 1)) on scaled ones: W x + b = weights [s(x); 1]."""
-        w = weights[:, :-1] * (self.factor / self.std)
+        w = weights[:, :-1] @ self.matrix.T * self.factor
         return w, weights[:, -1] - w @ self.mean
 
 
@@ -96,6 +108,47 @@ def cross_entropy(weights: np.ndarray, x: np.ndarray, labels: np.ndarray) -> flo
     """Mean exact softmax cross-entropy of the head on scaled features (what the client can report)."""
     p = softmax(x @ weights.T)
     return float(-np.mean(np.log(p[np.arange(len(labels)), labels] + 1e-12)))
+
+
+def validation_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy (%) and mean exact cross-entropy of decrypted validation logits: what the client decides on."""
+    p = softmax(logits)
+    return {"val_acc": 100.0 * float(np.mean(logits.argmax(axis=1) == labels)),
+            "val_loss": float(-np.mean(np.log(p[np.arange(len(labels)), labels] + 1e-12)))}
+
+
+def learning_rate(base: float, schedule: str, iteration: int, total: int) -> float:
+    """The step size of `iteration` (0-based) out of `total`: "constant", or "cosine" decay from `base` to 0."""
+    if schedule == "constant":
+        return base
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + np.cos(np.pi * iteration / max(total, 1)))
+    raise ConfigError(f"unknown learning-rate schedule {schedule!r}; choose constant or cosine")
+
+
+@dataclass
+class EarlyStopping:
+    """The client's rule after each epoch's validation: keep the best epoch, stop after `patience` without one.
+
+    `metric` is "val_loss" (lower is better; the default: smoother than accuracy on a few hundred samples) or
+    "val_acc". Ties keep the earlier epoch.
+    """
+
+    patience: int
+    metric: str = "val_loss"
+    best_epoch: int = 0
+    best_value: float = float("nan")
+    since_best: int = 0
+
+    def update(self, epoch: int, metrics: dict) -> tuple[bool, bool]:
+        """(is `epoch` the best so far, should training stop) given its validation `metrics`."""
+        value = metrics[self.metric]
+        sign = -1.0 if self.metric == "val_loss" else 1.0
+        if self.best_epoch == 0 or sign * value > sign * self.best_value:
+            self.best_epoch, self.best_value, self.since_best = epoch, value, 0
+            return True, False
+        self.since_best += 1
+        return False, self.since_best >= self.patience
 
 
 def momentum_ratio(momentum: float) -> tuple[int, int]:

@@ -10,7 +10,12 @@ A ciphertext's *level* here is SEAL's chain index: how many rescalings it has le
 from __future__ import annotations
 
 import math
+import os
+import threading
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import tenseal as ts
@@ -19,15 +24,28 @@ from tenseal import sealapi
 from ..errors import EncvitError
 
 
+def default_threads() -> int:
+    """The CPU cores this process may use: SEAL releases Python's lock, so threads run ciphertexts in parallel."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 class LevelError(EncvitError):
     """A ciphertext has no level left for the next multiplication (the weights need a refresh)."""
 
 
 class Engine:
-    """Evaluator, encoder and keys of one context; counts rotations, products and key switches."""
+    """Evaluator, encoder and keys of one context; counts rotations, products and key switches, and times them.
 
-    def __init__(self, context: ts.Context, rotation_keys: sealapi.GaloisKeys | None = None):
+    `counts[kind]` and `seconds[kind]` per kind of operation ("rotate", "multiply" (tensor product),
+    "relinearize", "rescale", "multiply_plain", "multiply_int", "add", "encode", "switch", "copy"); `by_level[kind]`
+    counts them per level, since a key switch at level l costs roughly in proportion to l + 2 primes.
+    """
+
+    def __init__(self, context: ts.Context, rotation_keys: sealapi.GaloisKeys | None = None, threads: int = 1):
         self.context = context
+        self.threads = threads
+        self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
+        self._lock = threading.Lock()
         self.seal = context.seal_context().data
         self.evaluator = sealapi.Evaluator(self.seal)
         self.encoder = sealapi.CKKSEncoder(self.seal)
@@ -35,6 +53,8 @@ class Engine:
         self.rotation_keys = rotation_keys
         self.slots = self.encoder.slot_count()
         self.counts: Counter = Counter()
+        self.seconds: Counter = Counter()
+        self.by_level: dict[str, Counter] = {}
         self._chain: dict[int, tuple] = {}  # level -> (parms_id, the prime a rescale from it drops)
         data = self.seal.first_context_data()
         while data is not None:
@@ -44,6 +64,25 @@ class Engine:
         self._plain_cache: dict = {}
 
     # ---- bookkeeping ------------------------------------------------------------------------------------
+    def map(self, fn, items) -> list:
+        """[fn(item) for item in items], on the engine's threads (independent ciphertexts: blocks, groups)."""
+        items = list(items)
+        if self._pool is None or len(items) < 2:
+            return [fn(item) for item in items]
+        return list(self._pool.map(fn, items))
+
+    @contextmanager
+    def _op(self, kind: str, level: int | None = None):
+        # With several threads `seconds` adds up each thread's time: their sum can exceed the wall time.
+        start = time.perf_counter()
+        yield
+        elapsed = time.perf_counter() - start
+        with self._lock:
+            self.seconds[kind] += elapsed
+            self.counts[kind] += 1
+            if level is not None:
+                self.by_level.setdefault(kind, Counter())[level] += 1
+
     def level(self, ct: sealapi.Ciphertext) -> int:
         """Rescalings left in `ct`."""
         return self.seal.get_context_data(ct.parms_id()).chain_index()
@@ -51,22 +90,26 @@ class Engine:
     def encode(self, values, level: int, scale: float) -> sealapi.Plaintext:
         """A plaintext of `values` (a number or one value per slot) at `level` and `scale`."""
         plain = sealapi.Plaintext()
-        if np.ndim(values) == 0:
-            self.encoder.encode(float(values), self._chain[level][0], scale, plain)
-        else:
-            self.encoder.encode(np.asarray(values, dtype=np.float64).tolist(), self._chain[level][0], scale, plain)
+        with self._op("encode"):
+            if np.ndim(values) == 0:
+                self.encoder.encode(float(values), self._chain[level][0], scale, plain)
+            else:
+                self.encoder.encode(np.asarray(values, dtype=np.float64).tolist(), self._chain[level][0], scale,
+                                    plain)
         return plain
 
     def _cached(self, key, values, level: int, scale: float) -> sealapi.Plaintext:
         # Masks recur every block at the same level and scale: encode each once.
         full = (key, level, scale) if key is not None else None
-        if full is not None and full in self._plain_cache:
-            return self._plain_cache[full]
+        cached = self._plain_cache.get(full) if full is not None else None
+        if cached is not None:
+            return cached
         plain = self.encode(values, level, scale)
         if full is not None:
-            if len(self._plain_cache) > 64:
-                self._plain_cache.clear()
-            self._plain_cache[full] = plain
+            with self._lock:
+                if len(self._plain_cache) > 64:
+                    self._plain_cache.clear()
+                self._plain_cache[full] = plain
         return plain
 
     def switch(self, ct: sealapi.Ciphertext, level: int) -> sealapi.Ciphertext:
@@ -77,14 +120,16 @@ class Engine:
         if have < level:
             raise LevelError(f"cannot raise a ciphertext from level {have} to {level}")
         out = sealapi.Ciphertext()
-        self.evaluator.mod_switch_to(ct, self._chain[level][0], out)
+        with self._op("switch"):
+            self.evaluator.mod_switch_to(ct, self._chain[level][0], out)
         return out
 
     # ---- arithmetic -------------------------------------------------------------------------------------
     def copy(self, ct: sealapi.Ciphertext) -> sealapi.Ciphertext:
         """An independent copy of `ct`."""
         out = sealapi.Ciphertext()
-        self.evaluator.mod_switch_to(ct, ct.parms_id(), out)  # to its own level: SEAL copies
+        with self._op("copy"):
+            self.evaluator.mod_switch_to(ct, ct.parms_id(), out)  # to its own level: SEAL copies
         return out
 
     def multiply(self, a: sealapi.Ciphertext, b: sealapi.Ciphertext) -> sealapi.Ciphertext:
@@ -92,32 +137,36 @@ class Engine:
         level = min(self.level(a), self.level(b))
         a, b = self.switch(a, level), self.switch(b, level)
         out = sealapi.Ciphertext()
-        self.evaluator.multiply(a, b, out)
-        self.counts["multiply"] += 1
+        with self._op("multiply", level):
+            self.evaluator.multiply(a, b, out)
         return out
 
     def relin_rescale_(self, ct: sealapi.Ciphertext) -> sealapi.Ciphertext:
         """Relinearise (one key switch) and rescale `ct` in place: it loses one level."""
         if self.level(ct) < 1:
             raise LevelError("no level left to rescale a product: the weights need a refresh")
+        level = self.level(ct)
         if ct.size() > 2:
-            self.evaluator.relinearize_inplace(ct, self.relin_keys)
-            self.counts["relinearize"] += 1
-        self.evaluator.rescale_to_next_inplace(ct)
+            with self._op("relinearize", level):
+                self.evaluator.relinearize_inplace(ct, self.relin_keys)
+        with self._op("rescale", level):
+            self.evaluator.rescale_to_next_inplace(ct)
         return ct
 
     def add_(self, acc: sealapi.Ciphertext, other: sealapi.Ciphertext) -> sealapi.Ciphertext:
         """acc += other (same level after a switch; scales must already agree)."""
         other = self.switch(other, self.level(acc))
         self._check_scales(acc, other)
-        self.evaluator.add_inplace(acc, other)
+        with self._op("add"):
+            self.evaluator.add_inplace(acc, other)
         return acc
 
     def sub_(self, acc: sealapi.Ciphertext, other: sealapi.Ciphertext) -> sealapi.Ciphertext:
         """acc -= other (as `add_`)."""
         other = self.switch(other, self.level(acc))
         self._check_scales(acc, other)
-        self.evaluator.sub_inplace(acc, other)
+        with self._op("add"):
+            self.evaluator.sub_inplace(acc, other)
         return acc
 
     @staticmethod
@@ -129,14 +178,16 @@ class Engine:
     def rotate(self, ct: sealapi.Ciphertext, step: int) -> sealapi.Ciphertext:
         """`ct` with slot j holding slot j + step (a key switch; steps need a rotation key)."""
         out = sealapi.Ciphertext()
-        self.evaluator.rotate_vector(ct, int(step), self.rotation_keys, out)
-        self.counts["rotate"] += 1
+        with self._op("rotate", self.level(ct)):
+            self.evaluator.rotate_vector(ct, int(step), self.rotation_keys, out)
         return out
 
     def rotate_sum_(self, ct: sealapi.Ciphertext, steps) -> sealapi.Ciphertext:
         """ct += rotate(ct, s) for each step in turn: with steps s, 2s, 4s, ... a sum over 2^k slots."""
         for step in steps:
-            self.evaluator.add_inplace(ct, self.rotate(ct, step))
+            rotated = self.rotate(ct, step)
+            with self._op("add"):
+                self.evaluator.add_inplace(ct, rotated)
         return ct
 
     def multiply_plain(self, ct: sealapi.Ciphertext, values, *, scale: float | None = None,
@@ -155,10 +206,12 @@ class Engine:
         if plain_scale < 2.0 ** 20:
             raise ValueError(f"plaintext scale {plain_scale:.3g} too small for an accurate product")
         out = sealapi.Ciphertext()
-        self.evaluator.multiply_plain(ct, self._cached(key, values, level + 1, plain_scale), out)
-        self.evaluator.rescale_to_next_inplace(out)
+        plain = self._cached(key, values, level + 1, plain_scale)
+        with self._op("multiply_plain", level + 1):
+            self.evaluator.multiply_plain(ct, plain, out)
+        with self._op("rescale", level + 1):
+            self.evaluator.rescale_to_next_inplace(out)
         out.scale = scale
-        self.counts["multiply_plain"] += 1
         return out
 
     def align(self, ct: sealapi.Ciphertext, factor, like: sealapi.Ciphertext, key=None) -> sealapi.Ciphertext:
@@ -168,11 +221,14 @@ class Engine:
     def multiply_int(self, ct: sealapi.Ciphertext, factor: int) -> sealapi.Ciphertext:
         """ct * an integer, without using a level: the integer is encoded at scale 1."""
         out = sealapi.Ciphertext()
-        self.evaluator.multiply_plain(ct, self.encode(float(factor), self.level(ct), 1.0), out)
-        self.counts["multiply_int"] += 1
+        plain = self.encode(float(factor), self.level(ct), 1.0)
+        with self._op("multiply_int", self.level(ct)):
+            self.evaluator.multiply_plain(ct, plain, out)
         return out
 
     def add_plain_(self, ct: sealapi.Ciphertext, values, key=None) -> sealapi.Ciphertext:
         """ct += values (encoded at ct's level and scale)."""
-        self.evaluator.add_plain_inplace(ct, self._cached(key, values, self.level(ct), ct.scale))
+        plain = self._cached(key, values, self.level(ct), ct.scale)
+        with self._op("add"):
+            self.evaluator.add_plain_inplace(ct, plain)
         return ct

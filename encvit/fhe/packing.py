@@ -248,11 +248,12 @@ def packed_gradient(engine: Engine, layout: Layout, errors: list, x_blocks: list
     of a ciphertext is then a cyclic rotate-and-sum along the outermost axis: one level.
     """
     steps = [(layout.group * layout.class_slots) << t for t in range(int(math.log2(layout.block)))]
-    out = []
-    for g in range(layout.groups):
+
+    def group(g: int):
         acc = engine.multiply(errors[0], x_blocks[0][g])
         for e, xs in zip(errors[1:], x_blocks[1:]):
             engine.add_(acc, engine.multiply(e, xs[g]))
         engine.relin_rescale_(acc)
-        out.append(engine.rotate_sum_(acc, steps))
-    return out
+        return engine.rotate_sum_(acc, steps)
+
+    return engine.map(group, range(layout.groups))

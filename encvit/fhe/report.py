@@ -1,32 +1,71 @@
-"""Figures and tables of an encrypted head run (for notebook 03 and the command line)."""
+"""Figures and tables of encrypted head runs (for notebook 03, docs/fhe.md and the command line)."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+# The runs of `encvit fhe-train` with its defaults, shipped with the package (result.json, metrics.csv, fhe.json,
+# config.json and the adapter): made by `encvit fhe-train --dataset DATASET --out encvit/fhe/runs/DATASET`.
+SHIPPED_RUNS = Path(__file__).parent / "runs"
 
-def plot_training_curves(encrypted: list[dict], plain: list[dict], title: str, exact: list[dict] | None = None) -> Figure:
-    """Test accuracy and exact train loss per epoch: encrypted head (decrypted) vs plaintext, same polynomial.
 
-    `exact`: rows of plaintext training with the true softmax, to show what the polynomial costs.
-    """
-    fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.4))
-    curves = [(plain, "-", "tab:blue", "plaintext, same polynomial"),
-              (encrypted, "o--", "tab:orange", "CKKS-encrypted (decrypted each epoch)")]
+def load_run(run: str | Path) -> dict:
+    """A run directory's result.json, fhe.json and config.json as dicts, and metrics.csv as a DataFrame."""
+    run = Path(run)
+    return {"result": json.loads((run / "result.json").read_text()), "fhe": json.loads((run / "fhe.json").read_text()),
+            "config": json.loads((run / "config.json").read_text()), "metrics": pd.read_csv(run / "metrics.csv")}
+
+
+def shipped_runs() -> dict[str, dict]:
+    """The shipped runs by dataset name (fashion5k first, the default)."""
+    found = {p.name: load_run(p) for p in sorted(SHIPPED_RUNS.iterdir()) if (p / "result.json").exists()} \
+        if SHIPPED_RUNS.is_dir() else {}
+    return dict(sorted(found.items(), key=lambda item: item[0] != "fashion5k"))
+
+
+def runs_table(runs: dict[str, dict]) -> pd.DataFrame:
+    """One row per run: accuracy against the reference, epochs, time, refreshes and traffic (HETAL for scale)."""
+    rows = []
+    for name, run in runs.items():
+        r = run["result"]
+        rows.append({"dataset": name, "encrypted test %": r["encrypted_test_acc"],
+                     "reference test %": r["reference_test_acc"], "difference (points)": r["difference"],
+                     "epochs run (best)": f"{r['epochs_run']} ({r['best_epoch']})", "iterations": r["iterations"],
+                     "s / iteration": r["seconds_per_iteration"], "refreshes": r["refreshes"],
+                     "wall time (s)": r["wall_seconds"], "MB to server": r["megabytes_to_server"],
+                     "MB back": r["megabytes_to_client"],
+                     "HETAL (s per run)": "{}-{}".format(*r["hetal_seconds_per_run"])})
+    return pd.DataFrame(rows).set_index("dataset")
+
+
+def plot_training_curves(encrypted: list[dict], plain: list[dict], title: str, exact: list[dict] | None = None,
+                         ax=None) -> Figure:
+    """Per epoch: validation accuracy from the encrypted validation logits (what the client decides on, with the
+    kept epoch marked) and the test accuracy the client reports, next to the numpy twin's (and exact softmax's)."""
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 3.4))
+    epochs = [r["epoch"] for r in encrypted]
+    ax.plot([r["epoch"] for r in plain], [r["val_acc"] for r in plain], "-", color="tab:blue", lw=2.5, alpha=0.5,
+            label="validation, numpy twin")
+    ax.plot(epochs, [r["val_acc"] for r in encrypted], "o", color="tab:orange", ms=3.5,
+            label="validation, from encrypted logits")
+    ax.plot(epochs, [r["test_acc"] for r in encrypted], "--", color="tab:green", lw=1.2, label="test (reported only)")
     if exact is not None:
-        curves.insert(0, (exact, ":", "tab:gray", "plaintext, exact softmax"))
-    for ax, key, label in ((acc, "test_acc", "test accuracy (%)"), (loss, "train_loss", "train cross-entropy")):
-        for rows, style, color, name in curves:
-            ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], style, color=color, label=name,
-                    lw=2.5 if style == "-" else 1.5, alpha=0.6 if style == "-" else 1.0)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    acc.legend(loc="lower right", fontsize=8)
-    fig.suptitle(title)
+        ax.plot([r["epoch"] for r in exact], [r["val_acc"] for r in exact], ":", color="tab:gray",
+                label="validation, exact softmax (numpy)")
+    best = [r["epoch"] for r in encrypted if r["best"]][-1]
+    ax.axvline(best, color="black", lw=0.8, alpha=0.6)
+    ax.annotate(f"kept: epoch {best}", (best, ax.get_ylim()[0]), xytext=(3, 4), textcoords="offset points", fontsize=8)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
 
