@@ -45,6 +45,7 @@ DEFAULT_BACKBONES = ("vit_small_patch16_224", "encvit-tiny")
 NUM_CLASSES = 10
 RESULT_TAG = "BENCH_RESULT "
 GOALS = {"step": 0.75, "peak": 0.80, "merged": 1.05}  # set for vit_base_patch16_224
+FLOOR, SUMMED, FORWARD = "floor", ", summed weight", "forward only"  # the --references candidates
 MEMORY_STEPS = 2  # the second forward pass runs with the first step's gradients and AdamW state alive
 
 
@@ -112,11 +113,23 @@ class _Trainer:
     def __init__(self, backbone: str, method: str, batch: int, device: torch.device, amp: str):
         from encvit.backbones import describe
         from encvit.loop import autocast_for, param_groups
-        from encvit.methods import prepare
+        from encvit.methods import is_trained, prepare
 
         self.model = _build(backbone)
         self.geometry = describe(self.model, backbone)
-        prepare(self.model, method, NUM_CLASSES)
+        if method == FLOOR:  # what proposed trains, minus LoRA: the backward pass's cost through frozen blocks
+            prepare(self.model, "full", NUM_CLASSES)
+            for name, param in self.model.named_parameters():
+                param.requires_grad_(is_trained(name, "proposed"))
+        else:
+            prepare(self.model, method.removesuffix(SUMMED), NUM_CLASSES)
+        if method.endswith(SUMMED):
+            from torch.nn.functional import linear
+
+            from encvit.lora import qkv_layers
+
+            for qkv in qkv_layers(self.model):  # multiply by W + scale * BA (the parametrized weight) instead
+                type(qkv).forward = lambda layer, tokens: linear(tokens, layer.weight, layer.bias)
         self.model.to(device).train()
         size, channels = self.geometry.image_size, self.geometry.channels
         generator = torch.Generator().manual_seed(0)
@@ -139,17 +152,27 @@ class _Trainer:
 
 
 def measure_speed(backbone: str, methods: list[str], batch: int, repeats: int, warmup: int, device: str = "cpu",
-                  amp: str = "auto", clock: str = "wall") -> dict:
-    """Training steps of every method, then inference of plain / unmerged / merged, each interleaved."""
+                  amp: str = "auto", clock: str = "wall", references: bool = False) -> dict:
+    """Training steps of every method, then inference of plain / unmerged / merged, each interleaved.
+
+    `references` adds to the step rounds: the floor (patch embedding and head trained, no LoRA), proposed with
+    the qkv layer multiplying by the summed weight, and the floor model's forward pass alone."""
     from encvit.lora import merge_lora
 
     dev = torch.device(device)
-    trainers = {method: _Trainer(backbone, method, batch, dev, amp) for method in methods}
+    names = methods + ([FLOOR, "proposed" + SUMMED] if references else [])
+    trainers = {name: _Trainer(backbone, name, batch, dev, amp) for name in names}
     baseline = "full" if "full" in methods else methods[0]
-    steps = interleave({m: t.step for m, t in trainers.items()}, repeats, warmup, dev, CLOCKS[clock])
+    candidates = {name: t.step for name, t in trainers.items()}
+    if references:
+        def forward_only(trainer=trainers[FLOOR]):
+            with torch.no_grad(), trainer.autocast:
+                trainer.model(trainer.x)
+        candidates[FORWARD] = forward_only
+    steps = interleave(candidates, repeats, warmup, dev, CLOCKS[clock])
 
     x, autocast = trainers[methods[0]].x, trainers[methods[0]].autocast
-    lora = {m: t.model.eval() for m, t in trainers.items() if m in LORA_METHODS}
+    lora = {m: trainers[m].model.eval() for m in methods if m in LORA_METHODS}
     if lora:
         method = next(iter(lora))
         plain = _plain_copy(lora[method], backbone, method)
@@ -219,6 +242,8 @@ def run_worker(args, *worker: str) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", *worker, "--methods", *args.methods,
                "--batch", str(args.batch), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
                "--device", args.device, "--amp", args.amp, "--clock", args.clock]
+    if args.references:
+        command.append("--references")
     if args.threads:
         command += ["--threads", str(args.threads)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -268,7 +293,7 @@ def training_table(results: list[dict], device: str) -> str:
     rows = []
     for r in results:
         base = r["baseline"]
-        for method in r["step"]["samples"]:
+        for method in r["trainable"]:
             cells = [r["backbone"], method, f"{r['trainable'][method]:,}",
                      spread_cell(r["step"]["summary"][method], digits=0, factor=1e3),
                      spread_cell(r["step"]["ratios"][method], "x"),
@@ -290,6 +315,15 @@ def inference_table(results: list[dict]) -> str:
              spread_cell(r["infer"]["ratios"][name], "x", digits=3)]
             for r in results for name in r["infer"]["samples"]]
     return markdown_table(["backbone", "model", "forward (ms)", "/plain"], rows, text_columns=2)
+
+
+def references_table(results: list[dict]) -> str:
+    """Where a step's time goes: full, proposed, proposed with the summed weight, the floor, a forward pass."""
+    names = ("full", "proposed", "proposed" + SUMMED, FLOOR, FORWARD)
+    rows = [[r["backbone"], name, spread_cell(r["step"]["summary"][name], digits=0, factor=1e3),
+             spread_cell(r["step"]["ratios"][name], "x")]
+            for r in results if FLOOR in r["step"]["samples"] for name in names if name in r["step"]["samples"]]
+    return markdown_table(["backbone", "step", "time (ms)", "/full"], rows, text_columns=2) if rows else ""
 
 
 def goals(results: list[dict]) -> list[str]:
@@ -319,6 +353,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-repeats", type=int, default=2,
                         help="processes per method for peak memory, alternating (default 2)")
     add_device_options(parser)
+    parser.add_argument("--references", action="store_true",
+                        help="also time, in the same rounds: the floor (patch embedding and head trained, no LoRA), "
+                             "proposed multiplying by the summed qkv weight, and a forward pass alone")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.device = device_from_options(args, parser)
@@ -333,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
         kind, backbone, *method = args.worker
         if kind == "speed":
             result = measure_speed(backbone, args.methods, args.batch, args.repeats, args.warmup, args.device,
-                                   args.amp, args.clock)
+                                   args.amp, args.clock, args.references)
         else:
             result = measure_memory(backbone, method[0], args.batch, args.device, args.amp)
         print(RESULT_TAG + json.dumps(result))
@@ -344,7 +381,8 @@ def main(argv: list[str] | None = None) -> None:
     report = Report("benchmarks/bench_methods.py", argv_of(argv),
                     settings={"backbones": backbones, "methods": args.methods, "batch": args.batch,
                               "repeats": args.repeats, "warmup": args.warmup, "clock": args.clock,
-                              "memory_repeats": args.memory_repeats, "device": args.device, "amp": amp,
+                              "memory_repeats": args.memory_repeats, "references": args.references,
+                              "device": args.device, "amp": amp,
                               "threads": args.threads or torch.get_num_threads()})
     print(report.header())
     print(f"device {args.device}" + (f" ({torch.cuda.get_device_name(args.device)})" if not on_cpu else "")
@@ -360,6 +398,13 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(inference_table(results))
     print()
+    if args.references:
+        print("Where a step's time goes (same rounds as the steps above): floor = the patch embedding and head "
+              "trained, no LoRA (the backward pass through frozen blocks still computes every input gradient); "
+              "summed weight = the qkv layer multiplies by W + scale * BA, so its backward forms the full qkv "
+              "weight gradient; forward only = the floor model's forward pass without gradients.")
+        print(references_table(results))
+        print()
     seconds = "CPU seconds of the process" if args.clock == "cpu" else "wall time"
     print(f"Step and forward times are {seconds}; every ratio is computed per round (per memory repetition) and "
           "then summarised: median (min–max).")

@@ -103,13 +103,15 @@ def test_bench_methods_measures_a_timm_vit():
     try:
         memory = bench.measure_memory("vit_tiny_patch16_224", "proposed", batch=1)
         speed = bench.measure_speed("vit_tiny_patch16_224", ["full", "melo", "proposed"], batch=1, repeats=1,
-                                    warmup=0, clock="cpu")
+                                    warmup=0, clock="cpu", references=True)
     finally:
         torch.set_num_threads(threads)
     assert memory["trainable"] == 186_442  # LoRA 36,864 + head 1,930 + patch embedding 147,648
     assert memory["optimizer_bytes"] == 2 * 4 * memory["trainable"]  # fp32 exp_avg and exp_avg_sq
     assert memory["peak_bytes"] >= memory["base_bytes"] > 0 and memory["adapter_bytes"] > 4 * memory["trainable"]
-    assert list(speed["step"]["samples"]) == ["full", "melo", "proposed"]
+    assert list(speed["step"]["samples"]) == ["full", "melo", "proposed", "floor", "proposed, summed weight",
+                                              "forward only"]
+    assert "| vit_tiny_patch16_224 | floor |" in bench.references_table([speed])
     assert list(speed["infer"]["samples"]) == ["plain", "melo unmerged", "melo merged", "proposed unmerged",
                                                "proposed merged"]
     assert speed["step"]["ratios"]["full"]["median"] == 1.0
