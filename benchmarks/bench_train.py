@@ -10,7 +10,8 @@ Images are synthetic uint8 at `--source-size` (32: CIFAR-10's size, resized on t
 training does), so no dataset is needed. Each round runs a plain step, an encrypted step and the encryption alone
 (`Key.encrypt` on one resized batch on the device) on the same model, in rotating order, so load on the machine
 hits all three alike; every ratio is computed per round and reported as median (min–max) over `--repeats` rounds.
-Goal, judged on the median: encryption costs <= 3% of the step time.
+Goal, judged on the median: encryption costs <= 3% of the step time (encrypt alone / the same round's plain step;
+the two steps differ by the encryption alone, and their ratio scatters by more than 3% on a loaded machine).
 On a busy machine pass `--threads 1` (more threads than free cores make torch's OpenMP workers stall) and
 `--clock cpu` (CPU seconds: the time other processes hold the cores is not counted).
 """
@@ -98,7 +99,9 @@ def table(results: list[dict]) -> str:
         summary, ratios, batch = r["times"]["summary"], r["times"]["ratios"], r["batch"]
         per_second = {name: compare({name: [batch / s for s in r["times"]["samples"][name]]})["summary"][name]
                       for name in ("plain", "encrypted")}
-        met = as_summary(ratios["encrypted"]).median <= 1 + GOAL
+        # Judged on the encryption's own time: the two steps differ by it alone, and their per-round ratio
+        # scatters by more than the 3% to be judged on a loaded machine.
+        met = as_summary(ratios["encrypt alone"]).median <= GOAL
         rows.append([r["backbone"], r["method"], batch, spread_cell(per_second["plain"], digits=1),
                      spread_cell(per_second["encrypted"], digits=1),
                      spread_cell(summary["plain"], digits=1, factor=1e3),
@@ -155,8 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     print()
     for backbone in dict.fromkeys(r["backbone"] for r in results):
         print(f"{backbone}: {next(r['key'] for r in results if r['backbone'] == backbone)}")
-    print("encrypted/plain: per-round ratio of the two steps (goal: median <= 1.03); encrypt alone: Key.encrypt "
-          "on one resized uint8 batch on the device, as a share of the same round's plain step.")
+    print("encrypted/plain: per-round ratio of the two steps; encrypt alone: Key.encrypt on one resized uint8 batch "
+          "on the device, as a share of the same round's plain step (the goal: median <= 3%).")
     print(report.finish(args.json))
 
 if __name__ == "__main__":
