@@ -15,6 +15,9 @@ OS's randomness. ``encrypt`` and ``decrypt`` are one precomputed index gather ov
 
 Convention: encrypted block value k is the original block value ``pixel_permutation[k]`` (x' = P x), so the
 patch embedding that sees encrypted blocks as the original one sees plain blocks is E' = E[:, permutation].
+
+A key recovered by an attack (``encvit.attacks``) cannot know the scramble secret, only the block order of the
+grids it has seen: such a key holds ``block_orders``, an explicit block permutation per grid size, instead.
 """
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ class Key:
     pixel_permutation: np.ndarray
     neg_pos: np.ndarray | None = None
     scramble_secret: bytes | None = None
+    block_orders: dict | None = None  # {(grid_h, grid_w): block permutation}, for keys recovered by attacks
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
@@ -75,6 +79,17 @@ class Key:
             object.__setattr__(self, "neg_pos", mask.astype(bool))
         if self.scramble_secret is not None and len(self.scramble_secret) != 32:
             raise KeyFileError("the block-scramble secret must be 32 bytes")
+        if self.block_orders is not None:
+            if self.scramble_secret is not None:
+                raise KeyFileError("a key holds either a block-scramble secret or explicit block orders, not both")
+            orders = {}
+            for grid, order in self.block_orders.items():
+                gh, gw = grid
+                order = np.asarray(order, dtype=np.int64)
+                if order.shape != (gh * gw,) or not np.array_equal(np.sort(order), np.arange(gh * gw)):
+                    raise KeyFileError(f"the block order for grid {gh}x{gw} must be a permutation of 0..{gh * gw - 1}")
+                orders[(int(gh), int(gw))] = order
+            object.__setattr__(self, "block_orders", orders)
 
     # ---- making keys -------------------------------------------------------------------------------
     @classmethod
@@ -119,11 +134,15 @@ class Key:
         digest.update(self.pixel_permutation.astype("<i8").tobytes())
         digest.update(b"|" + (np.packbits(self.neg_pos).tobytes() if self.neg_pos is not None else b"-"))
         digest.update(b"|" + (self.scramble_secret or b"-"))
+        for (gh, gw), order in sorted((self.block_orders or {}).items()):  # absent for every generated key
+            digest.update(f"|{gh}x{gw}|".encode() + order.astype("<i8").tobytes())
         return digest.hexdigest()[:12]
 
     def describe(self) -> str:
         """One line: block size, channels, options and fingerprint."""
+        grids = ", ".join(f"{gh}x{gw}" for gh, gw in sorted(self.block_orders or {}))
         options = [name for name, on in (("block scrambling", self.scramble_secret is not None),
+                                         (f"block order known for grid(s) {grids}", bool(grids)),
                                          ("negative-positive", self.neg_pos is not None)) if on]
         return (f"key {self.fingerprint}: {self.block_size}x{self.block_size} blocks, {self.channels} channels, "
                 f"pixel shuffling of {self.block_length} values" + "".join(f", {o}" for o in options))
@@ -134,6 +153,8 @@ class Key:
                 "channels": self.channels, "pixel_permutation": self.pixel_permutation.tolist(),
                 "neg_pos": None if self.neg_pos is None else self.neg_pos.astype(int).tolist(),
                 "scramble_secret": None if self.scramble_secret is None else self.scramble_secret.hex(),
+                **({} if self.block_orders is None else
+                   {"block_orders": {f"{gh}x{gw}": order.tolist() for (gh, gw), order in self.block_orders.items()}}),
                 "fingerprint": self.fingerprint}
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -156,9 +177,12 @@ class Key:
             raise KeyFileError(f"{source} lacks the field(s) {', '.join(missing)}")
         try:
             secret = None if data["scramble_secret"] is None else bytes.fromhex(data["scramble_secret"])
+            orders = data.get("block_orders")
+            if orders is not None:
+                orders = {tuple(int(v) for v in grid.split("x")): np.asarray(order) for grid, order in orders.items()}
             key = cls(data["block_size"], data["channels"], np.asarray(data["pixel_permutation"]),
-                      None if data["neg_pos"] is None else np.asarray(data["neg_pos"]), secret)
-        except (TypeError, ValueError) as exc:
+                      None if data["neg_pos"] is None else np.asarray(data["neg_pos"]), secret, orders)
+        except (TypeError, ValueError, AttributeError) as exc:
             raise KeyFileError(f"{source} has a malformed field: {exc}") from exc
         except KeyFileError as exc:
             raise KeyFileError(f"{source}: {exc}") from exc
@@ -193,6 +217,12 @@ class Key:
     def block_permutation(self, grid_h: int, grid_w: int) -> np.ndarray:
         """Which original block each encrypted block position holds (identity without scrambling)."""
         n = grid_h * grid_w
+        if self.block_orders is not None:
+            if (grid_h, grid_w) not in self.block_orders:
+                raise KeyMismatchError(f"key {self.fingerprint} knows the block order only for grid(s) "
+                                       f"{', '.join(f'{h}x{w}' for h, w in sorted(self.block_orders))}, "
+                                       f"not for {grid_h}x{grid_w} blocks")
+            return self.block_orders[(grid_h, grid_w)]
         if self.scramble_secret is None:
             return np.arange(n)
         return _permutation(self.scramble_secret, f"blocks|{grid_h}x{grid_w}", n)
@@ -205,6 +235,8 @@ class Key:
         if height % m or width % m or height == 0 or width == 0:
             raise ImageError(f"image size {width}x{height} (WxH) is not a multiple of the block size {m}: "
                              f"resize to e.g. {max(m, width // m * m)}x{max(m, height // m * m)}")
+        if self.block_orders is not None:
+            self.block_permutation(height // m, width // m)
 
     def _maps(self, height: int, width: int) -> dict:
         """Index maps for a C x H x W image: gathers for CHW and HWC layouts and the neg-pos masks."""
