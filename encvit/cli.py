@@ -346,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_study)
     from .fhe.command import register as register_fhe
     register_fhe(sub)
+    from .attacks.command import register as register_attacks
+    register_attacks(sub)
     return parser
 
 

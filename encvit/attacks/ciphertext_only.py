@@ -116,7 +116,7 @@ def _unflip(enc_rows: np.ndarray, ref_rows: np.ndarray, report: dict) -> tuple[n
     return flips, np.where(flips, 255 - enc_rows, enc_rows)
 
 
-def match_correlations(reference_corr: np.ndarray, encrypted_corr: np.ndarray, restarts: int = 4, seed: int = 0,
+def match_correlations(reference_corr: np.ndarray, encrypted_corr: np.ndarray, restarts: int = 2, seed: int = 0,
                        progress: bool = False) -> tuple[np.ndarray, float]:
     """Graph matching of the two correlation matrices: the permutation (encrypted position -> plain position)
     with the largest agreement over `restarts` randomised FAQ starts, and that agreement."""
@@ -160,7 +160,7 @@ def _reference_rows(reference, block_size: int, channels: int) -> np.ndarray:
 
 
 def ciphertext_only(encrypted, reference, block_size: int, neg_pos: bool = False, scramble: bool = False,
-                    restarts: int = 4, seed: int = 0, progress: bool = False, report: dict | None = None) -> Key:
+                    restarts: int = 2, seed: int = 0, progress: bool = False, report: dict | None = None) -> Key:
     """The key from encrypted images (N x H x W x C, one size) and plain reference images of any source.
 
     `neg_pos` and `scramble` say which of the cipher's options the attacker assumes; the result is an ordinary
