@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -76,6 +77,8 @@ class FHEConfig:
     def check(self) -> "FHEConfig":
         """Raise ConfigError on values that cannot work (one line naming the option)."""
         check_options(self)
+        if self.dataset.startswith("folder:") and not Path(self.dataset[len("folder:"):]).is_dir():
+            raise ConfigError(f"--dataset {self.dataset}: {self.dataset[len('folder:'):]} is not a folder")
         momentum_ratio(self.momentum)
         params = ckks.get_params(self.preset)
         if not 1 <= self.batch_size <= params.slots:
