@@ -55,11 +55,10 @@ def read_images(files: list[Path], channels: int, block_size: int | None, flag: 
     """Every file as H x W x `channels` uint8 (grey expanded as `encvit encrypt` does), sizes checked."""
     from ..images import is_grey, open_image, to_array
 
-    arrays = []
+    arrays, grey = [], 0
     for file in files:
         image = open_image(file)
-        if channels == 3 and is_grey(image):
-            print(f"note: {file} is greyscale; its grey channel is repeated to 3 channels", file=sys.stderr)
+        grey += channels == 3 and is_grey(image)
         array = to_array(image, channels)
         h, w = array.shape[:2]
         if block_size and (h % block_size or w % block_size):
@@ -67,6 +66,9 @@ def read_images(files: list[Path], channels: int, block_size: int | None, flag: 
                              f"{block_size}: resize to e.g. {max(block_size, w // block_size * block_size)}x"
                              f"{max(block_size, h // block_size * block_size)}")
         arrays.append(array)
+    if grey:
+        print(f"note: {grey} {flag} image(s) are greyscale; their grey channel is repeated to 3 channels",
+              file=sys.stderr)
     return arrays
 
 

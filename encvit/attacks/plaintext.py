@@ -38,6 +38,8 @@ def _match_positions(encrypted: np.ndarray, plain: np.ndarray, allow_flips: bool
         flipped = _squared_distances(encrypted, 255 - plain.astype(np.int64))
         flips = flipped + 1e-6 < cost  # a tie keeps the unflipped reading
         cost = np.where(flips, flipped, cost)
+    if cost.min(axis=1).max() > 0:  # some position matches no plain position: skip the costly assignment
+        return None, None, np.array([np.inf])
     rows, cols = linear_sum_assignment(cost)
     return cols, flips[rows, cols], cost[rows, cols]
 
@@ -81,6 +83,8 @@ def _recover_for_block_size(plain, encrypted, block_size: int, report: dict) -> 
                                      for p, _ in groups.values()])
     sorted_enc = np.concatenate([np.sort(e, axis=1).reshape(-1, n) for _, e in groups.values()])
     cost, cost_flipped = _squared_distances(sorted_enc, sorted_plain), _squared_distances(sorted_enc, sorted_flipped)
+    if np.minimum(cost, cost_flipped).min(axis=1).max() > 0:
+        return None  # some position's values are not those of any plain position: not this block size
     flips0 = cost_flipped + 1e-6 < cost
     rows, perm0 = linear_sum_assignment(np.where(flips0, cost_flipped, cost))
     if np.where(flips0, cost_flipped, cost)[rows, perm0].max() > 0:
