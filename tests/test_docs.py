@@ -62,17 +62,17 @@ def unknown_parts(argv: list[str]) -> list[str]:
     return [f"flag {f}" for f in flags if f not in parser._option_string_actions]
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
-def test_relative_links_resolve(page):
-    broken = [t for t in _links(page.read_text()) if not (page.parent / t).exists()]
-    assert not broken, f"{page.relative_to(ROOT)} links to missing files: {broken}"
+@pytest.mark.parametrize("doc", PAGES, ids=lambda p: p.name)
+def test_relative_links_resolve(doc):
+    broken = [t for t in _links(doc.read_text()) if not (doc.parent / t).exists()]
+    assert not broken, f"{doc.relative_to(ROOT)} links to missing files: {broken}"
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
-def test_shown_commands_name_real_subcommands_and_flags(page):
-    problems = {" ".join(c): unknown_parts(c) for c in shown_commands(page.read_text())}
+@pytest.mark.parametrize("doc", PAGES, ids=lambda p: p.name)
+def test_shown_commands_name_real_subcommands_and_flags(doc):
+    problems = {" ".join(c): unknown_parts(c) for c in shown_commands(doc.read_text())}
     problems = {c: p for c, p in problems.items() if p}
-    assert not problems, f"{page.relative_to(ROOT)} shows commands the CLI does not have: {problems}"
+    assert not problems, f"{doc.relative_to(ROOT)} shows commands the CLI does not have: {problems}"
 
 
 def test_the_checks_catch_a_bad_command_and_a_broken_link(tmp_path):
