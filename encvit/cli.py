@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -356,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     name = f"encvit {args.command}"
+    previous = _stop_on_sigterm()
     try:
         return args.func(args)
     except EncvitError as exc:
@@ -373,6 +375,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: failed with an unexpected error (a bug: the traceback above shows where); what was "
               f"half-written has been removed", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm():
+    """Make `kill` (SIGTERM) stop a command as Ctrl-C does, cleaning up; returns the handler it replaced."""
+    try:
+        return signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
 
 
 if __name__ == "__main__":

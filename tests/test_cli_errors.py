@@ -108,7 +108,8 @@ def test_a_failure_after_training_started_removes_the_staging_folder(tmp_path, m
     assert code == 0, err  # the same command again, without --overwrite
 
 
-def test_ctrl_c_during_training_removes_the_staging_folder_and_says_so(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_ctrl_c_or_kill_during_training_removes_the_staging_folder_and_says_so(tmp_path, stop):
     run_dir = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-m", "encvit.cli", "train", "--method", "melo", "--limit", "400",
                                 "--epochs", "50", "--batch-size", "16", "--out", str(run_dir)],
@@ -118,7 +119,7 @@ def test_ctrl_c_during_training_removes_the_staging_folder_and_says_so(tmp_path)
     while not staged.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.5)
     assert process.poll() is None, process.communicate()
-    os.killpg(process.pid, signal.SIGINT)
+    os.killpg(process.pid, stop)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == "encvit train: interrupted; what was half-written has been removed"
