@@ -141,7 +141,7 @@ def cmd_fhe_train(args) -> int:
     names = {f.name for f in fields(FHEConfig)}
     config = FHEConfig(**{k: v for k, v in vars(args).items() if k in names})
     r = fhe_train(config, args.out, args.overwrite, progress=not args.no_progress)
-    s, ckks = r["stats"], r["stats"]["ckks"]
+    ckks = r["stats"]["ckks"]
     print(f"CKKS: ring degree {ckks['poly_modulus_degree']}, moduli {ckks['coeff_mod_bit_sizes']} "
           f"({ckks['total_modulus_bits']} bits), scale 2^{ckks['scale_bits']}: {ckks['security_bits']}-bit security")
     print(f"{r['epochs_run']} epochs ({'stopped early' if r['stopped_early'] else 'all'}; best epoch "
@@ -167,7 +167,9 @@ def register(subparsers) -> None:
                    help=f"fashion5k, mnist5k, cifar10 or folder:PATH (default {d.dataset})")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"most epochs (default {d.epochs})")
     p.add_argument("--patience", type=int, default=d.patience,
-                   help=f"stop after this many epochs without a better validation loss (default {d.patience})")
+                   help=f"stop after this many epochs without a better validation score (default {d.patience})")
+    p.add_argument("--stop-on", default=d.stop_on, choices=["val_loss", "val_acc"],
+                   help=f"the validation score: cross-entropy or accuracy (default {d.stop_on})")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"samples per Nesterov step (default {d.batch_size})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr:g})")

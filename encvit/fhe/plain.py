@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from ..errors import EncvitError
-from .head import EarlyStopping, Schedule, accuracy, cross_entropy, nag_step, validation_metrics
+from .head import EarlyStopping, Schedule, cross_entropy, nag_step, validation_metrics
 from .softmax import ExactSoftmax, PolySoftmax
 
 # Scaled features have a norm of about 1 and logits stay within a few units: weights this large mean divergence.

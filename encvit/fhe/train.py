@@ -58,7 +58,8 @@ class FHEConfig:
     # Chosen on validation only: 10 splits of each training set into 80% train and a 20% stand-in test, candidates
     # scored by their gap to the logistic-regression reference there (notes in docs/fhe.md).
     epochs: int = option(60, integer(1, 1000))  # at most: the cosine schedule's length; early stopping may end sooner
-    patience: int = option(10, integer(1, 1000))  # epochs without a better validation loss before the client stops
+    patience: int = option(10, integer(1, 1000))  # epochs without a better validation score before the client stops
+    stop_on: str = option("val_loss", one_of("val_loss", "val_acc"))  # the score: cross-entropy or accuracy
     batch_size: int = option(1024, integer(1))  # HETAL's batch for MNIST
     lr: float = option(8.0, number(0, 1000, low_open=True))
     lr_schedule: str = option("cosine", one_of("constant", "cosine"))
@@ -175,8 +176,8 @@ class Setup:
         return lambda w: {"train_loss": cross_entropy(w, self.x, labels), "test_acc": accuracy(w, *test)}
 
     def stopping(self) -> EarlyStopping:
-        """A fresh early-stopping rule with the config's patience."""
-        return EarlyStopping(self.config.patience)
+        """A fresh early-stopping rule with the config's patience and score."""
+        return EarlyStopping(self.config.patience, self.config.stop_on)
 
 
 def setup(features: FeatureSplits, config: FHEConfig) -> Setup:
