@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
         print("Where a step's time goes (same rounds as the steps above): floor = the patch embedding and head "
               "trained, no LoRA (the backward pass through frozen blocks still computes every input gradient); "
               "summed weight = the qkv layer multiplies by W + scale * BA, so its backward forms the full qkv "
-              "weight gradient; forward only = the floor model's forward pass without gradients.")
+              "weight gradient; forward only = the floor model's forward pass without gradients.\n")
         print(references_table(results))
         print()
     seconds = "CPU seconds of the process" if args.clock == "cpu" else "wall time"

@@ -245,8 +245,20 @@ def argv_of(argv: list[str] | None) -> list[str]:
     return list(sys.argv[1:] if argv is None else argv)
 
 
+LABEL_KEYS = ("backbone", "method", "dtype", "name")  # what names a row of results, when present
+
+
+def _row_label(row, index: int) -> str:
+    """A row's name in a path: its backbone / method / dtype / name values, else its index."""
+    if isinstance(row, Mapping):
+        label = " ".join(str(row[key]) for key in LABEL_KEYS if isinstance(row.get(key), str))
+        if label:
+            return label
+    return str(index)
+
+
 def summaries_in(tree, path: str = "") -> dict[str, Summary]:
-    """Every Summary dict inside a report's JSON tree, by its path (e.g. 'results[2].step.ratios.proposed')."""
+    """Every Summary dict inside a report's JSON tree, by its path (e.g. 'results[encvit-tiny].step.ratios.melo')."""
     fields = set(Summary.__dataclass_fields__)
     if isinstance(tree, Mapping):
         if set(tree) == fields:
@@ -258,7 +270,7 @@ def summaries_in(tree, path: str = "") -> dict[str, Summary]:
     if isinstance(tree, list):
         found = {}
         for i, value in enumerate(tree):
-            found.update(summaries_in(value, f"{path}[{i}]"))
+            found.update(summaries_in(value, f"{path}[{_row_label(value, i)}]"))
         return found
     return {}
 

@@ -152,12 +152,15 @@ def test_bench_cipher_reports_copy_encrypt_and_loop_per_round(tmp_path):
     saved = json.loads(report.read_text())["results"]
     assert [row[0] for row in rows] == [r["dtype"] for r in saved] == ["uint8", "float32"]
     for row, result in zip(rows, saved):
-        assert_consistent(result, 3)
-        loop = result["loop_over_encrypt"]
-        assert loop["samples"] == pytest.approx([a / b for a, b in zip(result["samples"]["loop"],
-                                                                       result["samples"]["encrypt"])])
-        assert row[4] == spread_cell(result["ratios"]["encrypt"], "x")
-        assert row[5] == spread_cell(loop["summary"], "x", digits=0)
+        samples = result["samples"]
+        for name, values in samples.items():
+            assert result["summary"][name]["median"] == pytest.approx(np.median(values)) and len(values) == 3
+        for name, (top, base) in {"encrypt/copy": ("encrypt", "copy"), "loop/encrypt": ("loop", "encrypt")}.items():
+            per_round = [a / b for a, b in zip(samples[top], samples[base])]
+            assert result["ratio_samples"][name] == pytest.approx(per_round)
+            assert result["ratios"][name]["median"] == pytest.approx(np.median(per_round))
+        assert row[4] == spread_cell(result["ratios"]["encrypt/copy"], "x")
+        assert row[5] == spread_cell(result["ratios"]["loop/encrypt"], "x", digits=0)
 
 
 def test_benchmarks_refuse_bad_repeats():
@@ -240,7 +243,7 @@ def test_report_json_and_two_runs_compared(tmp_path, capsys):
     assert main([str(runs[0]), str(runs[0])]) == 0  # a run always overlaps itself
     assert main([str(runs[0]), str(runs[1])]) == 0  # 0.70-0.90 and 0.85-1.00 overlap
     out = capsys.readouterr().out
-    assert "results[0].step.ratios.lora" in out and "2 of 2 overlap" in out
+    assert "results[b].step.ratios.lora" in out and "2 of 2 overlap" in out
     saved["results"][0]["step"]["ratios"]["lora"].update(min=2.0, median=2.5, max=3.0)
     (tmp_path / "apart.json").write_text(json.dumps(saved))
     assert main([str(runs[1]), str(tmp_path / "apart.json")]) == 1
