@@ -219,6 +219,8 @@ class Report:
     machine_start: dict = field(default_factory=machine)
     machine_end: dict | None = None
     results: list[dict] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    elapsed_s: float | None = None
 
     @property
     def command(self) -> str:
@@ -234,10 +236,11 @@ class Report:
         import json
 
         self.machine_end = machine()
+        self.elapsed_s = round(time.time() - self.started, 1)
         if json_path:
             write_text(json_path, json.dumps(asdict(self), indent=1) + "\n")
         load = " / ".join(f"{x:.2f}" for x in self.machine_end["load_avg"])
-        return f"load average at the end: {load} (1/5/15 min)"
+        return f"load average at the end: {load} (1/5/15 min); {self.elapsed_s / 60:.1f} min in all"
 
 
 def argv_of(argv: list[str] | None) -> list[str]:

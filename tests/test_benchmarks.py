@@ -237,7 +237,7 @@ def test_report_json_and_two_runs_compared(tmp_path, capsys):
         assert report.finish(tmp_path / f"run{i}.json").startswith("load average at the end: ")
         runs.append(tmp_path / f"run{i}.json")
     saved = json.loads(runs[0].read_text())
-    assert saved["machine_start"]["cores"] >= 1 and saved["machine_end"]["load_avg"]
+    assert saved["machine_start"]["cores"] >= 1 and saved["machine_end"]["load_avg"] and saved["elapsed_s"] >= 0
     assert saved["results"][0]["step"]["samples"]["lora"] == [7.0, 8.0, 9.0]
 
     assert main([str(runs[0]), str(runs[0])]) == 0  # a run always overlaps itself
