@@ -292,3 +292,20 @@ def test_lora_training_forms_no_qkv_weight_gradient_and_matches_the_summed_weigh
     for name, grad in low_rank.items():
         reference = dict(model.named_parameters())[name].grad
         assert torch.allclose(grad, reference, rtol=1e-3, atol=1e-4 * reference.abs().max().item()), name
+
+
+def test_bench_attack_reports_each_attack_per_round_with_what_it_recovered(tmp_path):
+    report = tmp_path / "attack.json"
+    out = run("bench_attack.py", "--images", "12", "--photo", "coffee", "--photo-block", "4", "--crop", "64",
+              "--repeats", "2", "--json", str(report))
+    assert "| ciphertext-only, M = 4 |" in out and "| known-plaintext, M = 16 |" in out
+    data = json.loads(report.read_text())
+    result = data["results"][0]
+    assert set(result["samples"]) == {"encrypt (baseline)", "ciphertext-only, M = 4", "ciphertext-only, M = 16",
+                                      "known-plaintext, M = 16", "chosen-plaintext, M = 16"}
+    assert all(len(v) == 2 for v in result["samples"].values())
+    for name, ratios in result["ratios"].items():  # per-round ratios to the baseline, from the raw times
+        expected = np.median(np.divide(result["samples"][name], result["samples"]["encrypt (baseline)"]))
+        assert ratios["median"] == pytest.approx(expected, rel=1e-6)
+    assert [s["positions_exact"] for s in result["quality"]["known-plaintext, M = 16"]] == [1.0, 1.0]
+    assert data["settings"]["photo_block"] == 4

@@ -1,0 +1,55 @@
+"""The images the attacks are measured on, none of them in the repository.
+
+- Grey, M = 4: Fashion-MNIST images at 32 x 32 x 3 as the shipped backbone sees them. The data owner's images
+  are from the fine-tuning hold-out (fashion5k); the attacker's public references are Fashion-MNIST images of
+  *other* classes from the pretraining part, so the attacker never holds an image of the victim's classes.
+- Colour, M = 16: the photographs that scikit-image and scikit-learn ship, each attacked with the others
+  as references (cropped to multiples of 16).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+VICTIM_CLASSES = (0, 1, 2, 3, 4)      # T-shirt/top, Trouser, Pullover, Dress, Coat
+REFERENCE_CLASSES = (5, 6, 7, 8, 9)   # Sandal, Shirt, Sneaker, Bag, Ankle boot
+
+
+def as_backbone_input(images: np.ndarray, size: int = 32) -> np.ndarray:
+    """N x H x W grey uint8 images resized to `size` (antialiased, as training does) and repeated to 3 channels."""
+    resized = TF.resize(torch.from_numpy(np.ascontiguousarray(images)[:, None]), [size, size], antialias=True)
+    return np.repeat(resized.permute(0, 2, 3, 1).numpy(), 3, axis=3)
+
+
+def fashion_attack_sets(victims: int, references: int = 1000, seed: int = 0):
+    """(victim images, their labels, reference images): victims drawn (seeded) from fashion5k's training split
+    of VICTIM_CLASSES, references from the pretraining images of REFERENCE_CLASSES."""
+    from ..data import load_fashion
+
+    holdout, pretraining = load_fashion(pretraining=False), load_fashion(pretraining=True)
+    rng = np.random.default_rng(seed)
+    train = holdout.train
+    pool = np.flatnonzero(np.isin(train.labels.numpy(), VICTIM_CLASSES))
+    chosen = np.sort(rng.choice(pool, size=min(victims, len(pool)), replace=False))
+    public = np.flatnonzero(np.isin(pretraining.train.labels.numpy(), REFERENCE_CLASSES))
+    public = np.sort(rng.choice(public, size=min(references, len(public)), replace=False))
+    victim_images = as_backbone_input(train.images[chosen, 0].numpy())
+    reference_images = as_backbone_input(pretraining.train.images[public, 0].numpy())
+    return victim_images, train.labels[chosen].numpy(), reference_images
+
+
+def crop_to_blocks(image: np.ndarray, block_size: int) -> np.ndarray:
+    """The largest top-left crop whose sides are multiples of the block size."""
+    return image[: image.shape[0] // block_size * block_size, : image.shape[1] // block_size * block_size]
+
+
+def public_photographs(block_size: int = 16) -> dict[str, np.ndarray]:
+    """The colour photographs scikit-image and scikit-learn ship, cropped to the block size."""
+    from skimage import data
+    from sklearn.datasets import load_sample_image
+
+    photos = {"astronaut": data.astronaut(), "coffee": data.coffee(), "chelsea": data.chelsea(),
+              "rocket": data.rocket(), "china": load_sample_image("china.jpg"),
+              "flower": load_sample_image("flower.jpg")}
+    return {name: crop_to_blocks(photo, block_size) for name, photo in photos.items()}
