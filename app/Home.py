@@ -116,6 +116,7 @@ uploaded, errors = demo.read_uploads(((u.name, u.getvalue()) for u in uploads or
 for message in errors:
     st.error(message)
 images += uploaded
+st.session_state.main_page_choice = (key, images)  # what the Attacker's view page attacks
 if not images:
     st.info("Pick a shipped sample or upload an image.")
     st.stop()
