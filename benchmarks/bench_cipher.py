@@ -1,6 +1,6 @@
 """Encryption speed: the project's one-gather encrypt against a tensor copy (the floor) and a per-block loop.
 
-    python benchmarks/bench_cipher.py [--batch 256] [--size 224] [--block 16] [--repeats 7] [--warmup 1]
+    python benchmarks/bench_cipher.py [--batch 256] [--size 224] [--block 16] [--repeats 15] [--warmup 1]
                                       [--loop-images 16] [--clock wall|cpu] [--threads N] [--json PATH]
 
 The per-block loop is the naive baseline that public research code uses: for every image and every block,
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--block", type=int, default=16)
-    add_repeat_options(parser, repeats=7, warmup=1)
+    add_repeat_options(parser, repeats=15, warmup=1)
     parser.add_argument("--loop-images", type=int, default=16,
                         help="the loop is timed on this many images and scaled to the batch (it is slow)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
