@@ -338,6 +338,46 @@ class Key:
         return flat.index_select(-1, maps[name])
 
 
+class PerImageKeys:
+    """One fresh random pixel permutation for every image, every time it is encrypted: no key is shared
+    between images, so there is no key for a model to learn, nor for an attacker to recover.
+
+    The reference point of the security study (Sirichotedumrong and Kiya found such schemes robust to the
+    attacks that break a shared key). There is no decryption: the permutations are drawn and forgotten.
+    """
+
+    def __init__(self, block_size: int, channels: int = 3, seed: int = 0):
+        if not (isinstance(block_size, int) and block_size >= 1 and channels * block_size * block_size >= 2):
+            raise ConfigError(f"per-image keys need blocks of at least two values, got M = {block_size}, C = {channels}")
+        self.block_size, self.channels = block_size, channels
+        self.block_length = channels * block_size * block_size
+        self._generator = torch.Generator().manual_seed(seed)
+        self.fingerprint = f"per-image-{block_size}x{block_size}x{channels}"
+
+    def describe(self) -> str:
+        """One line: block size, channels and that every image gets its own key."""
+        return (f"one fresh key per image: {self.block_size}x{self.block_size} blocks, {self.channels} channels, "
+                f"pixel shuffling of {self.block_length} values")
+
+    def check_fits(self, height: int, width: int, channels: int) -> None:
+        """Raise ImageError unless images of this size and channel count can be encrypted."""
+        Key(self.block_size, self.channels, np.roll(np.arange(self.block_length), 1)).check_fits(height, width, channels)
+
+    def encrypt(self, images):
+        """Encrypt an N x C x H x W torch tensor or an N x H x W x C numpy array, each image with its own key."""
+        if isinstance(images, np.ndarray):
+            return self.encrypt(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)).permute(
+                0, 2, 3, 1).numpy()
+        n, c, h, w = images.shape
+        self.check_fits(h, w, c)
+        m = self.block_size
+        grid = (h // m) * (w // m)
+        blocks = images.reshape(n, c, h // m, m, w // m, m).permute(0, 2, 4, 1, 3, 5).reshape(n, grid, -1)
+        keys = torch.argsort(torch.rand(n, self.block_length, generator=self._generator), dim=1).to(images.device)
+        shuffled = torch.gather(blocks, 2, keys[:, None, :].expand(n, grid, self.block_length))
+        return shuffled.reshape(n, h // m, w // m, c, m, m).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
+
+
 def fingerprint_of(key: "Key | None") -> str:
     """The key's fingerprint, or "plain" for no key."""
     return key.fingerprint if key is not None else "plain"

@@ -212,6 +212,8 @@ def cmd_study(args) -> int:
     from .study import data_size_study, merge_studies
 
     base = _config_from(args, out=None)
+    if args.kind == "security":
+        return _security_study(args, base)
     if args.kind == "merge":
         if len(args.folders) < 2:
             raise ConfigError("study merge needs at least two study folders")
@@ -229,6 +231,27 @@ def cmd_study(args) -> int:
     start = time.perf_counter()
     data_size_study(base, datasets, sizes, seeds[0], patch_lrs, args.out, jobs=args.jobs)
     print(f"study written to {args.out}: study.csv, gaps.csv, study.png ({_wall(start, args.jobs)})")
+    return 0
+
+
+def _security_study(args, base) -> int:
+    from .security import SETTINGS, security_study
+
+    if args.folders:
+        raise ConfigError("study security takes no folders: pieces share one --out")
+    counts = _from_env_or(args.counts, "ENCVIT_SECURITY_COUNTS", int, "--counts")
+    seeds = _from_env_or(args.seeds, "ENCVIT_STUDY_SEEDS", int, "--seeds")
+    if len(seeds) != 1:
+        raise ConfigError(f"--seeds (or ENCVIT_STUDY_SEEDS) must be one integer, got {seeds}")
+    draws = _from_env_or(args.draws, "ENCVIT_SECURITY_DRAWS", int, "--draws")
+    if len(draws) != 1:
+        raise ConfigError(f"--draws (or ENCVIT_SECURITY_DRAWS) must be one integer, got {draws}")
+    settings = split_list(args.settings_security or ",".join(SETTINGS), str, "--cipher-settings")
+    methods = split_list(args.methods, str, "--methods")
+    out = args.out if args.out != "runs/study" else "runs/security"
+    start = time.perf_counter()
+    security_study(base, settings, methods, counts, seeds[0], draws[0], out, jobs=args.jobs)
+    print(f"study written to {out}: accuracy.csv, attacks.csv, security.md, security.png ({_wall(start, args.jobs)})")
     return 0
 
 
@@ -311,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune a backbone with one method, on plain or encrypted images")
     _training_args(p)
+    p.add_argument("--per-image-keys", action="store_true",
+                   help="encrypt every image with a fresh key of its own (no shared key: the security study's "
+                        "reference point)")
     p.add_argument("--out", metavar="RUN", help="run directory to write")
     p.set_defaults(func=cmd_train)
 
@@ -334,8 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("study", help="gaps between methods on encrypted images vs training-set size and domain")
-    p.add_argument("kind", choices=["data-size", "merge"],
-                   help="data-size: run the study (resumes in --out); merge: join study folders into --out")
+    p.add_argument("kind", choices=["data-size", "merge", "security"],
+                   help="data-size: run the study (resumes in --out); merge: join study folders into --out; "
+                        "security: attacks and accuracy per cipher setting (resumes in --out, default runs/security)")
     p.add_argument("folders", nargs="*", help="study folders to merge")
     _training_args(p, with_method=False)
     p.add_argument("--datasets", default="fashion5k,mnist5k")
@@ -343,7 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="3", help="seeds per cell (env ENCVIT_STUDY_SEEDS)")
     _jobs_arg(p)
     p.add_argument("--patch-lrs", default="", help="extra proposed arms with these patch-embedding learning rates")
-    p.add_argument("--out", default="runs/study", help="output folder")
+    p.add_argument("--cipher-settings", dest="settings_security", default="",
+                   help="security: shuffle, neg-pos, scramble, both, per-image (default: all)")
+    p.add_argument("--methods", default="melo,proposed,full", help="security: methods trained per setting")
+    p.add_argument("--counts", default="10,50,200,1000",
+                   help="security: encrypted images the attacker holds (env ENCVIT_SECURITY_COUNTS)")
+    p.add_argument("--draws", default="3", help="security: attacks per count (env ENCVIT_SECURITY_DRAWS)")
+    p.add_argument("--out", default="runs/study", help="output folder (security: default runs/security)")
     p.set_defaults(func=cmd_study)
     from .fhe.command import register as register_fhe
     register_fhe(sub)

@@ -25,7 +25,7 @@ import torch
 from .adapters import AdapterInfo, load_classifier, save_adapter
 from .atomic import write_text
 from .backbones import create_backbone, describe, weights_hash
-from .cipher import Key, fingerprint_of
+from .cipher import Key, PerImageKeys, fingerprint_of
 from .data import DATASETS, Splits, load_dataset
 from .errors import (Allowed, ConfigError, KeyMismatchError, check_options, check_output_path, integer, number,
                      one_of, option, optional, path, text)
@@ -59,6 +59,7 @@ class TrainConfig:
     image_size: int | None = option(None, optional(integer(1, 4096)))
     key: str | None = option(None, optional(path()))
     passphrase: str | None = option(None, optional(text()))
+    per_image_keys: bool = False  # every image encrypted with a fresh key of its own (nothing to learn)
     epochs: int = option(6, integer(1))
     lr: float | None = option(None, optional(number(0, low_open=True)))
     patch_lr: float | None = option(None, optional(number(0, low_open=True)))
@@ -84,6 +85,8 @@ class TrainConfig:
                               f"({', '.join(PATCH_EMBED_METHODS)}), got --method {self.method}")
         if self.key and self.passphrase:
             raise ConfigError("give either --key or --passphrase, not both")
+        if self.per_image_keys and (self.key or self.passphrase):
+            raise ConfigError("--per-image-keys draws a key for every image: give no --key or --passphrase")
         if self.warmup_epochs > self.epochs:
             raise ConfigError(f"--warmup-epochs must be at most --epochs ({self.epochs}), got {self.warmup_epochs:g}")
 
@@ -153,7 +156,8 @@ def train(config: TrainConfig, splits: Splits | None = None, backbone: torch.nn.
     width = model.patch_embed.proj.out_channels
     if config.method in LORA_METHODS and config.rank > width:
         raise ConfigError(f"--rank must be at most the backbone's width ({width}), got {config.rank}")
-    key = resolve_key(config.key, config.passphrase, geometry.patch_size, geometry.channels)
+    key = PerImageKeys(geometry.patch_size, geometry.channels, config.seed) if config.per_image_keys else \
+        resolve_key(config.key, config.passphrase, geometry.patch_size, geometry.channels)
     splits = splits or load_dataset(config.dataset, geometry.image_size, geometry.channels, config.limit)
     check_splits(splits, config.limit)
     backbone_hash = weights_hash(model)

@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
@@ -22,21 +24,27 @@ def as_backbone_input(images: np.ndarray, size: int = 32) -> np.ndarray:
     return np.repeat(resized.permute(0, 2, 3, 1).numpy(), 3, axis=3)
 
 
-def fashion_attack_sets(victims: int, references: int = 1000, seed: int = 0):
-    """(victim images, their labels, reference images): victims drawn (seeded) from fashion5k's training split
-    of VICTIM_CLASSES, references from the pretraining images of REFERENCE_CLASSES."""
+@functools.lru_cache(maxsize=1)
+def _fashion_pools():
+    """(victim pool uint8 N x 28 x 28, its labels, reference pool): read once per process."""
     from ..data import load_fashion
 
     holdout, pretraining = load_fashion(pretraining=False), load_fashion(pretraining=True)
-    rng = np.random.default_rng(seed)
     train = holdout.train
-    pool = np.flatnonzero(np.isin(train.labels.numpy(), VICTIM_CLASSES))
-    chosen = np.sort(rng.choice(pool, size=min(victims, len(pool)), replace=False))
+    victims = np.flatnonzero(np.isin(train.labels.numpy(), VICTIM_CLASSES))
     public = np.flatnonzero(np.isin(pretraining.train.labels.numpy(), REFERENCE_CLASSES))
-    public = np.sort(rng.choice(public, size=min(references, len(public)), replace=False))
-    victim_images = as_backbone_input(train.images[chosen, 0].numpy())
-    reference_images = as_backbone_input(pretraining.train.images[public, 0].numpy())
-    return victim_images, train.labels[chosen].numpy(), reference_images
+    return (train.images[victims, 0].numpy(), train.labels[victims].numpy(),
+            pretraining.train.images[public, 0].numpy())
+
+
+def fashion_attack_sets(victims: int, references: int = 1000, seed: int = 0):
+    """(victim images, their labels, reference images), 32 x 32 x 3: victims drawn (seeded) from fashion5k's
+    training split of VICTIM_CLASSES, references from the pretraining images of REFERENCE_CLASSES."""
+    pool, labels, public = _fashion_pools()
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(pool), size=min(victims, len(pool)), replace=False))
+    shown = np.sort(rng.choice(len(public), size=min(references, len(public)), replace=False))
+    return as_backbone_input(pool[chosen]), labels[chosen], as_backbone_input(public[shown])
 
 
 def crop_to_blocks(image: np.ndarray, block_size: int) -> np.ndarray:

@@ -1,0 +1,283 @@
+"""The security study: for each cipher setting, what the ciphertext-only attack recovers from 10 to 1,000
+encrypted images, and what the setting costs MeLo, the proposed method and full fine-tuning in accuracy.
+
+Settings (all at the backbone's patch size, keys from the documented demo passphrase): pixel shuffling;
++ negative-positive; + block scrambling; + both; and one fresh key per image, the reference point with no key
+to learn or to recover. The attacker assumes the setting's options (the scheme is public, the key is not) and
+holds public Fashion-MNIST images of other classes as references (`encvit.attacks.datasets`).
+
+    OUT/keys/SETTING.json                 the study's keys (derived from the public demo passphrase)
+    OUT/runs/SETTING/METHOD-seedS/        one training run each (encvit train's run directory)
+    OUT/attacks/SETTING/nCOUNT-drawD.json one attack each
+    OUT/accuracy.csv, attacks.csv         one row per run / per attack, rebuilt from the files above
+    OUT/security.md, security.png, meta.json
+
+Every run and attack is its own file, written when done and skipped when present: an interrupted study resumes,
+and pieces started on the same OUT with different --settings merge by construction.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .atomic import save_figure, write_text
+from .cipher import Key, PerImageKeys
+from .compare import paired_interval
+from .errors import ConfigError, check_options, each, integer, one_of, option, optional, path
+from .parallel import jobs_allowed, train_runs
+from .samples import DEMO_PASSPHRASE
+from .train import TrainConfig, prepare_run_dir
+
+SETTINGS = {"shuffle": ("pixel shuffling", {}),
+            "neg-pos": ("+ negative-positive", {"neg_pos": True}),
+            "scramble": ("+ block scrambling", {"scramble": True}),
+            "both": ("+ both", {"neg_pos": True, "scramble": True}),
+            "per-image": ("one key per image", None)}
+METHODS = ("melo", "proposed", "full")
+SHIPPED_SECURITY = Path(__file__).parent / "results" / "security"
+
+
+@dataclass
+class SecurityConfig:
+    """What the security study runs beyond the TrainConfig."""
+
+    settings: tuple = option(tuple(SETTINGS), each(one_of(*SETTINGS)))
+    methods: tuple = option(METHODS, each(one_of(*METHODS)))
+    counts: tuple = option((10, 50, 200, 1000), each(integer(2, 2400)), flag="--counts")
+    seeds: int = option(3, integer(1, 100))
+    draws: int = option(3, integer(1, 100))
+    references: int = option(1000, integer(10, 30000))
+    out: str | None = option(None, optional(path()))
+    jobs: int = option(1, jobs_allowed())
+
+    def __post_init__(self):
+        self.settings, self.methods, self.counts = tuple(self.settings), tuple(self.methods), tuple(self.counts)
+        check_options(self)
+
+
+def study_key(setting: str, block_size: int, channels: int) -> Key | PerImageKeys:
+    """The key of a setting: the demo passphrase with the setting's options (per-image: a fresh key per image)."""
+    options = SETTINGS[setting][1]
+    if options is None:
+        return PerImageKeys(block_size, channels)
+    return Key.generate(block_size, channels, passphrase=DEMO_PASSPHRASE, **options)
+
+
+def _run_configs(base: TrainConfig, plan: SecurityConfig, out: Path, key_files: dict) -> dict[Path, TrainConfig]:
+    configs = {}
+    for seed in range(base.seed, base.seed + plan.seeds):
+        for setting in plan.settings:
+            for method in plan.methods:
+                run = out / "runs" / setting / f"{method}-seed{seed}"
+                configs[run] = replace(base, method=method, seed=seed, key=key_files.get(setting),
+                                       passphrase=None, per_image_keys=setting == "per-image", out=str(run),
+                                       overwrite=True, progress=base.progress and plan.jobs == 1,
+                                       test_every_epoch=False)
+    return configs
+
+
+def _finished(run: Path, config: TrainConfig) -> bool:
+    """A run whose result.json exists and was made with this config's method, seed, epochs and limit."""
+    result = run / "result.json"
+    if not result.exists():
+        return False
+    saved = json.loads((run / "config.json").read_text())
+    same = all(saved.get(k) == getattr(config, k) for k in ("method", "seed", "epochs", "limit", "dataset", "lr"))
+    if not same:
+        raise ConfigError(f"{run} was trained with other settings; remove it or use another --out")
+    return True
+
+
+def attack_once(setting: str, count: int, draw: int, references: int, block_size: int = 4) -> dict:
+    """One ciphertext-only attack on `count` images of the victim classes encrypted with the setting's key."""
+    from .attacks import ciphertext_only, decryption_quality, key_agreement, plain_model_accuracy
+    from .attacks.datasets import fashion_attack_sets
+
+    victims, labels, public = fashion_attack_sets(count, references, seed=draw)
+    key = study_key(setting, block_size, victims.shape[-1])
+    options = SETTINGS[setting][1] or {}
+    encrypted = key.encrypt(victims) if isinstance(key, Key) else PerImageKeys(block_size, victims.shape[-1],
+                                                                                draw).encrypt(victims)
+    start = time.perf_counter()
+    recovered = ciphertext_only(encrypted, list(public), block_size, seed=draw, **options)
+    seconds = time.perf_counter() - start
+    decrypted = recovered.decrypt(encrypted)
+    grid = (victims.shape[1] // block_size, victims.shape[2] // block_size)
+    agreement = key_agreement(key, recovered, grid if "scramble" in options else None) if isinstance(key, Key) \
+        else {"positions_exact": np.nan, "positions_same_pixel": np.nan}
+    return {"setting": setting, "count": count, "draw": draw, "seconds": seconds, **agreement,
+            **decryption_quality(victims, decrypted), "plain_model_acc": plain_model_accuracy(decrypted, labels)}
+
+
+def security_study(base: TrainConfig, settings=tuple(SETTINGS), methods=METHODS, counts=(10, 50, 200, 1000),
+                   seeds: int = 3, draws: int = 3, out: str | Path = "runs/security", references: int = 1000,
+                   jobs: int = 1, log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run (or resume) the study into `out`; returns (accuracy table, attack table) of everything there."""
+    plan = SecurityConfig(settings, methods, counts, seeds, draws, references, str(out), jobs)
+    if base.key or base.passphrase or base.per_image_keys:
+        raise ConfigError("the security study makes its own keys: give no --key or --passphrase")
+    if base.dataset != "fashion5k" or base.backbone != "encvit-tiny":
+        raise ConfigError("the security study runs on the shipped backbone and fashion5k (its attack data is "
+                          "Fashion-MNIST): use --dataset fashion5k --backbone encvit-tiny")
+    out = prepare_run_dir(out, True)
+    block_size, channels = 4, 3  # encvit-tiny's patch size and channels
+    key_files = {}
+    for setting in plan.settings:
+        key = study_key(setting, block_size, channels)
+        if isinstance(key, Key):
+            key_files[setting] = str(key.save(out / "keys" / f"{setting}.json"))
+    configs = {run: c for run, c in _run_configs(base, plan, out, key_files).items() if not _finished(run, c)}
+    started = time.perf_counter()
+    if configs:
+        from .backbones import create_backbone
+        from .data import load_dataset
+
+        backbone = create_backbone(base.backbone)
+        splits = load_dataset(base.dataset, limit=base.limit)
+        runs = list(configs.values())
+        train_runs(((c, splits, copy.deepcopy(backbone)) for c in runs), jobs,
+                   lambda i, r: log(f"{Path(runs[i].out).parent.name}/{Path(runs[i].out).name}: test "
+                                    f"{r['test_acc']:.2f}%  {r['seconds']:.0f} s"))
+    _attacks(plan, out, log)
+    accuracy, attacks = collect(out)
+    write_summary(accuracy, attacks, out, {"settings": list(plan.settings), "counts": list(plan.counts),
+                                           "seeds": plan.seeds, "draws": plan.draws, "references": plan.references,
+                                           "epochs": base.epochs, "limit": base.limit, "jobs": jobs,
+                                           "seconds_this_call": time.perf_counter() - started})
+    return accuracy, attacks
+
+
+def _attacks(plan: SecurityConfig, out: Path, log) -> None:
+    from tqdm.auto import tqdm
+
+    todo = [(s, c, d) for s in plan.settings for c in plan.counts for d in range(plan.draws)
+            if not (out / "attacks" / s / f"n{c}-draw{d}.json").exists()]
+    for setting, count, draw in tqdm(todo, desc="attacks", unit="attack", disable=not todo):
+        row = attack_once(setting, count, draw, plan.references)
+        write_text(out / "attacks" / setting / f"n{count}-draw{draw}.json", json.dumps(row, default=float))
+        log(f"attack {setting} n={count} draw {draw}: images exact {row['images_exact']:.2f}, "
+            f"PSNR {row['psnr_db']:.1f} dB, {row['seconds']:.1f} s")
+
+
+def collect(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(accuracy, attacks): one row per finished run and per attack in a study folder."""
+    out = Path(out)
+    rows = []
+    for result in sorted((out / "runs").glob("*/*/result.json")):
+        rows.append({**json.loads(result.read_text()), "setting": result.parent.parent.name})
+    accuracy = pd.DataFrame(rows)
+    attacks = pd.DataFrame([json.loads(f.read_text()) for f in sorted((out / "attacks").glob("*/*.json"))])
+    return accuracy, attacks
+
+
+def accuracy_summary(accuracy: pd.DataFrame) -> pd.DataFrame:
+    """Per setting and method: mean test accuracy, half-width of its 95% interval over seeds, and the
+    seed-paired gap to pixel shuffling with its half-width and p-value."""
+    rows = []
+    for (setting, method), group in accuracy.groupby(["setting", "method"], sort=False):
+        values = group.sort_values("seed").test_acc.to_numpy()
+        half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)) \
+            if len(values) > 1 else np.nan
+        row = {"setting": setting, "method": method, "seeds": len(values), "test_acc": values.mean(),
+               "half_width": half}
+        base = accuracy[(accuracy.setting == "shuffle") & (accuracy.method == method)].sort_values("seed")
+        if setting != "shuffle" and len(base) == len(group):
+            diff = values - base.test_acc.to_numpy()
+            row["gap_to_shuffle"], (row["gap_half_width"], row["gap_p"]) = diff.mean(), paired_interval(diff)
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["setting", "method"], key=_method_order).reset_index(drop=True)
+
+
+def _method_order(column: pd.Series) -> pd.Series:
+    return column.map(list(METHODS).index) if column.name == "method" else _setting_order(column)
+
+
+def attack_summary(attacks: pd.DataFrame) -> pd.DataFrame:
+    """Per setting and number of ciphertexts: the attack's scores averaged over draws."""
+    columns = ["positions_same_pixel", "positions_exact", "images_exact", "psnr_db", "ssim", "plain_model_acc",
+               "seconds"]
+    summary = attacks.groupby(["setting", "count"])[columns].mean().reset_index()
+    return summary.sort_values(["setting", "count"], key=_setting_order).reset_index(drop=True)
+
+
+def _setting_order(column: pd.Series) -> pd.Series:
+    """Sort settings in the study's order (other columns as they are)."""
+    return column.map(list(SETTINGS).index) if column.name == "setting" else column
+
+
+def _label(setting: str) -> str:
+    return SETTINGS[setting][0]
+
+
+def markdown(accuracy: pd.DataFrame, attacks: pd.DataFrame, meta: dict) -> str:
+    """The study's two tables as Markdown."""
+    lines = [f"Ciphertext-only attack at M = 4 on grey Fashion-MNIST (victims: 5 garment classes of fashion5k; "
+             f"references: {meta['references']:,} public images of the 5 other classes), mean of {meta['draws']} "
+             "draws of the attacker's ciphertexts. 'key, same pixel': share of key positions put in the right pixel "
+             "(the channels of a grey image cannot be told apart); 'images exact': share of the attacker's "
+             "decryptions equal to the plain image (PSNR counts an exact one as 100 dB); 'plain model': accuracy of the shipped MeLo model trained on "
+             "plain images, on the attacker's decryptions.", "",
+             "| setting | ciphertexts | key, same pixel | images exact | PSNR (dB) | SSIM | plain model (%) | seconds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    if len(attacks):
+        for _, r in attack_summary(attacks).iterrows():
+            key = "-" if np.isnan(r.positions_same_pixel) else f"{r.positions_same_pixel:.3f}"
+            lines.append(f"| {_label(r.setting)} | {int(r['count']):,} | {key} | {r.images_exact:.2f} | "
+                         f"{r.psnr_db:.1f} | {r.ssim:.3f} | {r.plain_model_acc:.1f} | {r.seconds:.1f} |")
+    lines += ["", f"Test accuracy (%) on images encrypted with each setting: mean ± half-width of the 95% interval "
+              f"over seeds; gap to pixel shuffling seed-paired (* p < 0.05). {meta['epochs']} epochs.", "",
+              "| setting | method | seeds | test accuracy | gap to pixel shuffling |", "|---|---|---:|---:|---:|"]
+    if len(accuracy):
+        for _, r in accuracy_summary(accuracy).iterrows():
+            gap = r.get("gap_to_shuffle", np.nan)
+            gap_text = "" if pd.isna(gap) else f"{gap:+.2f}" + (
+                "" if pd.isna(r.gap_half_width) else f" ± {r.gap_half_width:.2f}" + (" *" if r.gap_p < 0.05 else ""))
+            spread = "" if pd.isna(r.half_width) else f" ± {r.half_width:.2f}"
+            lines.append(f"| {_label(r.setting)} | {r.method} | {r.seeds} | {r.test_acc:.2f}{spread} | {gap_text} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(accuracy: pd.DataFrame, attacks: pd.DataFrame, path: Path) -> None:
+    """Left: the attack's success against the ciphertexts it holds. Right: both sides of the trade-off."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    summary = attack_summary(attacks) if len(attacks) else pd.DataFrame()
+    for setting in SETTINGS:
+        part = summary[summary.setting == setting] if len(summary) else summary
+        if len(part):
+            left.plot(part["count"], part.psnr_db, marker="o", label=_label(setting))
+    left.set(xscale="log", xlabel="encrypted images the attacker holds", ylabel="PSNR of the attack (dB)",
+             title="What the ciphertext-only attack recovers")
+    left.legend(fontsize=8)
+    if len(accuracy) and len(summary):
+        largest = summary.sort_values("count").groupby("setting").tail(1).set_index("setting")
+        acc = accuracy_summary(accuracy)
+        for method, marker in zip(METHODS, "os^"):
+            part = acc[(acc.method == method) & acc.setting.isin(largest.index)]
+            right.scatter(part.test_acc, largest.loc[part.setting, "psnr_db"], marker=marker, label=method)
+            for _, r in part.iterrows():
+                right.annotate(_label(r.setting), (r.test_acc, largest.loc[r.setting, "psnr_db"]), fontsize=7,
+                               xytext=(3, 3), textcoords="offset points")
+        right.set(xlabel="test accuracy on encrypted images (%)",
+                  ylabel=f"attack PSNR (dB), {int(summary['count'].max()):,} ciphertexts",
+                  title="Accuracy against what the attacker gets")
+        right.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def write_summary(accuracy: pd.DataFrame, attacks: pd.DataFrame, out: Path, meta: dict) -> None:
+    """accuracy.csv, attacks.csv, security.md, security.png and meta.json of a study folder."""
+    write_text(out / "accuracy.csv", accuracy.to_csv(index=False))
+    write_text(out / "attacks.csv", attacks.to_csv(index=False))
+    write_text(out / "security.md", markdown(accuracy, attacks, meta))
+    write_text(out / "meta.json", json.dumps(meta, indent=1, default=str))
+    plot(accuracy, attacks, out / "security.png")
