@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from encvit import demo
+from encvit import attack_demo, demo
 from encvit.adapters import read_adapter
 from encvit.cipher import Key
-from encvit.errors import KeyFileError
+from encvit.errors import AttackError, KeyFileError
 from encvit.predict import find_runs, shipped_comparison
 from encvit.samples import DEMO_PASSPHRASE
 
@@ -247,3 +247,127 @@ def test_enlarge_draws_the_block_grid():
     assert (big[0, :] == (255, 64, 64)).all() and (big[12, :] == (255, 64, 64)).all()
     assert (big[1:12, 1:12] == 0).all()
     assert (demo.enlarge(array, 3) == 0).all()
+
+
+# ---- the attacker's view ------------------------------------------------------------------------------
+ATTACKERS_VIEW = "pages/3_Attacker's_view.py"
+
+
+def attackers_view(at: AppTest | None = None) -> AppTest:
+    """The Attacker's view, opened first (a new AppTest) or after what `at` did on the main page."""
+    at = (at or AppTest.from_file(APP, default_timeout=TIMEOUT)).switch_page(ATTACKERS_VIEW).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def image_captions(at: AppTest) -> list[str]:
+    return [image.proto.imgs[0].caption for image in at.main.image]
+
+
+def shown_metrics(at: AppTest) -> dict[str, str]:
+    return {metric.label: metric.value for metric in at.metric}
+
+
+def used_line(at: AppTest) -> str:
+    return next(m.value for m in at.markdown if m.value.startswith("The attack used"))
+
+
+def upload_key(at: AppTest, key: Key) -> AppTest:
+    at.radio(key="key_source").set_value("Key file").run()
+    at.file_uploader(key="key_file").set_value(("key.json", demo.key_download(key)[1], "application/json")).run()
+    assert not at.exception and not at.error
+    return at
+
+
+def test_attackers_view_reconstructs_the_default_samples_and_scores_them(demo_key):
+    at = attackers_view()  # opened before the main page: it attacks the main page's defaults
+    assert not at.error and "Nothing was chosen on the main page" in at.info[0].value
+    key, images = attack_demo.default_target()
+    assert key == demo_key and len(images) == 3
+    captions = image_captions(at)
+    assert captions[:6] == [c for i in images for c in (f"{i.name}, encrypted", "its block means")]
+    assert captions[6::2] == [f"{i.name} (the attacker never sees it)" for i in images]
+    # The page's numbers are those of the attack run here on the same ciphertexts (it is seeded).
+    owner_images, reference = attack_demo.attack_sets()
+    outcome = attack_demo.run_attack(key, np.stack([i.array for i in images]), owner_images[:50], reference)
+    assert captions[7::2] == [f"reconstructed: {attack_demo.psnr_caption(p)}" for p in outcome.psnr_db]
+    assert shown_metrics(at) == {
+        "Key recovered (right pixel)": f"{100 * outcome.agreement['positions_same_pixel']:.0f}%",
+        "Key recovered (exact)": f"{100 * outcome.agreement['positions_exact']:.0f}%",
+        "PSNR of your images": f"{outcome.quality['psnr_db']:.1f} dB",
+        "Your images decrypted exactly": f"{round(3 * outcome.quality['images_exact'])} of 3"}
+    assert at.table[0].value.equals(attack_demo.key_rows(outcome))
+    assert at.table[1].value.equals(attack_demo.quality_rows(outcome))
+    assert "(3 from the main page and 50 collected)" in used_line(at)
+    # Grey Fashion-MNIST at M = 4: 53 ciphertexts give the attacker every pixel of the key and the images.
+    assert outcome.agreement["positions_same_pixel"] == 1.0 and outcome.quality["images_exact"] == 1.0
+    assert (outcome.reconstructions == np.stack([i.array for i in images])).all()
+
+
+def test_attackers_view_attacks_the_key_and_images_of_the_main_page():
+    at = home()
+    at.text_input(key="passphrase").input("not the demo passphrase").run()
+    at.multiselect(key="samples").set_value(["fashion-3.png (Dress)", "digit-7.png (7)"]).run()
+    key = at.session_state.main_page_choice[0]
+    at = attackers_view(at)
+    assert not at.error and not at.info
+    assert any(f"key `{key.fingerprint}`, 2 images" in m.value for m in at.markdown)
+    assert [c for c in image_captions(at) if c.endswith(", encrypted")] == ["fashion-3.png, encrypted",
+                                                                             "digit-7.png, encrypted"]
+    at.slider(key="collected").set_value(0).run()
+    assert "**2 encrypted images** (2 from the main page and 0 collected)" in used_line(at)
+    at.slider(key="collected").set_value(attack_demo.COLLECTED_MAX).run()
+    assert "**202 encrypted images** (2 from the main page and 200 collected)" in used_line(at)
+    assert not at.exception and set(shown_metrics(at)) >= {"Key recovered (exact)", "PSNR of your images"}
+
+
+@pytest.mark.parametrize("option, score, part", [("neg_pos", "neg_pos_mask", "negative-positive mask"),
+                                                  ("scramble", "block_order", "block order")])
+def test_attackers_view_assumes_the_keys_options_and_shows_what_it_recovered(demo_key, option, score, part):
+    key = Key.generate(demo_key.block_size, demo_key.channels, passphrase="options", **{option: True})
+    at = attackers_view(upload_key(home(), key))
+    assert not at.error
+    assumed = "negative-positive" if option == "neg_pos" else "block scrambling"
+    assert any(m.value.startswith(f"The key uses {assumed}:") for m in at.markdown)
+    _, images = attack_demo.default_target()
+    owner_images, reference = attack_demo.attack_sets()
+    outcome = attack_demo.run_attack(key, np.stack([i.array for i in images]), owner_images[:50], reference)
+    assert score in outcome.agreement and at.table[0].value.equals(attack_demo.key_rows(outcome))
+    shown = at.table[0].value.loc[part, "recovered"]
+    assert any(m.value.endswith(f"{shown} of the flip mask recovered.") or f"put {shown} of the blocks" in m.value
+               for m in at.markdown)
+
+
+def test_attackers_view_on_colour_images_runs_and_says_quality_is_lower():
+    at = home()
+    at.multiselect(key="samples").set_value(["chelsea.png", "fashion-0.png (T-shirt/top)"]).run()
+    at = attackers_view(at)
+    assert not at.error and len(at.warning) == 1 and "1 of your images is in colour" in at.warning[0].value
+    assert "quality is lower" in at.warning[0].value
+    assert len(image_captions(at)) == 8 and "PSNR of your images" in shown_metrics(at)
+
+
+def test_attackers_view_errors_get_one_message_and_the_page_goes_on(demo_key):
+    big = Key.generate(16, demo_key.channels, passphrase="big blocks")  # fits 32x32 images, too costly to attack
+    at = attackers_view(upload_key(home(), big))
+    assert len(at.error) == 1 and "768 values per block" in at.error[0].value and "encvit attack" in at.error[0].value
+    assert len(at.main.image) == 6 and not at.metric  # the ciphertexts and thumbnails are still shown
+    at = home()
+    at.multiselect(key="samples").set_value([]).run()
+    at = attackers_view(at)
+    assert not at.error and "No images are chosen on the main page" in at.info[0].value and not at.main.image
+
+
+def test_block_mean_thumbnails_are_the_plain_images_at_a_lower_resolution(demo_key):
+    _, images = attack_demo.default_target()
+    plain = np.stack([i.array for i in images])
+    encrypted, thumbnails = attack_demo.holdings(demo_key, plain)
+    m = demo_key.block_size
+    means = plain.reshape(3, 32 // m, m, 32 // m, m, 3).mean(axis=(2, 4, 5))
+    assert (encrypted != plain).any() and (thumbnails[..., 0] == np.rint(means)).all()
+    scrambled = Key.generate(m, 3, passphrase="x", scramble=True)
+    _, shuffled = attack_demo.holdings(scrambled, plain)
+    assert (np.sort(shuffled.reshape(3, -1), axis=1) == np.sort(thumbnails.reshape(3, -1), axis=1)).all()
+    assert attack_demo.colour_images(plain) == 0 and attack_demo.colour_images(plain[..., ::-1] * [1, 0, 1]) == 3
+    with pytest.raises(AttackError, match="768 values per block"):
+        attack_demo.check_attackable(Key.generate(16, 3))

@@ -73,8 +73,10 @@ st.markdown(f"The encrypted images, and with them their **block-mean thumbnails*
 if "block scrambling" in attack_demo.assumed_options(key):
     st.markdown("This key scrambles the blocks too: the thumbnail's blocks stand in the scrambled order.")
 if key.neg_pos is not None:
-    st.markdown("This key flips some values (negative-positive): a block's mean mixes flipped and unflipped "
-                "values, so the thumbnail loses contrast, yet keeps the outline.")
+    flipped = int(key.neg_pos.sum())
+    st.markdown(f"This key also flips {flipped} of the {key.block_length} values of a block (negative-positive, "
+                f"x to 255 - x): a block's mean mixes flipped and unflipped values, so for a flat block the thumbnail "
+                f"keeps {abs(key.block_length - 2 * flipped) / key.block_length:.0%} of the contrast.")
 factor = demo.display_factor(size)
 for (name, ciphertext, thumbnail), (left, right) in image_grid(list(zip([i.name for i in images], encrypted,
                                                                         thumbnails)), 2):
