@@ -1,4 +1,4 @@
-"""Photograph the demo for docs/: app.png, app-wrong-key.png and app-comparison.png, as Chromium shows them.
+"""Photograph the demo for docs/: app.png, app-wrong-key.png, app-comparison.png and app-attackers-view.png.
 
     python scripts/app_screenshots.py [--out-dir docs]
 
@@ -18,7 +18,7 @@ from playwright.sync_api import sync_playwright
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the browser tooling lives with the tests that use it
 from browser import VIEWPORT, ChromiumNotFound, launch_options, serve_app  # noqa: E402
-from browser.screenshots import looks_rendered, take_screenshots  # noqa: E402
+from browser.screenshots import looks_rendered, take_attackers_view_screenshot, take_screenshots  # noqa: E402
 
 from encvit.atomic import atomic_path  # noqa: E402
 
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 page = browser.new_context(base_url=server.url, viewport=VIEWPORT).new_page()
                 shots = take_screenshots(page, Path(tmp))
+                shots.append(take_attackers_view_screenshot(page, Path(tmp)))  # opening the app starts a new session
             finally:
                 browser.close()
             problems = server.problems()

@@ -10,10 +10,10 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from browser import (VIEWPORT, ChromiumNotFound, caption, find_chromium, go_to_page, launch_options, open_app,
-                     pick_sample, prediction_tables, read_table, serve_app, shown_fingerprint, type_passphrase,
-                     upload_images, wait_until_idle)
-from browser.screenshots import OTHER_PASSPHRASE, looks_rendered, take_screenshots
+from browser import (ATTACK_MS, VIEWPORT, ChromiumNotFound, caption, find_chromium, go_to_page, launch_options,
+                     open_app, pick_sample, prediction_tables, read_table, reconstructions, serve_app,
+                     shown_fingerprint, type_passphrase, upload_images, wait_until_idle)
+from browser.screenshots import OTHER_PASSPHRASE, looks_rendered, take_attackers_view_screenshot, take_screenshots
 from encvit import demo
 from encvit.adapters import read_adapter
 from encvit.cipher import Key
@@ -206,3 +206,37 @@ def test_missing_chromium_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ChromiumNotFound, match="apt-get install chromium"):
         find_chromium()
+
+
+def test_attackers_view_shows_the_reconstruction_and_its_score(app):
+    pick_sample(app, "fashion-5.png (Sandal)")
+    expect(prediction_tables(app)).to_have_count(4)
+    wait_until_idle(app)
+    go_to_page(app, "Attacker's view")  # attacks the key and the four images chosen on the main page
+    expect(app.get_by_role("heading", name="Attacker's view")).to_be_visible()
+    expect(caption(app, "fashion-5.png, encrypted")).to_be_visible()
+    expect(caption(app, "its block means")).to_have_count(4)
+    expect(reconstructions(app)).to_have_count(4, timeout=ATTACK_MS)
+    expect(app.get_by_text("The attack used 54 encrypted images (4 from the main page and 50 collected)")).to_be_visible(
+        timeout=ATTACK_MS)
+    wait_until_idle(app)
+    for caption_text in reconstructions(app).all_inner_texts():
+        assert re.fullmatch(r"reconstructed: (decrypted exactly|PSNR \d+\.\d dB)", caption_text), caption_text
+    for label, value in (("Key recovered (right pixel)", r"\d+%"), ("PSNR of your images", r"\d+\.\d dB")):
+        metric = app.get_by_role("main").get_by_test_id("stMetric").filter(has_text=label)
+        expect(metric).to_have_text(re.compile(rf"^{re.escape(label)}\s*{value}$"))
+    expect(app.get_by_role("alert")).to_have_count(0)
+
+    slider = app.get_by_role("slider", name="Ciphertexts the eavesdropper has collected")
+    slider.focus()
+    slider.press("Home")  # no ciphertexts collected: only the main page's four
+    expect(app.get_by_text("The attack used 4 encrypted images (4 from the main page and 0 collected)")).to_be_visible(
+        timeout=ATTACK_MS)
+    expect(reconstructions(app)).to_have_count(4)
+
+
+def test_docs_screenshot_shows_the_attackers_view(page, app_server, tmp_path):
+    shot = take_attackers_view_screenshot(page, tmp_path)
+    rendered, stats = looks_rendered(shot)
+    assert rendered, f"{shot.name} looks blank: {stats}"
+    assert not app_server.problems()

@@ -37,7 +37,7 @@ def attack(key: Key, images: np.ndarray, collected: int) -> attack_demo.AttackOu
 def image_grid(items, columns_per_item: int):
     """Rows of columns, IMAGES_PER_ROW items to a row, `columns_per_item` columns for each item."""
     for start in range(0, len(items), IMAGES_PER_ROW):
-        columns = st.columns(IMAGES_PER_ROW * columns_per_item)
+        columns = st.columns(min(len(items), IMAGES_PER_ROW) * columns_per_item)
         for index, item in enumerate(items[start:start + IMAGES_PER_ROW]):
             yield item, columns[index * columns_per_item:(index + 1) * columns_per_item]
 

@@ -10,7 +10,7 @@ from playwright.sync_api import Page, expect
 
 from encvit.atomic import atomic_path
 
-from .user import go_to_page, open_app, prediction_tables, type_passphrase, wait_until_idle
+from .user import ATTACK_MS, go_to_page, open_app, prediction_tables, reconstructions, type_passphrase, wait_until_idle
 
 OTHER_PASSPHRASE = "not the demo passphrase"
 # Streamlit scrolls inside the page, so Playwright's full_page shot stops at the window: the window grows instead.
@@ -34,6 +34,16 @@ def take_screenshots(page: Page, out_dir: Path) -> list[Path]:
     wait_until_idle(page)
     shots.append(save_png(whole_page(page), out_dir / "app-comparison.png"))
     return shots
+
+
+def take_attackers_view_screenshot(page: Page, out_dir: Path) -> Path:
+    """app-attackers-view.png in `out_dir`: the Attacker's view of the main page's default key and samples."""
+    open_app(page)
+    expect(prediction_tables(page)).to_have_count(3)
+    go_to_page(page, "Attacker's view")
+    expect(reconstructions(page)).to_have_count(3, timeout=ATTACK_MS)
+    wait_until_idle(page)
+    return save_png(whole_page(page), Path(out_dir) / "app-attackers-view.png")
 
 
 def window(page: Page) -> bytes:

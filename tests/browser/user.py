@@ -12,6 +12,7 @@ from playwright.sync_api import FilePayload, Locator, Page, expect
 
 FIRST_RUN_MS = 180_000  # the first visit loads the backbone and adapters (about 25 s on a busy 2-core machine)
 STEP_MS = 30_000  # a rerun after a click takes about a second, several when the machine is busy
+ATTACK_MS = 60_000  # the Attacker's view attacks within 30 s; twice that leaves room for a very busy machine
 expect.set_options(timeout=STEP_MS)
 
 _IMAGES_LOADED = "() => [...document.images].every(image => image.complete && image.naturalWidth > 0)"
@@ -75,6 +76,11 @@ def caption(page: Page, text: str) -> Locator:
 def prediction_tables(page: Page) -> Locator:
     """The tables of predictions, one per image, in the order the images are shown."""
     return page.get_by_role("main").get_by_role("table").filter(has=page.get_by_role("columnheader", name="top-1"))
+
+
+def reconstructions(page: Page) -> Locator:
+    """The captions under the Attacker's view's reconstructions ("reconstructed: PSNR 23.1 dB"), one per image."""
+    return page.get_by_role("main").get_by_role("paragraph").filter(has_text=re.compile(r"^reconstructed: "))
 
 
 def read_table(table: Locator) -> list[dict[str, str]]:
