@@ -59,9 +59,10 @@ def block_prior(block_size: int, channels: int, correlation: float = PRIOR_CORRE
 
 
 def block_moments(images, block_size: int) -> np.ndarray:
-    """The second-moment matrix of the blocks of plain images (N x H x W x C uint8), in the model's input units
-    (mean = std = 0.5: values from -1 to 1)."""
-    rows = to_blocks(images, block_size).reshape(-1, np.asarray(images[0]).shape[-1] * block_size ** 2)
+    """The second-moment matrix of the blocks of plain images (H x W x C uint8 each, any sizes), in the model's
+    input units (mean = std = 0.5: values from -1 to 1)."""
+    rows = np.concatenate([to_blocks([image], block_size).reshape(-1, image.shape[-1] * block_size ** 2)
+                           for image in map(np.asarray, images)])
     rows = rows.astype(np.float64) / 127.5 - 1.0
     return rows.T @ rows / len(rows)
 

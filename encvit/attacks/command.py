@@ -191,6 +191,28 @@ def cmd_score(args) -> int:
     return 0
 
 
+# ---- adapter: the key read off a shared adapter's patch embedding ------------------------------------------
+def cmd_adapter(args) -> int:
+    from ..adapters import read_adapter
+    from .adapter_leak import key_from_adapter
+
+    _check_output(args)
+    path = Path(args.adapter)
+    path = path / "adapter.safetensors" if path.is_dir() else path
+    info, _ = read_adapter(path)  # a missing, corrupt or foreign file is refused before any work
+    reference = None
+    if args.reference:
+        reference = read_images(image_files(args.reference, "--reference"), info.channels, info.patch_size,
+                                "--reference")
+    started = time.time()
+    report = {}
+    key = key_from_adapter(path, neg_pos=args.neg_pos, scramble=args.scramble, reference=reference, report=report)
+    reading = "a permuted copy" if report["reading"] == "copy" else "an update"
+    print(f"read the {info.method} adapter's patch embedding as {reading} of the pretrained one "
+          f"(mean matched correlation {report['matched_correlation']:.2f})")
+    return _save(key, args, "adapter", started)
+
+
 def register(sub) -> None:
     """Add `encvit attack ...` to the command line's subparsers."""
     attack = sub.add_parser("attack", help="recover a key: ciphertext-only, known- or chosen-plaintext; score it")
@@ -237,3 +259,13 @@ def register(sub) -> None:
     p.add_argument("--encrypted", nargs="+", metavar="ENCRYPTED", help="their encryptions (matched by file stem)")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=cmd_score)
+
+    p = kinds.add_parser("adapter", help="read the key off a trained adapter's patch embedding (public backbone)")
+    p.add_argument("adapter", metavar="ADAPTER", help="an adapter file (adapter.safetensors) or a run folder")
+    p.add_argument("--neg-pos", action="store_true", help="assume negative-positive flips")
+    p.add_argument("--scramble", action="store_true",
+                   help="also read the block order from a trained position embedding (full fine-tuning)")
+    p.add_argument("--reference", nargs="+", metavar="PLAIN",
+                   help="public plain images for the block statistics (default: a generic prior)")
+    output(p)
+    p.set_defaults(func=cmd_adapter)
