@@ -48,7 +48,7 @@ SHIPPED_SECURITY = Path(__file__).parent / "results" / "security"
 class SecurityConfig:
     """What the security study runs beyond the TrainConfig."""
 
-    settings: tuple = option(tuple(SETTINGS), each(one_of(*SETTINGS)))
+    settings: tuple = option(tuple(SETTINGS), each(one_of(*SETTINGS)), flag="--cipher-settings")
     methods: tuple = option(METHODS, each(one_of(*METHODS)))
     counts: tuple = option((10, 50, 200, 1000), each(integer(2, 2400)), flag="--counts")
     seeds: int = option(3, integer(1, 100))
