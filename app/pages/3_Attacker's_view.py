@@ -104,8 +104,7 @@ except EncvitError as exc:
 
 st.markdown(f"The attack used **{outcome.used} encrypted images** ({outcome.from_page} from the main page and "
             f"{outcome.collected} collected) and {outcome.references:,} public reference images. It took "
-            f"{outcome.seconds:.1f} s on this server (a shared 2-core machine: expect several seconds when it is "
-            "busy).")
+            f"{outcome.seconds:.1f} s on this server.")
 if outcome.assumed:
     st.markdown(f"The key uses {' and '.join(outcome.assumed)}: the attack assumes the options the key has "
                 "(they are part of the cipher, not of the key) and has to recover them as well.")
@@ -122,8 +121,8 @@ metrics[3].metric("Your images decrypted exactly", f"{round(outcome.quality['ima
                   f"of {outcome.from_page}")
 colour = attack_demo.colour_images(batch)
 if right_pixel > exact:
-    st.caption("Grey images hold the same value in all three channels, so no attack can tell (nor needs to know) a "
-               "value's channel: 'right pixel' is what decides the decryption of a grey image.")
+    st.caption("A grey image holds the same value in all three channels, so no attack can tell (nor needs to know) "
+               "a value's channel: 'right pixel' decides the decryption of a grey image; of a colour image, 'exact'.")
 if colour:
     st.warning(f"{colour} of your images {'is' if colour == 1 else 'are'} in colour. The attack still runs, but its "
                "references are grey, so it cannot tell the colour channels apart: a colour image comes out with "
