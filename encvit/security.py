@@ -133,8 +133,9 @@ def security_study(base: TrainConfig, settings=tuple(SETTINGS), methods=METHODS,
         key = study_key(setting, block_size, channels)
         if isinstance(key, Key):
             key_files[setting] = str(key.save(out / "keys" / f"{setting}.json"))
-    configs = {run: c for run, c in _run_configs(base, plan, out, key_files).items() if not _finished(run, c)}
     started = time.perf_counter()
+    _attacks(plan, out, log)  # minutes, before the hours of training
+    configs = {run: c for run, c in _run_configs(base, plan, out, key_files).items() if not _finished(run, c)}
     if configs:
         from .backbones import create_backbone
         from .data import load_dataset
@@ -145,7 +146,6 @@ def security_study(base: TrainConfig, settings=tuple(SETTINGS), methods=METHODS,
         train_runs(((c, splits, copy.deepcopy(backbone)) for c in runs), jobs,
                    lambda i, r: log(f"{Path(runs[i].out).parent.name}/{Path(runs[i].out).name}: test "
                                     f"{r['test_acc']:.2f}%  {r['seconds']:.0f} s"))
-    _attacks(plan, out, log)
     accuracy, attacks = collect(out)
     write_summary(accuracy, attacks, out, {"settings": list(plan.settings), "counts": list(plan.counts),
                                            "seeds": plan.seeds, "draws": plan.draws, "references": plan.references,
