@@ -25,7 +25,7 @@ class AttackOptions:
 
     block_size: int | None = option(None, optional(integer(1, 256)))
     channels: int = option(3, one_of(1, 3))
-    restarts: int = option(2, integer(1, 100))
+    restarts: int | None = option(None, optional(integer(1, 100)))
     seed: int = option(0, integer(0, 2 ** 32 - 1))
 
     def __post_init__(self):
@@ -230,7 +230,8 @@ def register(sub) -> None:
     p.add_argument("--channels", type=int, default=3, help="channels C of the key (default 3)")
     p.add_argument("--neg-pos", action="store_true", help="assume negative-positive flips")
     p.add_argument("--scramble", action="store_true", help="assume block scrambling")
-    p.add_argument("--restarts", type=int, default=2, help="starts of the graph matching (default 2)")
+    p.add_argument("--restarts", type=int, help="starts of the graph matching (default: 8 for blocks of "
+                   "at most 256 values, else 2)")
     p.add_argument("--seed", type=int, default=0)
     output(p)
     p.set_defaults(func=cmd_ciphertext_only)
