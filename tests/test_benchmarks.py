@@ -163,11 +163,34 @@ def test_bench_cipher_reports_copy_encrypt_and_loop_per_round(tmp_path):
         assert row[5] == spread_cell(result["ratios"]["loop/encrypt"], "x", digits=0)
 
 
+def test_bench_fhe_reports_encrypted_and_numpy_iterations_per_round(tmp_path):
+    from encvit.timing import spread_cell
+
+    report = tmp_path / "fhe.json"
+    out = run("bench_fhe.py", "--dim", "8", "--batch-size", "32", "--repeats", "2", "--warmup", "0",
+              "--clock", "cpu", "--json", str(report))
+    assert "command: python benchmarks/bench_fhe.py --dim 8" in out and " cores, load average " in out
+    (header, rows), _shares = tables(out)
+    (result,) = json.loads(report.read_text())["results"]
+    assert_consistent(result["comparison"], 2)
+    assert result["comparison"]["baseline"] == "numpy"
+    cells = dict(zip(header, rows[0]))
+    assert cells["features"] == "8"
+    assert cells["s / iteration"] == spread_cell(result["comparison"]["summary"]["encrypted"], " s")
+    assert cells["encrypted / numpy"] == spread_cell(result["comparison"]["ratios"]["encrypted"], "x", digits=0)
+    assert len(result["refresh_seconds"]) == len(result["step_seconds"]) == 2
+    assert "goal at 8 features" in out and "load average at the end" in out
+
+
 def test_benchmarks_refuse_bad_repeats():
-    for script in ("bench_methods.py", "bench_train.py", "bench_cipher.py"):
-        done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--repeats", "0"], capture_output=True,
-                              text=True, timeout=120)
-        assert done.returncode == 2 and "--repeats must be at least 1" in done.stderr, script
+    scripts = ("bench_methods.py", "bench_train.py", "bench_cipher.py", "bench_fhe.py", "bench_attack.py")
+    # In parallel: each spends its seconds importing torch before argparse refuses.
+    running = {script: subprocess.Popen([sys.executable, str(BENCHMARKS / script), "--repeats", "0"],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for script in scripts}
+    for script, process in running.items():
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 2 and "--repeats must be at least 1" in stderr, script
 
 
 # ---- encvit.timing: the interleaved-repetition helpers every benchmark uses -----------------------------
