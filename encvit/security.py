@@ -222,9 +222,11 @@ def markdown(accuracy: pd.DataFrame, attacks: pd.DataFrame, meta: dict) -> str:
              f"references: {meta['references']:,} public images of the 5 other classes), mean of {meta['draws']} "
              "draws of the attacker's ciphertexts. 'key, same pixel': share of key positions put in the right pixel "
              "(the channels of a grey image cannot be told apart); 'images exact': share of the attacker's "
-             "decryptions equal to the plain image (PSNR counts an exact one as 100 dB); 'plain model': accuracy of the shipped MeLo model trained on "
+             "decryptions equal to the plain image (PSNR counts an exact one as 100 dB); 'plain model': "
+             "accuracy of the shipped MeLo model trained on "
              "plain images, on the attacker's decryptions.", "",
-             "| setting | ciphertexts | key, same pixel | images exact | PSNR (dB) | SSIM | plain model (%) | seconds |",
+             "| setting | ciphertexts | key, same pixel | images exact | PSNR (dB) | SSIM | plain model (%) "
+             "| seconds |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     if len(attacks):
         for _, r in attack_summary(attacks).iterrows():

@@ -18,7 +18,7 @@ from encvit.errors import AttackError, ImageError
 
 
 def fashion_32(classes, count: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST test images of `classes` as the shipped backbone sees them: 32 x 32, grey repeated to 3 channels."""
+    """Fashion-MNIST test images of `classes` as the backbone sees them: 32 x 32, grey repeated to 3 channels."""
     images, labels = _fashion_arrays("test")
     index = np.flatnonzero(np.isin(labels, classes))[offset:offset + count]
     resized = TF.resize(torch.from_numpy(images[index][:, None].copy()), [32, 32], antialias=True)

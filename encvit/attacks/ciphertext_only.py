@@ -155,7 +155,8 @@ def _reference_rows(reference, block_size: int, channels: int) -> np.ndarray:
         image = image[:, :, None] if image.ndim == 2 else image
         if image.shape[2] != channels:
             if image.shape[2] != 1:
-                raise ImageError(f"a reference image has {image.shape[2]} channels; the encrypted images have {channels}")
+                raise ImageError(f"a reference image has {image.shape[2]} channels; "
+                                 f"the encrypted images have {channels}")
             image = np.repeat(image, channels, axis=2)
         rows.append(to_blocks([image], block_size).reshape(-1, channels * block_size * block_size))
     if not rows:

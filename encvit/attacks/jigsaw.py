@@ -35,7 +35,8 @@ def edge_dissimilarities(plain_blocks: np.ndarray, grid: tuple[int, int], block_
     def costs(last, before_last, first, after_first):
         ahead = (2 * last - before_last if m > 1 else last).reshape(blocks, -1)
         behind = (2 * first - after_first if m > 1 else first).reshape(blocks, -1)
-        return _squared_distances(ahead, first.reshape(blocks, -1)) + _squared_distances(last.reshape(blocks, -1), behind)
+        return (_squared_distances(ahead, first.reshape(blocks, -1))
+                + _squared_distances(last.reshape(blocks, -1), behind))
 
     second = min(1, m - 1)
     right = costs(x[..., -1], x[..., -1 - second], x[..., 0], x[..., second])

@@ -164,7 +164,8 @@ def make_probes(block_size: int, channels: int = 3, size: tuple[int, int] | None
         raise AttackError(f"probes encode position indices in two bytes: C*M*M = {n} exceeds 65,536")
     width, height = size or (2 * m, m)
     if width % m or height % m or width * height < 2 * m * m:
-        raise ImageError(f"probe size {width}x{height} must be a multiple of the block size {m} with at least two blocks")
+        raise ImageError(f"probe size {width}x{height} must be a multiple of the block size {m} "
+                         "with at least two blocks")
     grid = (height // m, width // m)
     blocks = grid[0] * grid[1]
     if blocks > PROBE_LEVELS * (PROBE_LEVELS - 1):
