@@ -239,9 +239,15 @@ def test_cli_writes_a_run_whose_adapter_loads(tmp_path, capsys):
     (["--epochs", str(2 ** 63)], "--epochs must be an integer from 1 to 1000"),
     (["--patience", "0"], "--patience must be an integer from 1 to 1000"),
     (["--seed", "-1"], "--seed must be an integer from 0"),
+    (["--seed", "-1", "--limit", "100", "--epochs", "1"], "--seed must be an integer from 0"),
     (["--softmax-radius", "1e999"], "--softmax-radius must be a number in [0.5, 64]"),
+    (["--softmax-radius", "0"], "--softmax-radius must be a number in [0.5, 64]"),
+    (["--softmax-radius", "-4"], "--softmax-radius must be a number in [0.5, 64]"),
+    (["--softmax-radius", "nan"], "--softmax-radius must be a number in [0.5, 64]"),
     (["--whiten-ridge", "-1"], "--whiten-ridge must be a number in (0, 1e+06]"),
     (["--limit", "0"], "--limit must be an integer >= 1"),
+    (["--limit", "3"], "--limit must be at least the 10 classes of fashion5k"),
+    (["--dataset", "mnist5k", "--limit", "9"], "--limit must be at least the 10 classes of mnist5k"),
     (["--out", "file.txt"], "--out file.txt is a file, not a folder"),
 ])
 def test_bad_input_is_refused_in_one_line_before_any_work(extra, message, tmp_path, capsys, monkeypatch):
@@ -251,10 +257,36 @@ def test_bad_input_is_refused_in_one_line_before_any_work(extra, message, tmp_pa
     (tmp_path / "file.txt").write_text("not a folder")
     monkeypatch.setattr(command, "create_backbone", lambda *a, **k: pytest.fail("work started"))
     out = [] if "--out" in extra else ["--out", "r"]
-    assert main(["fhe-train", "--limit", "8", "--no-progress", *out, *extra]) == 2
+    assert main(["fhe-train", "--limit", "40", "--no-progress", *out, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_the_python_api_refuses_what_the_command_line_refuses(tmp_path):
+    for bad in ({"seed": -1}, {"softmax_radius": 0.0}, {"softmax_radius": float("nan")}, {"lr": float("inf")},
+                {"limit": 9}):
+        with pytest.raises(ConfigError, match="--" + next(iter(bad)).replace("_", "-")):
+            FHEConfig(**bad)
+    for name in "abc":
+        (tmp_path / name).mkdir()
+    with pytest.raises(ConfigError, match="at least the 3 classes"):
+        FHEConfig(dataset=f"folder:{tmp_path}", limit=2)
+    assert FHEConfig(dataset=f"folder:{tmp_path}", limit=3).limit == 3
+
+
+def test_splits_that_cannot_train_or_score_a_head_are_refused():
+    from encvit.fhe.features import check_splits
+
+    features = synthetic()
+    check_splits(features)
+    features.val = (features.val[0][:0], features.val[1][:0])
+    with pytest.raises(ConfigError, match="no val images with --limit 5"):
+        check_splits(features, limit=5)
+    one_class = synthetic()
+    one_class.train = (one_class.train[0], np.zeros_like(one_class.train[1]))
+    with pytest.raises(ConfigError, match="fewer than two classes"):
+        check_splits(one_class)
 
 
 def test_bad_values_raise_config_errors():

@@ -28,7 +28,7 @@ from ..atomic import write_text
 from ..backbones import create_backbone, describe
 from ..errors import check_output_path
 from ..methods import prepare
-from .features import dataset_features
+from .features import check_splits, dataset_features
 from .head import FeatureSplits
 from .reference import logistic_reference
 from .train import HETAL_SECONDS_PER_RUN, TRAINABLE_PRESETS, FHEConfig, HeadRun, train_encrypted, train_reference
@@ -124,6 +124,7 @@ def fhe_train(config: FHEConfig, out: str | os.PathLike | None = None, overwrite
     run_dir = prepare_run_dir(check_output_path(out, "--out", folder=True), overwrite) if out is not None else None
     model = create_backbone(config.backbone, pretrained=config.pretrained)
     features = dataset_features(config.backbone, config.dataset, config.limit, model=model, progress=progress)
+    check_splits(features, config.limit)
     reference = logistic_reference(features)
     twin = train_reference(features, config)  # first: a learning rate that diverges fails here, in seconds
     exact = train_reference(features, config, exact=True)

@@ -14,11 +14,40 @@ from tqdm.auto import tqdm
 
 from ..atomic import write_bytes
 from ..backbones import create_backbone, describe, weights_hash
-from ..data import ImageSet, load_dataset
+from ..data import CIFAR10_CLASSES, DIGIT_CLASSES, FASHION_CLASSES, ImageSet, load_dataset
+from ..errors import ConfigError
 from ..preprocess import BatchPreprocess
 from .head import FeatureSplits
 
 CACHE_DIR = Path(os.environ.get("ENCVIT_CACHE", Path.home() / ".cache" / "encvit")) / "features"
+NAMED_CLASSES = {"fashion5k": FASHION_CLASSES, "fashion55k": FASHION_CLASSES, "mnist5k": DIGIT_CLASSES,
+                 "cifar10": CIFAR10_CLASSES}
+
+
+def class_count(dataset: str) -> int | None:
+    """How many classes `dataset` has, known without reading an image (None: a folder that cannot be listed)."""
+    if dataset in NAMED_CLASSES:
+        return len(NAMED_CLASSES[dataset])
+    if not dataset.startswith("folder:"):
+        return None
+    from torchvision.datasets.folder import find_classes
+
+    root = Path(dataset[len("folder:"):])
+    root = root / "train" if (root / "train").is_dir() and (root / "test").is_dir() else root  # as load_folder
+    try:
+        return len(find_classes(root)[0])
+    except OSError:  # no class folders: the loader says so with its own message
+        return None
+
+
+def check_splits(features: FeatureSplits, limit: int | None = None) -> None:
+    """Refuse splits that cannot train or score a head: an empty split, or fewer than two classes to train on."""
+    empty = [name for name in ("train", "val", "test") if len(getattr(features, name)[1]) == 0]
+    hint = f" with --limit {limit}" if limit else ""
+    if empty:
+        raise ConfigError(f"dataset {features.dataset} has no {' or '.join(empty)} images{hint}")
+    if len(np.unique(features.train[1])) < 2:
+        raise ConfigError(f"dataset {features.dataset} has fewer than two classes in its training split{hint}")
 
 
 @torch.inference_mode()

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from . import ckks
 from .client import Client
+from .features import class_count
 from .head import (EarlyStopping, FeatureScaler, FeatureSplits, Schedule, accuracy, cross_entropy, learning_rate,
                    momentum_ratio, one_hot, validation_metrics)
 from .ops import default_threads
@@ -81,6 +82,10 @@ class FHEConfig:
         if self.dataset.startswith("folder:") and not Path(self.dataset[len("folder:"):]).is_dir():
             raise ConfigError(f"--dataset {self.dataset}: {self.dataset[len('folder:'):]} is not a folder")
         momentum_ratio(self.momentum)
+        classes = class_count(self.dataset)
+        if self.limit is not None and classes is not None and self.limit < classes:
+            raise ConfigError(f"--limit must be at least the {classes} classes of {self.dataset} (every split needs "
+                              f"an image of each class), got {self.limit}")
         params = ckks.get_params(self.preset)
         if not 1 <= self.batch_size <= params.slots:
             raise ConfigError(f"--batch-size must be between 1 and the {params.slots} slots of a ciphertext at ring "
