@@ -59,7 +59,11 @@ def plot_training_curves(encrypted: list[dict], plain: list[dict], title: str, e
                 label="validation, exact softmax (numpy)")
     best = [r["epoch"] for r in encrypted if r["best"]][-1]
     ax.axvline(best, color="black", lw=0.8, alpha=0.6)
-    ax.annotate(f"kept: epoch {best}", (best, ax.get_ylim()[0]), xytext=(3, 4), textcoords="offset points", fontsize=8)
+    # At the top, on the side of the line with more room: the legend sits at the bottom, the last epoch at the edge.
+    left = best > (min(epochs) + max(epochs)) / 2
+    ax.annotate(f"kept: epoch {best}", (best, 1), xycoords=("data", "axes fraction"), xytext=(-3 if left else 3, -3),
+                textcoords="offset points", ha="right" if left else "left", va="top", fontsize=8,
+                bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 1})
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("accuracy (%)")
