@@ -71,13 +71,14 @@ from encvit.train import TrainConfig
 # %matplotlib inline
 from matplotlib_inline.backend_inline import set_matplotlib_formats
 
-set_matplotlib_formats("jpeg", pil_kwargs={"quality": 75})  # encrypted images are noise: JPEG stores them in 1/5 of PNG
+set_matplotlib_formats("jpeg", pil_kwargs={"quality": 75})  # encrypted images are noise: JPEG keeps them ~5x smaller
 
 QUICK = os.environ.get("ENCVIT_QUICK") == "1"
 RERUN = os.environ.get("ENCVIT_RERUN") == "1"
 PASSPHRASE = "notebook 04 passphrase"  # the data owner's secret in this notebook; the attacker never reads it
 CIPHERTEXTS = 200  # encrypted Fashion-MNIST images the ciphertext-only attacker holds
 REFERENCES = 1000  # public Fashion-MNIST images of other classes
+TOY_SETTINGS = ("shuffle", "scramble", "per-image") if QUICK else tuple(SETTINGS)  # of a toy security study
 viz.notebook_style()
 torch.set_num_threads(1)  # every model here is small: one thread is fast and avoids contention on busy machines
 print(f"quick mode: {QUICK}; rerun: {RERUN}")
@@ -126,7 +127,8 @@ fig = gallery([astronaut, encrypted, thumbnail, scrambled_thumbnail],
 # %% [markdown]
 # *Figure 1. A photograph, its encryption at M = 16, the mean of each encrypted 16 x 16 x 3 block (one grey value
 # per block, 32 x 32 blocks), and the same thumbnail when block scrambling also moves the blocks: the pieces of
-# the thumbnail are shuffled, but each piece is still there to be put back (section 5 shows how well).*
+# the thumbnail are shuffled, but every piece is still there, a jigsaw puzzle to solve (section 5 measures how far
+# the ciphertext-only attack gets with it).*
 #
 # The per-block histograms do not change either: a plain image and its encryption have the same values in every
 # block, only at other places.
@@ -170,7 +172,7 @@ print(space.to_string())
 # permutation: the values of encrypted position k over all blocks are the values of plain position
 # `pixel_permutation[k]`. `known_plaintext` matches positions by these value vectors (an assignment on squared
 # distances) and checks that the key decrypts the pair exactly. Without `block_size` it tries every block size that
-# fits the image (about 10 s here).
+# fits the image (a few seconds more).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -277,15 +279,15 @@ print("the photograph encrypted with the full key, decrypted exactly:",
 # every block, so the correlation matrix of the C·M·M *encrypted* positions, taken over all encrypted blocks, is a
 # permuted copy of the correlation matrix of plain blocks, which any public images give. Matching the two
 # (graph matching: `scipy.optimize.quadratic_assignment`) recovers the permutation up to what correlations cannot
-# see: the block's 4 rotations and 2 reflections (a turned block has the same statistics) and, in colour, the
-# channel order. The smoothness of the decrypted images across block boundaries picks among them.
+# see: the block's rotations and reflections (8 in all; a turned block has the same statistics) and, in colour,
+# the channel order. The smoothness of the decrypted images across block boundaries picks among them.
 #
 # First the shipped backbone's setting: 200 encrypted Fashion-MNIST images at M = 4, 1,000 public images of
 # other classes as reference.
 
 # %%
-grey_report = {}
-cto_key = ciphertext_only(grey_encrypted, list(public), 4, report=grey_report)
+grey_attack_report = {}
+cto_key = ciphertext_only(grey_encrypted, list(public), 4, report=grey_attack_report)
 grey_decrypted = cto_key.decrypt(grey_encrypted)
 print("key agreement:", {k: round(v, 3) for k, v in key_agreement(owner_grey_key, cto_key).items()})
 print("decryptions:", {k: round(v, 3) for k, v in decryption_quality(victims, grey_decrypted).items()})
@@ -309,7 +311,7 @@ def plot_correlation_matching(report: dict, recovered: Key, title: str):
     return fig
 
 
-fig = plot_correlation_matching(grey_report, cto_key,
+fig = plot_correlation_matching(grey_attack_report, cto_key,
                                 f"Correlations of the 48 positions of a 4x4x3 block, over {len(victims):,} "
                                 f"encrypted and {len(public):,} public images")
 
@@ -382,14 +384,16 @@ else:
     decrypted_16 = cto_key_16.decrypt(encrypted)
     print("key agreement:", {k: round(v, 3) for k, v in key_agreement(owner_key, cto_key_16).items()})
     print("decryption:", {k: round(v, 3) for k, v in decryption_quality(astronaut[None], decrypted_16[None]).items()})
+    print("the ciphertext itself:", {k: round(v, 3) for k, v in
+                                     decryption_quality(astronaut[None], encrypted[None]).items()})
     fig = gallery([astronaut, encrypted, decrypted_16],
                   ["plain", "the one ciphertext", "attacker's decryption"],
                   "Ciphertext-only attack at M = 16 from one encrypted photograph", size=2.8)
 
 # %% [markdown]
-# *Figure 8 (full mode). At 16 x 16 x 3 one photograph gives fewer samples (1,024 blocks) than there are position
-# pairs to tell apart: part of the key comes out exact, most of the rest lands on a neighbouring position of
-# similar statistics, and the decryption is recognisable at once (the PSNR above; 30 dB is a good JPEG).*
+# *Figure 8 (full mode). At 16 x 16 x 3 one photograph gives only 1,024 blocks to estimate the correlations of 768
+# positions: part of the key comes out exact (the share above) and the rest is wrong, yet the decryption is
+# recognisable at once. Its PSNR stands next to the ciphertext's own, scored as if it were a decryption.*
 
 # %% [markdown]
 # ## 5 · The security study: how many ciphertexts, and what each option costs
@@ -400,15 +404,15 @@ else:
 # shared to learn or to recover.
 #
 # The cell shows the **shipped study** (`encvit/results/security/`) when it is there; otherwise, and always with
-# `ENCVIT_RERUN=1`, it runs a toy study (60 images, 1 epoch, MeLo only, 10 ciphertexts, 300 references) into a
-# temporary folder. The printed line says which one is shown.
+# `ENCVIT_RERUN=1`, it runs a toy study (60 images, 1 epoch, MeLo only, 10 ciphertexts, 300 references; three of
+# the five settings in quick mode) into a temporary folder. The printed line says which one is shown.
 
 # %%
 toy = RERUN or not (SHIPPED_SECURITY / "meta.json").exists()
 if toy:
     study_dir = Path(tempfile.mkdtemp(prefix="encvit-04-security-"))
     with contextlib.redirect_stderr(io.StringIO()):  # the study's progress bars
-        security_study(TrainConfig(limit=60, epochs=1, batch_size=32, progress=False), tuple(SETTINGS), ("melo",),
+        security_study(TrainConfig(limit=60, epochs=1, batch_size=32, progress=False), TOY_SETTINGS, ("melo",),
                        (10,), seeds=1, draws=1, out=study_dir, references=300, log=lambda *_: None)
 else:
     study_dir = SHIPPED_SECURITY
@@ -429,16 +433,15 @@ if toy:
 # %% [markdown]
 # *Figure 9. Left: PSNR of the attacker's decryptions against the number of ciphertexts, per setting (100 dB = every
 # image exact). Right: the trade-off, test accuracy of each method against the attack's PSNR at the largest number
-# of ciphertexts.* A toy study is too small to read anything from; the shipped study's numbers and reading are in
-# the README.
+# of ciphertexts.* A toy study (the printed line says when it is the one shown) is too small to read accuracy from.
 #
 # How to read the table: negative-positive flips show as negative correlations and cost the attack nothing.
 # Block scrambling is the option that stops *this* attack on small grey images: with the block order unknown too,
 # the attack has to solve the pixel permutation and a jigsaw over all images at once, and at M = 4 it recovers next
-# to none of the key (the app's measurements in docs/app.md agree). It does nothing against the plaintext attacks of
-# sections 2 and 3, and every block keeps its mean, so the jigsaw's pieces (figure 1) stay in plain view. One key per
-# image leaves nothing shared, so the attack has nothing to learn; neither has the model, and the accuracy table
-# shows what that costs.
+# to none of the key (the demo's Attacker's view measured the same, docs/app.md). It does nothing against the
+# plaintext attacks of sections 2 and 3, and every block keeps its mean, so the jigsaw's pieces (figure 1) stay in
+# plain view. One key per image leaves nothing shared, so the attack has nothing to learn; neither has the model,
+# and the accuracy table shows what that costs.
 
 # %% [markdown]
 # ## 6 · Does a shared adapter leak the key?
@@ -482,8 +485,8 @@ except AttackError as error:
 # adapted model gives all of the key. The **shipped proposed adapter** gives every pixel, so every grey image the
 # owner encrypted with that key decrypts exactly: sharing it is sharing the key. From the shipped full fine-tuning
 # run this reading gets about chance (1/16 of the pixels): a limit of this first-order reading, not a proof that
-# full fine-tuning hides the key. MeLo keeps the patch embedding frozen:
-# its adapter holds nothing to read, which is also why it cannot undo the key (notebook 02).
+# full fine-tuning hides the key. MeLo keeps the patch embedding frozen: its adapter holds nothing to read, which
+# is also why it cannot adapt to the key exactly (notebook 02).
 
 # %% [markdown]
 # ## 7 · What this means for the paper's privacy claim
@@ -503,15 +506,16 @@ except AttackError as error:
 #   also learn the block order, which the proposed method (position embedding frozen) cannot undo exactly (section
 #   5's accuracy table gives the price). A shared proposed-method adapter gives the key away (section 6).
 #
-# What the scheme does protect against: a casual look at the shared images, by someone who holds no plaintext
-# and few ciphertexts of a large block size. What it does not: anyone who holds one known image of the owner,
-# can have two images encrypted, collects enough ciphertexts, or receives the trained adapter.
+# What the scheme does protect, at best: the fine detail of an image (at M = 16 a 224 x 224 image shows only its
+# 14 x 14 thumbnail at a glance) against someone who holds no plaintext of the owner and few ciphertexts. What it
+# does not: the images of an owner whose attacker holds one known image, can have two images encrypted, collects
+# enough small ciphertexts, or receives the trained adapter.
 #
 # **A user who needs confidentiality** should use something whose security does not rest on a shared permutation:
 #
-# - encryption with a security proof, such as the CKKS path of notebook 03 (BlindTuner: the server trains a head
-#   on homomorphically encrypted features and never sees the images or the features), at the price of training
-#   only a head, far slower;
+# - encryption that rests on a standard hardness assumption, such as the CKKS path of notebook 03 (BlindTuner: the
+#   server trains a head on homomorphically encrypted features and never sees the images or the features), at the
+#   price of training only a head, far more slowly;
 # - one key per image (section 5's reference point): nothing shared to recover, but also nothing for a model to
 #   adapt to (section 5's accuracy table gives the price), and each block's mean still shows;
 # - or keeping the images in the owner's hands (train locally, share nothing but the model, and treat the model
