@@ -20,7 +20,7 @@ def readme_recipes() -> list[list[str]]:
     return [c[c.index("compare"):] for c in commands if "compare" in c]
 
 
-def synthetic_folder(root: Path, per_class: int = 4) -> Path:
+def synthetic_folder(root: Path, per_class: int = 10) -> Path:  # enough for one validation image per class
     rng = np.random.default_rng(0)
     for c in ("airplane", "ship"):
         (root / c).mkdir(parents=True)

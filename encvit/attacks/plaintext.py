@@ -44,6 +44,12 @@ def _match_positions(encrypted: np.ndarray, plain: np.ndarray, allow_flips: bool
     return cols, flips[rows, cols], cost[rows, cols]
 
 
+def _rows_with_a_twin(rows: np.ndarray) -> int:
+    """How many rows (blocks, or positions) have an identical twin: such rows can trade places unseen."""
+    _, counts = np.unique(rows, axis=0, return_counts=True)
+    return int(counts[counts > 1].sum())
+
+
 def _grid_groups(plain: list[np.ndarray], encrypted: list[np.ndarray], block_size: int):
     """Pairs grouped by grid size: {(gh, gw): (plain blocks N x G x n, encrypted blocks N x G x n)}."""
     groups = defaultdict(lambda: ([], []))
@@ -68,7 +74,7 @@ def _recover_for_block_size(plain, encrypted, block_size: int, report: dict) -> 
     groups = _grid_groups(plain, encrypted, block_size)
     n = channels * block_size * block_size
     all_plain = np.concatenate([p.reshape(-1, n) for p, _ in groups.values()])
-    report["tied_positions"] = int(n - len(np.unique(all_plain, axis=1).T))
+    report["tied_positions"] = _rows_with_a_twin(all_plain.T)  # a position is a row of values here
     # Without block scrambling every block of every pair is one sample of the permutation.
     perm, flips, residual = _match_positions(np.concatenate([e.reshape(-1, n) for _, e in groups.values()]),
                                              all_plain, True)
@@ -99,7 +105,7 @@ def _recover_for_block_size(plain, encrypted, block_size: int, report: dict) -> 
         orders[grid] = order  # order[j]: the plain block that encrypted block j holds
         aligned_plain.append(p[:, order].reshape(-1, n))
         aligned_enc.append(e.reshape(-1, n))
-    report["tied_blocks"] = int(sum(len(o) - len(np.unique(groups[g][0][0], axis=0)) for g, o in orders.items()))
+    report["tied_blocks"] = sum(_rows_with_a_twin(groups[grid][0][0]) for grid in orders)
     # 3. The exact permutation from the aligned blocks.
     perm, flips, residual = _match_positions(np.concatenate(aligned_enc), np.concatenate(aligned_plain), True)
     if residual.max() > 0:
