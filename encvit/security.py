@@ -9,7 +9,8 @@ holds public Fashion-MNIST images of other classes as references (`encvit.attack
     OUT/keys/SETTING.json                 the study's keys (derived from the public demo passphrase)
     OUT/runs/SETTING/METHOD-seedS/        one training run each (encvit train's run directory)
     OUT/attacks/SETTING/nCOUNT-drawD.json one attack each
-    OUT/accuracy.csv, attacks.csv         one row per run / per attack, rebuilt from the files above
+    OUT/adapter-leaks/SETTING/RUN.json    the key read off each proposed / full run's adapter
+    OUT/accuracy.csv, attacks.csv, adapter_leaks.csv   one row per run / attack / adapter, rebuilt from the files
     OUT/security.md, security.png, meta.json
 
 Every run and attack is its own file, written when done and skipped when present: an interrupted study resumes,
@@ -146,6 +147,7 @@ def security_study(base: TrainConfig, settings=tuple(SETTINGS), methods=METHODS,
         train_runs(((c, splits, copy.deepcopy(backbone)) for c in runs), jobs,
                    lambda i, r: log(f"{Path(runs[i].out).parent.name}/{Path(runs[i].out).name}: test "
                                     f"{r['test_acc']:.2f}%  {r['seconds']:.0f} s"))
+    _adapter_leaks(out, log)
     accuracy, attacks = collect(out)
     write_summary(accuracy, attacks, out, {"settings": list(plan.settings), "counts": list(plan.counts),
                                            "seeds": plan.seeds, "draws": plan.draws, "references": plan.references,
@@ -164,6 +166,51 @@ def _attacks(plan: SecurityConfig, out: Path, log) -> None:
         write_text(out / "attacks" / setting / f"n{count}-draw{draw}.json", json.dumps(row, default=float))
         log(f"attack {setting} n={count} draw {draw}: images exact {row['images_exact']:.2f}, "
             f"PSNR {row['psnr_db']:.1f} dB, {row['seconds']:.1f} s")
+
+
+def adapter_leak_once(run: Path, setting: str, backbone) -> dict:
+    """The key read off one trained run's adapter (its patch embedding against the public pretrained one)."""
+    from .attacks import key_agreement, key_from_adapter
+
+    options = SETTINGS[setting][1]
+    key = Key.load(run.parent.parent.parent / "keys" / f"{setting}.json")
+    start = time.perf_counter()
+    recovered = key_from_adapter(run, backbone, neg_pos=bool(options.get("neg_pos")))
+    scores = key_agreement(key, recovered)
+    return {"setting": setting, "method": run.name.rsplit("-seed", 1)[0], "seed": int(run.name.rsplit("-seed", 1)[1]),
+            "seconds": time.perf_counter() - start, **scores}
+
+
+def _adapter_leaks(out: Path, log) -> None:
+    """Read the key off every finished proposed and full run of a shared-key setting (MeLo keeps the patch
+    embedding frozen: nothing to read); one file per run, so it resumes like the attacks."""
+    todo = [result.parent for result in sorted((out / "runs").glob("*/*/result.json"))
+            if SETTINGS.get(result.parent.parent.name, (None, None))[1] is not None
+            and result.parent.name.rsplit("-seed", 1)[0] in ("proposed", "full")
+            and not (out / "adapter-leaks" / result.parent.parent.name / f"{result.parent.name}.json").exists()]
+    if not todo:
+        return
+    from .backbones import create_backbone
+
+    backbone = create_backbone("encvit-tiny")
+    for run in todo:
+        row = adapter_leak_once(run, run.parent.name, backbone)
+        write_text(out / "adapter-leaks" / run.parent.name / f"{run.name}.json", json.dumps(row, default=float))
+        log(f"adapter {run.parent.name}/{run.name}: key, same pixel {row['positions_same_pixel']:.3f}")
+
+
+def collect_adapter_leaks(out: str | Path) -> pd.DataFrame:
+    """One row per run whose adapter was read (OUT/adapter-leaks)."""
+    files = sorted(Path(out).glob("adapter-leaks/*/*.json"))
+    return pd.DataFrame([json.loads(f.read_text()) for f in files])
+
+
+def adapter_leak_summary(leaks: pd.DataFrame) -> pd.DataFrame:
+    """Per setting and method: the key shares read off the adapters, averaged over seeds."""
+    columns = [c for c in ("positions_same_pixel", "positions_exact", "neg_pos_mask") if c in leaks]
+    summary = leaks.groupby(["setting", "method"])[columns].mean().reset_index()
+    summary["seeds"] = leaks.groupby(["setting", "method"]).size().to_numpy()
+    return summary.sort_values(["setting", "method"], key=_method_order).reset_index(drop=True)
 
 
 def collect(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -216,8 +263,8 @@ def _label(setting: str) -> str:
     return SETTINGS[setting][0]
 
 
-def markdown(accuracy: pd.DataFrame, attacks: pd.DataFrame, meta: dict) -> str:
-    """The study's two tables as Markdown."""
+def markdown(accuracy: pd.DataFrame, attacks: pd.DataFrame, meta: dict, leaks: pd.DataFrame | None = None) -> str:
+    """The study's tables as Markdown: the attack, the accuracy, and (when read) the adapters' leak."""
     lines = [f"Ciphertext-only attack at M = 4 on grey Fashion-MNIST (victims: 5 garment classes of fashion5k; "
              f"references: {meta['references']:,} public images of the 5 other classes), mean of {meta['draws']} "
              "draws of the attacker's ciphertexts. 'key, same pixel': share of key positions put in the right pixel "
@@ -243,6 +290,15 @@ def markdown(accuracy: pd.DataFrame, attacks: pd.DataFrame, meta: dict) -> str:
                 "" if pd.isna(r.gap_half_width) else f" ± {r.gap_half_width:.2f}" + (" *" if r.gap_p < 0.05 else ""))
             spread = "" if pd.isna(r.half_width) else f" ± {r.half_width:.2f}"
             lines.append(f"| {_label(r.setting)} | {r.method} | {r.seeds} | {r.test_acc:.2f}{spread} | {gap_text} |")
+    if leaks is not None and len(leaks):
+        lines += ["", "The key read off the trained adapters (`encvit attack adapter`: the patch embedding against the "
+                  "public pretrained one), mean over seeds; chance for 'same pixel' is 1/16.", "",
+                  "| setting | method | seeds | key, same pixel | key exact | negative-positive mask |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for _, r in adapter_leak_summary(leaks).iterrows():
+            mask = "-" if pd.isna(r.get("neg_pos_mask", np.nan)) else f"{r.neg_pos_mask:.3f}"
+            lines.append(f"| {_label(r.setting)} | {r.method} | {r.seeds} | {r.positions_same_pixel:.3f} | "
+                         f"{r.positions_exact:.3f} | {mask} |")
     return "\n".join(lines) + "\n"
 
 
@@ -280,6 +336,8 @@ def write_summary(accuracy: pd.DataFrame, attacks: pd.DataFrame, out: Path, meta
     """accuracy.csv, attacks.csv, security.md, security.png and meta.json of a study folder."""
     write_text(out / "accuracy.csv", accuracy.to_csv(index=False))
     write_text(out / "attacks.csv", attacks.to_csv(index=False))
-    write_text(out / "security.md", markdown(accuracy, attacks, meta))
+    leaks = collect_adapter_leaks(out)
+    write_text(out / "adapter_leaks.csv", leaks.to_csv(index=False))
+    write_text(out / "security.md", markdown(accuracy, attacks, meta, leaks))
     write_text(out / "meta.json", json.dumps(meta, indent=1, default=str))
     plot(accuracy, attacks, out / "security.png")

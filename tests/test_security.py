@@ -87,3 +87,19 @@ def test_bad_options_are_refused_before_work(tmp_path, capsys, argv, message):
     assert not out.exists()
     with pytest.raises(ConfigError):
         SecurityConfig(counts=(1,))
+
+
+def test_the_study_reads_the_key_off_proposed_adapters_once(tmp_path):
+    out = tmp_path / "security"
+    base = TrainConfig(limit=60, epochs=1, batch_size=32, progress=False)
+    logged = []
+    security_study(base, ("shuffle",), ("melo", "proposed"), (10,), 1, 1, out, references=100, log=logged.append)
+    leak_files = sorted(p.relative_to(out).as_posix() for p in (out / "adapter-leaks").rglob("*.json"))
+    assert leak_files == ["adapter-leaks/shuffle/proposed-seed0.json"]  # MeLo's patch embedding stays frozen
+    row = json.loads((out / leak_files[0]).read_text())
+    assert row["method"] == "proposed" and row["seed"] == 0 and 0 <= row["positions_same_pixel"] <= 1
+    assert f"| pixel shuffling | proposed | 1 | {row['positions_same_pixel']:.3f} |" in (out / "security.md").read_text()
+    assert len(pd.read_csv(out / "adapter_leaks.csv")) == 1
+    logged.clear()
+    security_study(base, ("shuffle",), ("melo", "proposed"), (10,), 1, 1, out, references=100, log=logged.append)
+    assert not [line for line in logged if line.startswith("adapter ")]  # read once, then taken from its file
