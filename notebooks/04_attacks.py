@@ -64,7 +64,7 @@ from encvit.cipher import Key
 from encvit.errors import AttackError
 from encvit.predict import shipped_comparison
 from encvit.samples import DEMO_PASSPHRASE
-from encvit.security import SETTINGS, SHIPPED_SECURITY, collect, markdown, plot, security_study
+from encvit.security import SETTINGS, SHIPPED_SECURITY, collect, collect_adapter_leaks, markdown, plot, security_study
 from encvit.train import TrainConfig
 
 # encvit.security selects matplotlib's file-only backend (Agg): return to figures shown in the notebook
@@ -421,7 +421,7 @@ study_meta = json.loads((study_dir / "meta.json").read_text())
 print(f"shown: {'a toy study (not the shipped one) in ' + str(study_dir) if toy else 'the shipped study'}; "
       f"{len(study_attacks)} attacks, {len(study_accuracy)} training runs, {study_meta['epochs']} epoch(s), "
       f"ciphertexts {study_meta['counts']}, {study_meta['draws']} draw(s), {study_meta['seeds']} seed(s)")
-display(Markdown(markdown(study_accuracy, study_attacks, study_meta)))
+display(Markdown(markdown(study_accuracy, study_attacks, study_meta, collect_adapter_leaks(study_dir))))
 
 # %%
 with tempfile.TemporaryDirectory() as scratch:
