@@ -208,6 +208,14 @@ def _from_env_or(option_value: str, env: str, convert, flag: str) -> list:
     return split_list(os.environ.get(env) or option_value, convert, f"{flag} (or {env})")
 
 
+def _one_from_env_or(option_value: str, env: str, flag: str) -> int:
+    """An integer option that may come from the environment variable `env`, refused unless it is one value."""
+    values = _from_env_or(option_value, env, int, flag)
+    if len(values) != 1:
+        raise ConfigError(f"{flag} (or {env}) must be one integer, got {values}")
+    return values[0]
+
+
 def cmd_study(args) -> int:
     from .study import data_size_study, merge_studies
 
@@ -223,13 +231,11 @@ def cmd_study(args) -> int:
     if args.folders:
         raise ConfigError("study data-size takes no folders (they are for study merge)")
     sizes = _from_env_or(args.sizes, "ENCVIT_STUDY_SIZES", int, "--sizes")
-    seeds = _from_env_or(args.seeds, "ENCVIT_STUDY_SEEDS", int, "--seeds")
-    if len(seeds) != 1:
-        raise ConfigError(f"--seeds (or ENCVIT_STUDY_SEEDS) must be one integer, got {seeds}")
+    seeds = _one_from_env_or(args.seeds, "ENCVIT_STUDY_SEEDS", "--seeds")
     patch_lrs = split_list(args.patch_lrs, float, "--patch-lrs")
     datasets = split_list(args.datasets, str, "--datasets")
     start = time.perf_counter()
-    data_size_study(base, datasets, sizes, seeds[0], patch_lrs, args.out, jobs=args.jobs)
+    data_size_study(base, datasets, sizes, seeds, patch_lrs, args.out, jobs=args.jobs)
     print(f"study written to {args.out}: study.csv, gaps.csv, study.png ({_wall(start, args.jobs)})")
     return 0
 
@@ -240,18 +246,15 @@ def _security_study(args, base) -> int:
     if args.folders:
         raise ConfigError("study security takes no folders: pieces share one --out")
     counts = _from_env_or(args.counts, "ENCVIT_SECURITY_COUNTS", int, "--counts")
-    seeds = _from_env_or(args.seeds, "ENCVIT_STUDY_SEEDS", int, "--seeds")
-    if len(seeds) != 1:
-        raise ConfigError(f"--seeds (or ENCVIT_STUDY_SEEDS) must be one integer, got {seeds}")
-    draws = _from_env_or(args.draws, "ENCVIT_SECURITY_DRAWS", int, "--draws")
-    if len(draws) != 1:
-        raise ConfigError(f"--draws (or ENCVIT_SECURITY_DRAWS) must be one integer, got {draws}")
+    seeds = _one_from_env_or(args.seeds, "ENCVIT_STUDY_SEEDS", "--seeds")
+    draws = _one_from_env_or(args.draws, "ENCVIT_SECURITY_DRAWS", "--draws")
     settings = split_list(args.settings_security or ",".join(SETTINGS), str, "--cipher-settings")
     methods = split_list(args.methods, str, "--methods")
     out = args.out if args.out != "runs/study" else "runs/security"
     start = time.perf_counter()
-    security_study(base, settings, methods, counts, seeds[0], draws[0], out, jobs=args.jobs)
-    print(f"study written to {out}: accuracy.csv, attacks.csv, security.md, security.png ({_wall(start, args.jobs)})")
+    security_study(base, settings, methods, counts, seeds, draws, out, jobs=args.jobs)
+    print(f"study written to {out}: accuracy.csv, attacks.csv, adapter_leaks.csv, security.md, security.png "
+          f"({_wall(start, args.jobs)})")
     return 0
 
 
