@@ -98,7 +98,7 @@ def _finished(run: Path, config: TrainConfig) -> bool:
 
 def attack_once(setting: str, count: int, draw: int, references: int, block_size: int = 4) -> dict:
     """One ciphertext-only attack on `count` images of the victim classes encrypted with the setting's key."""
-    from .attacks import ciphertext_only, decryption_quality, key_agreement, plain_model_accuracy
+    from .attacks import best_pose_quality, ciphertext_only, decryption_quality, key_agreement, plain_model_accuracy
     from .attacks.datasets import fashion_attack_sets
 
     victims, labels, public = fashion_attack_sets(count, references, seed=draw)
@@ -114,7 +114,8 @@ def attack_once(setting: str, count: int, draw: int, references: int, block_size
     agreement = key_agreement(key, recovered, grid if "scramble" in options else None) if isinstance(key, Key) \
         else {"positions_exact": np.nan, "positions_same_pixel": np.nan}
     return {"setting": setting, "count": count, "draw": draw, "seconds": seconds, **agreement,
-            **decryption_quality(victims, decrypted), "plain_model_acc": plain_model_accuracy(decrypted, labels)}
+            **decryption_quality(victims, decrypted), **best_pose_quality(victims, decrypted, block_size),
+            "plain_model_acc": plain_model_accuracy(decrypted, labels)}
 
 
 def security_study(base: TrainConfig, settings=tuple(SETTINGS), methods=METHODS, counts=(10, 50, 200, 1000),
@@ -249,7 +250,7 @@ def _method_order(column: pd.Series) -> pd.Series:
 def attack_summary(attacks: pd.DataFrame) -> pd.DataFrame:
     """Per setting and number of ciphertexts: the attack's scores averaged over draws."""
     columns = ["positions_same_pixel", "positions_exact", "images_exact", "psnr_db", "ssim", "plain_model_acc",
-               "seconds"]
+               "images_exact_any_pose", "psnr_db_any_pose", "seconds"]
     summary = attacks.groupby(["setting", "count"])[columns].mean().reset_index()
     return summary.sort_values(["setting", "count"], key=_setting_order).reset_index(drop=True)
 
@@ -271,15 +272,18 @@ def markdown(accuracy: pd.DataFrame, attacks: pd.DataFrame, meta: dict, leaks: p
              "(the channels of a grey image cannot be told apart); 'images exact': share of the attacker's "
              "decryptions equal to the plain image (PSNR counts an exact one as 100 dB); 'plain model': "
              "accuracy of the shipped MeLo model trained on "
-             "plain images, on the attacker's decryptions.", "",
+             "plain images, on the attacker's decryptions; 'any pose': the same scores when the decryptions may be "
+             "turned, mirrored or shifted round by whole blocks, one pose for all images (a viewer undoes it at a "
+             "glance).", "",
              "| setting | ciphertexts | key, same pixel | images exact | PSNR (dB) | SSIM | plain model (%) "
-             "| seconds |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| images exact, any pose | PSNR, any pose | seconds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     if len(attacks):
         for _, r in attack_summary(attacks).iterrows():
             key = "-" if np.isnan(r.positions_same_pixel) else f"{r.positions_same_pixel:.3f}"
             lines.append(f"| {_label(r.setting)} | {int(r['count']):,} | {key} | {r.images_exact:.2f} | "
-                         f"{r.psnr_db:.1f} | {r.ssim:.3f} | {r.plain_model_acc:.1f} | {r.seconds:.1f} |")
+                         f"{r.psnr_db:.1f} | {r.ssim:.3f} | {r.plain_model_acc:.1f} | "
+                         f"{r.images_exact_any_pose:.2f} | {r.psnr_db_any_pose:.1f} | {r.seconds:.1f} |")
     lines += ["", f"Test accuracy (%) on images encrypted with each setting: mean ± half-width of the 95% interval "
               f"over seeds; gap to pixel shuffling seed-paired (* p < 0.05). {meta['epochs']} epochs.", "",
               "| setting | method | seeds | test accuracy | gap to pixel shuffling |", "|---|---|---:|---:|---:|"]
@@ -311,7 +315,10 @@ def plot(accuracy: pd.DataFrame, attacks: pd.DataFrame, path: Path) -> None:
     for setting in SETTINGS:
         part = summary[summary.setting == setting] if len(summary) else summary
         if len(part):
-            left.plot(part["count"], part.psnr_db, marker="o", label=_label(setting))
+            line, = left.plot(part["count"], part.psnr_db, marker="o", label=_label(setting))
+            if "psnr_db_any_pose" in part and (part.psnr_db_any_pose > part.psnr_db + 1).any():
+                left.plot(part["count"], part.psnr_db_any_pose, marker="o", ls="--", color=line.get_color(),
+                          label=f"{_label(setting)}, any pose")
     left.set(xscale="log", xlabel="encrypted images the attacker holds", ylabel="PSNR of the attack (dB)",
              title="What the ciphertext-only attack recovers")
     left.legend(fontsize=8)

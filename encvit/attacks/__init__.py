@@ -8,9 +8,9 @@ from .ciphertext_only import (block_symmetries, boundary_roughness, channel_orde
                               match_correlations, position_correlations)
 from .leaks import block_histograms, block_mean_thumbnail, key_space_bits
 from .plaintext import chosen_plaintext, known_plaintext, make_probes
-from .scores import decryption_quality, key_agreement, plain_model_accuracy
+from .scores import best_pose_quality, decryption_quality, image_poses, key_agreement, plain_model_accuracy
 
-__all__ = ["block_histograms", "block_mean_thumbnail", "block_symmetries", "boundary_roughness", "channel_orders",
-           "chosen_plaintext", "ciphertext_only", "decryption_quality", "key_agreement", "key_from_adapter",
-           "key_from_weights", "key_space_bits", "known_plaintext", "make_probes", "match_correlations",
-           "plain_model_accuracy", "position_correlations"]
+__all__ = ["best_pose_quality", "block_histograms", "block_mean_thumbnail", "block_symmetries", "boundary_roughness",
+           "channel_orders", "chosen_plaintext", "ciphertext_only", "decryption_quality", "image_poses",
+           "key_agreement", "key_from_adapter", "key_from_weights", "key_space_bits", "known_plaintext",
+           "make_probes", "match_correlations", "plain_model_accuracy", "position_correlations"]

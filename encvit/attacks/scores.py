@@ -49,6 +49,37 @@ def decryption_quality(plain, decrypted) -> dict[str, float]:
             "psnr_db": float(np.mean(psnr)), "ssim": float(np.mean(ssim))}
 
 
+def image_poses(images: np.ndarray, block_size: int):
+    """Every pose of a batch (N x H x W x C): the image's rotations and reflections (8 if square, else 4)
+    combined with every cyclic shift by whole blocks, the same for all images; yields (name, moved images)."""
+    _, height, width, _ = images.shape
+    turns = range(4) if height == width else (0, 2)
+    for turn in turns:
+        turned = np.rot90(images, turn, axes=(1, 2))
+        for mirrored in (False, True):
+            base = turned[:, :, ::-1] if mirrored else turned
+            for down in range(0, height, block_size):
+                for right in range(0, width, block_size):
+                    name = f"rot{90 * turn}{'+mirror' if mirrored else ''}+shift({down},{right})"
+                    yield name, np.roll(base, (down, right), axis=(1, 2))
+
+
+def best_pose_quality(plain, decrypted, block_size: int) -> dict[str, float | str]:
+    """Decryption quality up to one pose (`image_poses`) for all images, the pose that fits best chosen with the
+    plain images: what the attacker recovered when it got everything but the whole image's orientation or a
+    wrap-around shift, which a viewer undoes at a glance. A measurement for the defender, not part of an attack."""
+    plain, decrypted = as_batch(plain), as_batch(decrypted).astype(np.float64)
+    best_name, best_mse = "", None
+    for name, moved in image_poses(plain, block_size):
+        mse = ((moved.astype(np.float64) - decrypted) ** 2).reshape(len(plain), -1).mean(axis=1)
+        if best_mse is None or mse.mean() < best_mse.mean():
+            best_name, best_mse = name, mse
+    # An exact decryption has infinite PSNR; it counts as 100 dB, as in decryption_quality.
+    psnr = np.where(best_mse == 0, 100.0, 10 * np.log10(255.0 ** 2 / np.maximum(best_mse, 1e-12)))
+    return {"images_exact_any_pose": float(np.mean(best_mse == 0)), "psnr_db_any_pose": float(psnr.mean()),
+            "pose": best_name}
+
+
 def _window(image: np.ndarray) -> int:
     """SSIM's window: the default 7, or the largest odd size a small image allows."""
     side = min(image.shape[:2])
