@@ -8,8 +8,9 @@ import torch
 from skimage import data
 from torchvision.transforms.v2 import functional as TF
 
-from encvit.attacks import (block_mean_thumbnail, chosen_plaintext, ciphertext_only, decryption_quality,
-                            key_agreement, key_space_bits, known_plaintext, make_probes, plain_model_accuracy)
+from encvit.attacks import (best_pose_quality, block_mean_thumbnail, chosen_plaintext, ciphertext_only,
+                            decryption_quality, image_poses, key_agreement, key_space_bits, known_plaintext,
+                            make_probes, plain_model_accuracy)
 from encvit.attacks.blocks import apply_to_blocks, to_blocks
 from encvit.attacks.jigsaw import edge_dissimilarities, solve_jigsaw
 from encvit.cipher import Key
@@ -60,6 +61,33 @@ def test_ciphertext_only_refuses_what_it_cannot_attack(garments):
         ciphertext_only(encrypted_side, [], 4)
     with pytest.raises(ImageError, match="multiple of the block size 5"):
         ciphertext_only(encrypted_side, list(reference), 5)
+
+
+@pytest.mark.parametrize("neg_pos", [False, True], ids=["scramble", "both"])
+def test_ciphertext_only_with_scrambling_gets_every_grey_image_up_to_one_pose(neg_pos):
+    # 200 images: with 60 the jigsaw of the garments' blank margins has more than one solution.
+    victims = fashion_32([0, 1, 2, 3, 4], 200)[0]
+    reference = fashion_32([5, 6, 7, 8, 9], 300)[0]
+    key = Key.generate(4, 3, scramble=True, neg_pos=neg_pos)
+    encrypted = key.encrypt(victims)
+    decrypted = ciphertext_only(encrypted, list(reference), 4, neg_pos=neg_pos, scramble=True).decrypt(encrypted)
+    assert best_pose_quality(victims, decrypted, 4)["images_exact_any_pose"] >= 0.95
+
+
+def test_poses_and_the_best_pose_score_by_hand():
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1), dtype=np.uint8)
+    poses = dict(image_poses(images, 4))
+    assert len(poses) == 8 * 4 and len(dict(image_poses(images[:, :, :4], 4))) == 4 * 2
+    assert np.array_equal(poses["rot90+mirror+shift(4,0)"][0], np.roll(np.rot90(images[0])[:, ::-1], 4, axis=0))
+    moved = np.roll(np.rot90(images, 1, axes=(1, 2)), 4, axis=2)
+    score = best_pose_quality(images, moved, 4)
+    assert score == {"images_exact_any_pose": 1.0, "psnr_db_any_pose": 100.0, "pose": "rot90+shift(0,4)"}
+    wrong = moved.copy()
+    off = int(wrong[0, 0, 0, 0]) or 255
+    wrong[0, 0, 0, 0] = 0 if wrong[0, 0, 0, 0] else 255  # one value off in one of 3 images: MSE off^2 / 64
+    score = best_pose_quality(images, wrong, 4)
+    assert score["images_exact_any_pose"] == pytest.approx(2 / 3)
+    assert score["psnr_db_any_pose"] == pytest.approx((200 + 10 * math.log10(255 ** 2 * 64 / off ** 2)) / 3)
 
 
 def test_jigsaw_puts_scrambled_blocks_of_a_photograph_back():
