@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .attacks import block_mean_thumbnail, ciphertext_only, decryption_quality, key_agreement
+from .attacks import best_pose_quality, block_mean_thumbnail, ciphertext_only, decryption_quality, key_agreement
 from .attacks.blocks import as_batch
 from .cipher import Key
 from .errors import AttackError, ConfigError
@@ -43,6 +43,7 @@ class AttackOutcome:
     reconstructions: np.ndarray  # the visitor's images as the attacker decrypts them
     psnr_db: list[float]  # per visitor image; an exact decryption counts as 100 dB
     seconds: float
+    pose_quality: dict | None = None  # with block scrambling: the decryptions scored in their best pose
 
     @property
     def used(self) -> int:
@@ -128,7 +129,8 @@ def run_attack(key: Key, images: np.ndarray, collected: np.ndarray, reference: n
         encrypted_quality=decryption_quality(plain[ours], encrypted[ours]),
         reconstructions=decrypted[ours],
         psnr_db=[decryption_quality(p[None], d[None])["psnr_db"] for p, d in zip(plain[ours], decrypted[ours])],
-        seconds=seconds)
+        seconds=seconds,
+        pose_quality=best_pose_quality(plain[ours], decrypted[ours], key.block_size) if grid else None)
 
 
 def key_rows(outcome: AttackOutcome) -> pd.DataFrame:
@@ -149,6 +151,10 @@ def quality_rows(outcome: AttackOutcome) -> pd.DataFrame:
     rows = [row(f"yours, decrypted by the attacker ({outcome.from_page})", outcome.quality)]
     if outcome.collected_quality is not None:
         rows.append(row(f"collected, decrypted by the attacker ({outcome.collected})", outcome.collected_quality))
+    if outcome.pose_quality is not None:
+        rows.append({"images": f"yours, decrypted by the attacker, in the best pose ({outcome.from_page})",
+                     "decrypted exactly": f"{100 * outcome.pose_quality['images_exact_any_pose']:.0f}%",
+                     "values right": "", "PSNR (dB)": f"{outcome.pose_quality['psnr_db_any_pose']:.1f}", "SSIM": ""})
     rows.append(row(f"yours, encrypted: before the attack ({outcome.from_page})", outcome.encrypted_quality))
     return pd.DataFrame(rows).set_index("images")
 

@@ -336,6 +336,13 @@ def test_attackers_view_assumes_the_keys_options_and_shows_what_it_recovered(dem
     shown = at.table[0].value.loc[part, "recovered"]
     assert any(m.value.endswith(f"{shown} of the flip mask recovered.") or f"put {shown} of the blocks" in m.value
                for m in at.markdown)
+    assert at.table[1].value.equals(attack_demo.quality_rows(outcome))
+    if option == "scramble":  # the demo's garments come back whole, in another pose (tests/test_attacks.py)
+        assert outcome.pose_quality["images_exact_any_pose"] == 1.0
+        assert any(m.value.startswith("Yet turned, mirrored or shifted round as a whole") and "3 of your 3" in m.value
+                   for m in at.markdown)
+    else:
+        assert outcome.pose_quality is None
 
 
 def test_attackers_view_on_colour_images_runs_and_says_quality_is_lower():

@@ -130,6 +130,12 @@ if colour:
 if "block_order" in outcome.agreement:
     st.markdown(f"Block scrambling: the attack solved the jigsaw of all images at once and put "
                 f"{100 * outcome.agreement['block_order']:.0f}% of the blocks in their place.")
+    pose = outcome.pose_quality
+    if pose["images_exact_any_pose"] > outcome.quality["images_exact"]:
+        st.markdown(f"Yet turned, mirrored or shifted round as a whole (one pose for every image: "
+                    f"{pose['pose']}), {round(pose['images_exact_any_pose'] * outcome.from_page)} of your "
+                    f"{outcome.from_page} reconstructions are your images exactly: the jigsaw came out whole, only "
+                    "its orientation is unknown to the attack, and a viewer sees it at a glance.")
 if "neg_pos_mask" in outcome.agreement:
     st.markdown(f"Negative-positive: {100 * outcome.agreement['neg_pos_mask']:.0f}% of the flip mask recovered.")
 
