@@ -201,7 +201,9 @@ def _adapter_leaks(out: Path, log) -> None:
 
 
 def collect_adapter_leaks(out: str | Path) -> pd.DataFrame:
-    """One row per run whose adapter was read (OUT/adapter-leaks)."""
+    """One row per run whose adapter was read (OUT/adapter-leaks; in a shipped study, adapter_leaks.csv)."""
+    if not (Path(out) / "adapter-leaks").exists() and (Path(out) / "adapter_leaks.csv").exists():
+        return pd.read_csv(Path(out) / "adapter_leaks.csv")
     files = sorted(Path(out).glob("adapter-leaks/*/*.json"))
     return pd.DataFrame([json.loads(f.read_text()) for f in files])
 
@@ -215,8 +217,11 @@ def adapter_leak_summary(leaks: pd.DataFrame) -> pd.DataFrame:
 
 
 def collect(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(accuracy, attacks): one row per finished run and per attack in a study folder."""
+    """(accuracy, attacks): one row per finished run and per attack in a study folder; a shipped study, which
+    keeps its tables but not its runs, is read from accuracy.csv and attacks.csv."""
     out = Path(out)
+    if not (out / "runs").exists() and not (out / "attacks").exists() and (out / "accuracy.csv").exists():
+        return pd.read_csv(out / "accuracy.csv"), pd.read_csv(out / "attacks.csv")
     rows = []
     for result in sorted((out / "runs").glob("*/*/result.json")):
         rows.append({**json.loads(result.read_text()), "setting": result.parent.parent.name})

@@ -1,6 +1,7 @@
 """`encvit study security` at toy size: both sides of the trade-off per cipher setting, resumable, pieces that
 merge in one folder; per-image keys leave nothing to learn and nothing to recover."""
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ from encvit.attacks.blocks import to_blocks
 from encvit.cipher import PerImageKeys
 from encvit.cli import main
 from encvit.errors import ConfigError
-from encvit.security import SecurityConfig, attack_once, collect, security_study
+from encvit.security import SecurityConfig, attack_once, collect, collect_adapter_leaks, markdown, security_study
 from encvit.train import TrainConfig
 
 TOY = ["--limit", "60", "--epochs", "1", "--batch-size", "32", "--seeds", "2", "--counts", "10", "--draws", "1",
@@ -103,3 +104,10 @@ def test_the_study_reads_the_key_off_proposed_adapters_once(tmp_path):
     logged.clear()
     security_study(base, ("shuffle",), ("melo", "proposed"), (10,), 1, 1, out, references=100, log=logged.append)
     assert not [line for line in logged if line.startswith("adapter ")]  # read once, then taken from its file
+    # A shipped study keeps its tables, not its runs: they give the same report.
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for name in ("accuracy.csv", "attacks.csv", "adapter_leaks.csv", "meta.json"):
+        shutil.copy(out / name, shipped / name)
+    meta = json.loads((out / "meta.json").read_text())
+    assert markdown(*collect(shipped), meta, collect_adapter_leaks(shipped)) == (out / "security.md").read_text()
