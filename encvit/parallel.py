@@ -79,6 +79,10 @@ def train_runs(runs: Iterable[tuple[TrainConfig, object, torch.nn.Module]], jobs
                                  error_callback=lambda error, i=index: finished.put((i, None, error)))
             while started:
                 _take(finished, started, on_result)
+            # Let the idle workers exit on their own: leaving `with` terminates them, and a worker stopped while
+            # its last result is still in the pipe can hold the parent in the pool's join for ever.
+            pool.close()
+            pool.join()
     except BaseException:
         # An error or Ctrl-C: the pool is terminated on leaving `with`; remove what its runs left half-written.
         for config in started.values():

@@ -317,10 +317,12 @@ def plot(accuracy: pd.DataFrame, attacks: pd.DataFrame, path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     summary = attack_summary(attacks) if len(attacks) else pd.DataFrame()
+    colours = {}
     for setting in SETTINGS:
         part = summary[summary.setting == setting] if len(summary) else summary
         if len(part):
             line, = left.plot(part["count"], part.psnr_db, marker="o", label=_label(setting))
+            colours[setting] = line.get_color()
             if "psnr_db_any_pose" in part and (part.psnr_db_any_pose > part.psnr_db + 1).any():
                 left.plot(part["count"], part.psnr_db_any_pose, marker="o", ls="--", color=line.get_color(),
                           label=f"{_label(setting)}, any pose")
@@ -328,18 +330,21 @@ def plot(accuracy: pd.DataFrame, attacks: pd.DataFrame, path: Path) -> None:
              title="What the ciphertext-only attack recovers")
     left.legend(fontsize=8)
     if len(accuracy) and len(summary):
+        # What the attacker gets at the most ciphertexts, in the best pose where it was scored (a viewer turns the
+        # images upright); colour = setting as on the left, marker = method.
         largest = summary.sort_values("count").groupby("setting").tail(1).set_index("setting")
+        gets = largest["psnr_db_any_pose"].fillna(largest.psnr_db) if "psnr_db_any_pose" in largest \
+            else largest.psnr_db
         acc = accuracy_summary(accuracy)
         for method, marker in zip(METHODS, "os^"):
             part = acc[(acc.method == method) & acc.setting.isin(largest.index)]
-            right.scatter(part.test_acc, largest.loc[part.setting, "psnr_db"], marker=marker, label=method)
-            for _, r in part.iterrows():
-                right.annotate(_label(r.setting), (r.test_acc, largest.loc[r.setting, "psnr_db"]), fontsize=7,
-                               xytext=(3, 3), textcoords="offset points")
+            right.scatter(part.test_acc, gets[part.setting], marker=marker, s=45,
+                          c=[colours[s] for s in part.setting], edgecolors="black", linewidths=0.5)
+            right.scatter([], [], marker=marker, c="white", edgecolors="black", label=method)
         right.set(xlabel="test accuracy on encrypted images (%)",
-                  ylabel=f"attack PSNR (dB), {int(summary['count'].max()):,} ciphertexts",
+                  ylabel=f"attack PSNR (dB), {int(summary['count'].max()):,} ciphertexts, best pose",
                   title="Accuracy against what the attacker gets")
-        right.legend(fontsize=8)
+        right.legend(fontsize=8, title="method (colour: setting)", title_fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
 
