@@ -202,7 +202,8 @@ def _adapter_leaks(out: Path, log) -> None:
 
 def collect_adapter_leaks(out: str | Path) -> pd.DataFrame:
     """One row per run whose adapter was read (OUT/adapter-leaks; in a shipped study, adapter_leaks.csv)."""
-    if not (Path(out) / "adapter-leaks").exists() and (Path(out) / "adapter_leaks.csv").exists():
+    shipped = not (Path(out) / "runs").exists() and (Path(out) / "adapter_leaks.csv").exists()
+    if shipped and (Path(out) / "adapter_leaks.csv").stat().st_size > 1:  # an empty table is written as one newline
         return pd.read_csv(Path(out) / "adapter_leaks.csv")
     files = sorted(Path(out).glob("adapter-leaks/*/*.json"))
     return pd.DataFrame([json.loads(f.read_text()) for f in files])
