@@ -18,6 +18,13 @@ from encvit.pretrain import PretrainConfig
 from encvit.study import StudyConfig
 from encvit.train import TrainConfig
 
+
+def hear_ctrl_c() -> None:
+    """In the child before exec: a runner started in the background of a script ignores SIGINT, and children
+    inherit that; the command under test must get Ctrl-C as a terminal delivers it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 LIMIT = int(os.environ.get("ENCVIT_TEST_LIMIT", "96"))
 
 
@@ -113,7 +120,8 @@ def test_ctrl_c_or_kill_during_training_removes_the_staging_folder_and_says_so(t
     run_dir = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-m", "encvit.cli", "train", "--method", "melo", "--limit", "400",
                                 "--epochs", "50", "--batch-size", "16", "--out", str(run_dir)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=hear_ctrl_c)
     deadline = time.monotonic() + 600
     staged = tmp_path / "run.partial" / "metrics.csv"
     while not staged.exists() and time.monotonic() < deadline and process.poll() is None:

@@ -17,6 +17,13 @@ from encvit.parallel import cpu_cores, threads_per_job
 from encvit.study import data_size_study
 from encvit.train import TrainConfig
 
+
+def hear_ctrl_c() -> None:
+    """In the child before exec: a runner started in the background of a script ignores SIGINT, and children
+    inherit that; the command under test must get Ctrl-C as a terminal delivers it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 LIMIT = int(os.environ.get("ENCVIT_TEST_LIMIT", "96"))
 RESULTS = ["run", "method", "setting", "seed", "val_acc", "test_acc", "trainable", "train_images"]
 
@@ -76,7 +83,7 @@ def test_ctrl_c_stops_the_workers_and_leaves_no_half_written_run(tmp_path):
                "16", "--jobs", "2", "--out", str(out)]
     # A terminal sends Ctrl-C to the whole process group: the workers get it too.
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=hear_ctrl_c)
     deadline = time.monotonic() + 600
     while not list(out.glob("*.partial/metrics.csv")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.5)
