@@ -178,8 +178,14 @@ def adapter_leak_once(run: Path, setting: str, backbone) -> dict:
     start = time.perf_counter()
     recovered = key_from_adapter(run, backbone, neg_pos=bool(options.get("neg_pos")))
     scores = key_agreement(key, recovered)
-    return {"setting": setting, "method": run.name.rsplit("-seed", 1)[0], "seed": int(run.name.rsplit("-seed", 1)[1]),
-            "seconds": time.perf_counter() - start, **scores}
+    method, seed = _method_and_seed(run)
+    return {"setting": setting, "method": method, "seed": seed, "seconds": time.perf_counter() - start, **scores}
+
+
+def _method_and_seed(run: Path) -> tuple[str, int]:
+    """(method, seed) of a run folder named METHOD-seedS."""
+    method, seed = run.name.rsplit("-seed", 1)
+    return method, int(seed)
 
 
 def _adapter_leaks(out: Path, log) -> None:
@@ -187,7 +193,7 @@ def _adapter_leaks(out: Path, log) -> None:
     embedding frozen: nothing to read); one file per run, so it resumes like the attacks."""
     todo = [result.parent for result in sorted((out / "runs").glob("*/*/result.json"))
             if SETTINGS.get(result.parent.parent.name, (None, None))[1] is not None
-            and result.parent.name.rsplit("-seed", 1)[0] in ("proposed", "full")
+            and _method_and_seed(result.parent)[0] in ("proposed", "full")
             and not (out / "adapter-leaks" / result.parent.parent.name / f"{result.parent.name}.json").exists()]
     if not todo:
         return
@@ -202,9 +208,9 @@ def _adapter_leaks(out: Path, log) -> None:
 
 def collect_adapter_leaks(out: str | Path) -> pd.DataFrame:
     """One row per run whose adapter was read (OUT/adapter-leaks; in a shipped study, adapter_leaks.csv)."""
-    shipped = not (Path(out) / "runs").exists() and (Path(out) / "adapter_leaks.csv").exists()
-    if shipped and (Path(out) / "adapter_leaks.csv").stat().st_size > 1:  # an empty table is written as one newline
-        return pd.read_csv(Path(out) / "adapter_leaks.csv")
+    table = Path(out) / "adapter_leaks.csv"
+    if _shipped(out) and table.exists() and table.stat().st_size > 1:  # an empty table is written as one newline
+        return pd.read_csv(table)
     files = sorted(Path(out).glob("adapter-leaks/*/*.json"))
     return pd.DataFrame([json.loads(f.read_text()) for f in files])
 
@@ -217,11 +223,16 @@ def adapter_leak_summary(leaks: pd.DataFrame) -> pd.DataFrame:
     return summary.sort_values(["setting", "method"], key=_method_order).reset_index(drop=True)
 
 
+def _shipped(out: str | Path) -> bool:
+    """A study folder that keeps its tables but not the run and attack files they were built from."""
+    return not (Path(out) / "runs").exists() and not (Path(out) / "attacks").exists()
+
+
 def collect(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(accuracy, attacks): one row per finished run and per attack in a study folder; a shipped study, which
     keeps its tables but not its runs, is read from accuracy.csv and attacks.csv."""
     out = Path(out)
-    if not (out / "runs").exists() and not (out / "attacks").exists() and (out / "accuracy.csv").exists():
+    if _shipped(out) and (out / "accuracy.csv").exists():
         return pd.read_csv(out / "accuracy.csv"), pd.read_csv(out / "attacks.csv")
     rows = []
     for result in sorted((out / "runs").glob("*/*/result.json")):
