@@ -19,11 +19,10 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 NORM_MEAN = (0.5, 0.5, 0.5)
 NORM_STD = (0.5, 0.5, 0.5)
 
-# The shipped backbone: 32x32x3 input, 4x4 patches (a block is 4*4*3 = 48 values), 64 tokens.
-EMBEDDED = {
-    "encvit-tiny": dict(img_size=32, patch_size=4, in_chans=3, embed_dim=96, depth=6, num_heads=3,
-                        mlp_ratio=4.0, num_classes=10),
-}
+# The shipped backbones: 32x32x3 input, 4x4 patches (a block is 4*4*3 = 48 values), 64 tokens. encvit-tiny is
+# pretrained on grey images; encvit-tiny-colour, the same architecture, on colour-tinted ones (encvit.colour).
+_TINY = dict(img_size=32, patch_size=4, in_chans=3, embed_dim=96, depth=6, num_heads=3, mlp_ratio=4.0, num_classes=10)
+EMBEDDED = {"encvit-tiny": _TINY, "encvit-tiny-colour": _TINY}
 
 
 @dataclass(frozen=True)

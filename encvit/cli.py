@@ -150,8 +150,8 @@ def cmd_params(args) -> int:
 def cmd_pretrain(args) -> int:
     from .pretrain import PretrainConfig, pretrain
 
-    config = PretrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, limit=args.limit,
-                            seed=args.seed, out=args.out)
+    config = PretrainConfig(name=args.name, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                            limit=args.limit, seed=args.seed, out=args.out)
     result = pretrain(config)
     print(f"test accuracy {result['test_acc']:.2f}% after {args.epochs} epochs, {result['seconds'] / 60:.1f} min")
     return 0
@@ -326,13 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object: {\"full\": n, \"melo\": n, \"proposed\": n, ...}")
     p.set_defaults(func=cmd_params)
 
-    p = sub.add_parser("pretrain", help="pretrain the shipped backbone encvit-tiny on Fashion-MNIST")
+    p = sub.add_parser("pretrain", help="pretrain a shipped backbone (encvit-tiny, encvit-tiny-colour) on Fashion-MNIST")
+    p.add_argument("--name", default="encvit-tiny", help="encvit-tiny (grey images) or encvit-tiny-colour "
+                   "(colour-tinted ones)")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="at most this many images per split (quick trials)")
-    p.add_argument("--out", help="weights file (default: the shipped encvit/weights/encvit-tiny.safetensors)")
+    p.add_argument("--out", help="weights file (default: the shipped encvit/weights/NAME.safetensors)")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("train", help="fine-tune a backbone with one method, on plain or encrypted images")

@@ -1,6 +1,7 @@
 """Datasets by name, held in memory as uint8 image tensors (N, C, H, W) with integer labels.
 
-Names: ``fashion55k`` (pretraining), ``fashion5k``, ``mnist5k``, ``cifar10`` and ``folder:PATH``.
+Names: ``fashion55k`` (pretraining), ``fashion5k``, ``mnist5k``, their colour versions ``cfashion5k``,
+``cmnist5k`` and ``cfashion55k`` (see ``encvit.colour``), ``cifar10`` and ``folder:PATH``.
 Images stay uint8 at their stored size; resizing, encryption and normalisation happen per batch on
 the training device (see ``encvit.preprocess``), so one dataset serves every key and backbone.
 """
@@ -204,12 +205,26 @@ def load_folder(path: str | os.PathLike, image_size: int, channels: int = 3, tes
     return _train_val(f"folder:{root}", x, y, _as_set(tx, ty, classes), classes, {"source": str(root)})
 
 
-DATASETS = ("fashion5k", "mnist5k", "cifar10", "fashion55k", "folder:PATH")
+DATASETS = ("fashion5k", "mnist5k", "cfashion5k", "cmnist5k", "cifar10", "fashion55k", "cfashion55k", "folder:PATH")
+# A colour dataset is its grey namesake with a fixed foreground/background tint per image (encvit.colour).
+COLOUR_DATASETS = {"cfashion5k": "fashion5k", "cmnist5k": "mnist5k", "cfashion55k": "fashion55k"}
+
+
+def colour_version(splits: Splits, name: str) -> Splits:
+    """The colour dataset `name` made from its grey namesake's splits (same images, labels and split)."""
+    from .colour import colourise
+
+    parts = {part: ImageSet(colourise(getattr(splits, part).images, name, part), getattr(splits, part).labels,
+                            splits.classes) for part in ("train", "val", "test")}
+    return Splits(name, parts["train"], parts["val"], parts["test"],
+                  {**splits.notes, "colour": f"fixed tint per image from {splits.name} (encvit.colour)"})
 
 
 def load_dataset(name: str, image_size: int = 32, channels: int = 3, limit: int | None = None) -> Splits:
     """Load a dataset by name; `limit` keeps at most that many images per split (for quick runs)."""
-    if name == "fashion5k":
+    if name in COLOUR_DATASETS:
+        splits = colour_version(load_dataset(COLOUR_DATASETS[name]), name)
+    elif name == "fashion5k":
         splits = load_fashion(pretraining=False)
     elif name == "fashion55k":
         splits = load_fashion(pretraining=True)

@@ -144,10 +144,11 @@ def evaluate(model: nn.Module, images: ImageSet, preprocess: nn.Module, device: 
 
 
 def fit(model: nn.Module, train: ImageSet, val: ImageSet, test: ImageSet | None, preprocess: nn.Module,
-        settings: LoopSettings, on_epoch=None) -> list[dict]:
+        settings: LoopSettings, on_epoch=None, augment: nn.Module | None = None) -> list[dict]:
     """Train the parameters of `model` that require grad; returns one metrics row per epoch.
 
-    `on_epoch(row)` is called on rank 0 after each epoch (e.g. to write metrics.csv).
+    `on_epoch(row)` is called on rank 0 after each epoch (e.g. to write metrics.csv); `augment` maps a uint8
+    training batch to another before preprocessing (e.g. pretraining's colour tints).
     """
     rank, world = distributed()
     device = pick_device()
@@ -176,6 +177,8 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, test: ImageSet | None,
             if settings.hflip:  # before encryption: the key acts on the augmented image
                 flip = torch.rand(len(x), device=device, generator=flip_generator) < 0.5
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            if augment is not None:
+                x = augment(x)
             x = preprocess(x)
             with autocast:
                 loss = criterion(trained(x), y)
