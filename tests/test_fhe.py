@@ -15,11 +15,11 @@ from encvit.adapters import load_classifier
 from encvit.cli import main
 from encvit.data import load_dataset
 from encvit.errors import ConfigError
-from encvit.fhe import ckks, packing
+from encvit.fhe import ckks, packing, products
 from encvit.fhe.client import Client
 from encvit.fhe.head import EarlyStopping, FeatureScaler, FeatureSplits, learning_rate, momentum_ratio
 from encvit.fhe.ops import Engine, LevelError
-from encvit.fhe.server import LEVELS_PER_ITERATION
+from encvit.fhe.products import LEVELS_PER_ITERATION
 from encvit.fhe.softmax import PolySoftmax
 from encvit.fhe.plain import TrainingDiverged
 from encvit.fhe.reference import logistic_reference
@@ -50,13 +50,25 @@ def small_client():
 
 
 @pytest.fixture(scope="module")
+def dense():
+    """A client and a server engine for a layout with every part in play: 200 features (padded to 256, 8 offsets:
+    4 baby steps x 2 giant steps), 5 classes (the last pair has no imaginary class), a partly filled block."""
+    params = ckks.get_params(ckks.DEFAULT_PRESET)
+    layout = packing.choose_layout(params.slots, 200, 5, 256)
+    client = Client(params, layout)
+    context, keys = ckks.load_public(client.public_bytes())
+    return client, Engine(context, keys), context
+
+
+@pytest.fixture(scope="module")
 def runs():
     """The encrypted and the numpy trainer on the same synthetic problem, hyperparameters and stopping rule.
 
     With patience 1 the client stops at the first epoch whose validation loss does not improve (epoch 3 here).
     """
     features = synthetic()
-    config = FHEConfig(epochs=6, patience=1, batch_size=16, lr=2.0, momentum=0.9, lr_schedule="cosine")
+    config = FHEConfig(epochs=6, patience=1, batch_size=16, lr=2.0, momentum=0.9, lr_schedule="cosine",
+                       components="all")
     return train_encrypted(features, config, progress=False), train_reference(features, config)
 
 
@@ -72,26 +84,48 @@ def test_server_context_has_no_secret_key_and_cannot_decrypt(small_client):
     np.testing.assert_allclose(small_client.decrypt(data), values, atol=1e-6)  # the client can
 
 
-def test_packed_products_equal_numpy_products(small_client):
+def test_the_layout_packs_every_feature_of_every_sample_once():
+    layout = packing.choose_layout(8192, 200, 5, 256)
+    assert (layout.block, layout.phases, layout.width, layout.offsets, layout.baby, layout.giant) == (256, 32, 256, 8, 4,
+                                                                                                      2)
+    x = np.arange(1, 1 + 256 * 200, dtype=float).reshape(256, 200)  # every entry distinct and non-zero
+    for vectors in (packing.forward_data(layout, x) / packing.FORWARD_SCALE, packing.gradient_data(layout, x)):
+        values = np.sort(vectors[vectors != 0])
+        np.testing.assert_array_equal(values, x.ravel())  # dense: each entry exactly once, nothing replicated
+    w = np.arange(1, 1 + 5 * 200, dtype=float).reshape(5, 200)
+    np.testing.assert_array_equal(packing.read_weights(layout, packing.update_weights(layout, w)), w)
+    assert packing.update_weights(layout, w).shape == (layout.pairs, 8192) and layout.pairs == 3
+
+
+def test_packed_products_equal_numpy_products(dense):
+    client, engine, context = dense
+    layout = client.layout
     rng = np.random.default_rng(1)
-    layout, client = small_client.layout, small_client
-    context, keys = ckks.load_public(client.public_bytes())
-    engine = Engine(context, keys)
-    m = layout.block - 3  # a partly filled block
-    x = rng.normal(size=(m, layout.num_features))
-    w = rng.normal(size=(layout.num_classes, layout.num_features))
-    e = rng.normal(size=(m, layout.num_classes))
-    weights = [ckks.ciphertext_from_bytes(context, d) for d in client.encrypt_weights(w)]
-    features = [ckks.ciphertext_from_bytes(context, client.encrypt(v)) for v in packing.pack_features(layout, x)]
-    logits = packing.packed_logits(engine, layout, features, weights)
-    got = packing.unpack_logits(layout, client.decrypt(ckks.saved_bytes(logits)), m)
+    n = layout.block - 56  # a partly filled block
+    x = rng.normal(size=(n, layout.num_features)) / 10
+    w = rng.normal(size=(layout.num_classes, layout.num_features)) / 2
+    y = np.eye(layout.num_classes)[rng.integers(0, layout.num_classes, n)]
+    load = lambda data: [ckks.ciphertext_from_bytes(context, d) for d in data]
+    block = client.encrypt_block(x, y)
+    logits = products.forward(engine, layout, [load(block["forward"])], load(client.encrypt_weights(w)["forward"]))[0]
+    got = client.decrypt_logits([[ckks.saved_bytes(z) for z in logits]], n)
     np.testing.assert_allclose(got, x @ w.T, atol=1e-5)
-    errors = ckks.ciphertext_from_bytes(context, client.encrypt(packing.pack_labels(layout, e)))
-    grads = packing.packed_gradient(engine, layout, [errors], [features])
+    poly, factor = PolySoftmax.fit(layout.num_classes, 4.0), 1e-3
+    errors = products.errors(engine, layout, logits, load(block["labels"]), poly, factor, client.params.scale)
+    want = factor * (poly(x @ w.T) - y)
+    slots = np.stack([client.decrypt(ckks.saved_bytes(e)) for e in errors])
+    np.testing.assert_allclose(packing.read_logits(layout, slots, n) * packing.FORWARD_SCALE, want, atol=1e-6)
+    assert np.abs(slots.imag[-1]).max() < 1e-6  # the padding class of the last pair stays zero
+    grads = products.gradient(engine, layout, [load(block["gradient"])], [errors])
     got = client.decrypt_weights([ckks.saved_bytes(g) for g in grads])
-    np.testing.assert_allclose(got, e.T @ x, atol=1e-5)
-    # log2 F rotations for the logits, log2 n per feature group for the gradient: nothing per sample.
-    assert engine.counts["rotate"] == np.log2(layout.group) + layout.groups * np.log2(layout.block)
+    np.testing.assert_allclose(got, want.T @ x, atol=1e-6)
+    assert engine.level(grads[0]) == 0  # five levels, as LEVELS_PER_ITERATION says
+    assert LEVELS_PER_ITERATION == client.params.levels == 5
+    # Rotations do not grow with the samples: per pair, the forward's U1 - 1 baby and U2 - 1 giant steps and
+    # log2 A phases; the spread and the gradient's steps; the gradient's log2(S / m) feature sums.
+    a, u1, u2 = layout.phases, layout.baby, layout.giant
+    per_pair = (u1 - 1 + u2 - 1 + np.log2(a)) + np.log2(a) + (u1 - 1 + u2 - 1 + np.log2(8192 // layout.width))
+    assert engine.counts["rotate"] == layout.pairs * per_pair and engine.counts["conjugate"] == layout.pairs
 
 
 def test_encrypted_training_matches_plaintext_training_and_its_decisions(runs):
@@ -133,7 +167,7 @@ def test_the_client_decides_on_encrypted_validation_logits_one_iteration_late(ru
 
 def test_refresh_is_triggered_and_counted(runs):
     stats = runs[0].stats
-    # Six levels per iteration and six in the parameters: every iteration after the first needs a refresh.
+    # Five levels per iteration and five in the parameters: every iteration after the first needs a refresh.
     assert ckks.get_params(stats["preset"]).levels == LEVELS_PER_ITERATION
     assert stats["refreshes"] == stats["iterations"] - 1
     assert stats["timings"]["refresh_seconds"] > 0
@@ -175,7 +209,7 @@ def test_the_reference_chooses_c_on_validation_and_reports_its_test_accuracy():
 
 def test_diverging_weights_stop_with_a_clear_error():
     with pytest.raises(TrainingDiverged, match="lower --lr"):
-        train_reference(synthetic(), FHEConfig(epochs=3, batch_size=16, lr=900.0))
+        train_reference(synthetic(), FHEConfig(epochs=3, batch_size=16, lr=900.0, components="all"))
 
 
 def test_an_exhausted_ciphertext_cannot_be_multiplied(small_client):
@@ -292,6 +326,8 @@ def test_splits_that_cannot_train_or_score_a_head_are_refused():
 def test_bad_values_raise_config_errors():
     with pytest.raises(ConfigError, match="slots"):
         packing.choose_layout(8192, 97, 10, 10000)
+    with pytest.raises(ConfigError, match="--components"):
+        packing.choose_layout(8192, 9000, 10, 1024)
     with pytest.raises(ConfigError, match="denominator"):
         momentum_ratio(0.123)
     with pytest.raises(ConfigError, match="unknown CKKS preset"):

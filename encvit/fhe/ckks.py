@@ -61,14 +61,14 @@ class CKKSParams:
 # Names say ring degree and levels. The first prime is the scale plus headroom for the integer part of results
 # (10 bits: |values| < 512); keeping it 10 bits below the special prime keeps rotation noise near 1e-8.
 PRESETS = {
-    # The packed trainer's default: one iteration (6 levels) per refresh; 380 of the 438 bits allowed.
-    "n16384-l6": CKKSParams(16384, (50, 40, 40, 40, 40, 40, 40, 60), 40),
+    # The packed trainer's default: one iteration (5 levels) per refresh; 310 of the 438 bits allowed.
+    "n16384-l5": CKKSParams(16384, (50, 40, 40, 40, 40, 40, 60), 40),
     # Two levels, for the packed products alone (tests, demonstrations): 200 of 218 bits.
     "n8192-l2": CKKSParams(8192, (60, 40, 40, 60), 40),
     # The naive baseline: TenSEAL rescales after every product, so one iteration needs 7 levels: 390 bits.
     "n16384-l7": CKKSParams(16384, (50, 40, 40, 40, 40, 40, 40, 40, 60), 40),
 }
-DEFAULT_PRESET = "n16384-l6"
+DEFAULT_PRESET = "n16384-l5"
 _SEC = {128: sealapi.SEC_LEVEL_TYPE.TC128, 192: sealapi.SEC_LEVEL_TYPE.TC192, 256: sealapi.SEC_LEVEL_TYPE.TC256}
 
 
@@ -150,14 +150,17 @@ def ciphertext_from_bytes(context: ts.Context, data: bytes) -> sealapi.Ciphertex
     return ct
 
 
-def public_bytes(context: ts.Context, rotation_steps) -> bytes:
-    """What the server receives: parameters, relinearisation and rotation keys (only `rotation_steps`).
+def public_bytes(context: ts.Context, rotation_steps, conjugation: bool = False) -> bytes:
+    """What the server receives: parameters, relinearisation and rotation keys (only `rotation_steps`, and the
+    complex conjugation's key if asked).
 
     No secret key. Rotation keys are made seeded (half their size on the wire); each is as large as a
     ciphertext times its levels, so only the steps the layout uses are made.
     """
     seal = context.seal_context().data
     elements = seal.key_context_data().galois_tool().get_elts_from_steps(sorted({int(s) for s in rotation_steps}))
+    if conjugation:  # the Galois element 2N - 1 maps every slot to its complex conjugate
+        elements = list(elements) + [2 * seal.key_context_data().parms().poly_modulus_degree() - 1]
     # This overload of create_galois_keys takes Galois elements, not steps: hence the conversion above.
     rotations = saved_bytes(sealapi.KeyGenerator(seal, secret_key(context)).create_galois_keys(elements))
     public = context.serialize(save_public_key=False, save_secret_key=False, save_galois_keys=False,

@@ -4,7 +4,9 @@
     RUN/metrics.csv          per epoch: validation accuracy and loss from the encrypted validation logits, whether
                              the epoch is the best so far, seconds; train loss and test accuracy as reported by the
                              client (never used to decide); the numpy twin's validation and test accuracy
-    RUN/adapter.safetensors  head.weight and head.bias for RAW backbone features (`encvit evaluate RUN` uses it)
+    RUN/adapter.safetensors  head.weight and head.bias for RAW backbone features (`encvit evaluate RUN` uses it);
+                             a run on a features file (--features) writes RUN/head.safetensors instead: the same two
+                             tensors for the file's raw features, with no backbone adapter
     RUN/result.json          encrypted test accuracy, the full-precision reference and their difference; wall time,
                              refreshes and bytes each way
     RUN/fhe.json             CKKS parameters and security level, layout, operation counts, bytes by kind, timings,
@@ -16,7 +18,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +28,10 @@ import torch
 from ..adapters import AdapterInfo, save_adapter
 from ..atomic import write_text
 from ..backbones import create_backbone, describe
-from ..errors import check_output_path
+from ..errors import ConfigError, check_output_path
 from ..methods import prepare
-from .features import check_splits, dataset_features
+from .components import choose
+from .features import check_splits, dataset_features, read_features_file, sha256_of, write_features_file
 from .head import FeatureSplits
 from .reference import logistic_reference
 from .train import HETAL_SECONDS_PER_RUN, TRAINABLE_PRESETS, FHEConfig, HeadRun, train_encrypted, train_reference
@@ -75,8 +78,9 @@ def summary(encrypted: HeadRun, reference: dict, wall_seconds: float) -> dict:
 
 
 def write_run(out: Path, config: FHEConfig, features: FeatureSplits, encrypted: HeadRun, twin: HeadRun,
-              model: torch.nn.Module, exact: HeadRun, result: dict) -> Path:
-    """Write the run directory atomically: files into RUN.partial, then one rename."""
+              model: torch.nn.Module | None, exact: HeadRun, result: dict, derived_extra: dict | None = None) -> Path:
+    """Write the run directory atomically: files into RUN.partial, then one rename. Without a `model` (a run on a
+    features file) the head for the raw features is written as head.safetensors."""
     from ..train import versions
 
     import tenseal
@@ -85,12 +89,15 @@ def write_run(out: Path, config: FHEConfig, features: FeatureSplits, encrypted: 
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        geometry = describe(model, config.backbone)
-        info = AdapterInfo(method="head", backbone=config.backbone, backbone_hash=features.backbone_hash,
-                           class_names=list(features.classes), image_size=geometry.image_size,
-                           patch_size=geometry.patch_size, channels=geometry.channels, mean=list(geometry.mean),
-                           std=list(geometry.std), dataset=features.dataset or config.dataset)
-        save_adapter(staging / "adapter.safetensors", model, info)
+        if model is not None:
+            geometry = describe(model, config.backbone)
+            info = AdapterInfo(method="head", backbone=config.backbone, backbone_hash=features.backbone_hash,
+                               class_names=list(features.classes), image_size=geometry.image_size,
+                               patch_size=geometry.patch_size, channels=geometry.channels, mean=list(geometry.mean),
+                               std=list(geometry.std), dataset=features.dataset or config.dataset)
+            save_adapter(staging / "adapter.safetensors", model, info)
+        else:
+            save_head(staging / "head.safetensors", encrypted, features, derived_extra or {})
         plain = {r["epoch"]: r for r in twin.rows}
         rows = [{**r, "plain_val_acc": plain[r["epoch"]]["val_acc"], "plain_test_acc": plain[r["epoch"]]["test_acc"]}
                 for r in encrypted.rows]
@@ -98,7 +105,8 @@ def write_run(out: Path, config: FHEConfig, features: FeatureSplits, encrypted: 
         derived = {"classes": list(features.classes), "backbone_hash": features.backbone_hash,
                    "feature_dim": features.dim, "train_samples": len(features.train[1]),
                    "val_samples": len(features.val[1]), "test_samples": len(features.test[1]),
-                   "layout": encrypted.stats["layout"], "effective_batch_size": encrypted.stats["effective_batch_size"]}
+                   "layout": encrypted.stats["layout"], "effective_batch_size": encrypted.stats["effective_batch_size"],
+                   **(derived_extra or {})}
         write_text(staging / "config.json", json.dumps({**asdict(config), "derived": derived,
                                                         "versions": {**versions(), "tenseal": tenseal.__version__}},
                                                        indent=1))
@@ -114,27 +122,63 @@ def write_run(out: Path, config: FHEConfig, features: FeatureSplits, encrypted: 
     return out
 
 
+def save_head(path: Path, run: HeadRun, features: FeatureSplits, source: dict) -> Path:
+    """head.weight (K x d) and head.bias (K) for the raw features of a features file, with its provenance."""
+    from safetensors.numpy import save_file
+
+    from ..atomic import atomic_path
+
+    weight, bias = run.raw_head()
+    metadata = {"format": "encvit-feature-head", "classes": json.dumps(list(features.classes)),
+                "feature_dim": str(features.dim), **{k: str(v) for k, v in source.items()}}
+    with atomic_path(path) as tmp:
+        save_file({"head.weight": weight.astype(np.float32), "head.bias": bias.astype(np.float32)}, tmp,
+                  metadata=metadata)
+    return path
+
+
+def load_features(config: FHEConfig, progress: bool = True) -> tuple[FeatureSplits, torch.nn.Module | None, dict]:
+    """The client's features: from a features file (no backbone), or extracted from a dataset by the backbone."""
+    if config.features is not None:
+        if config.limit is not None:
+            raise ConfigError("--limit cuts a dataset's images; with --features, pass a smaller features file")
+        features = read_features_file(config.features)
+        source = {"features_file": str(config.features), "features_sha256": sha256_of(config.features),
+                  "backbone_adapter": None, "note": "trained on bare features: no backbone adapter exists for "
+                  "this head; head.safetensors maps the file's raw features to logits"}
+        return features, None, source
+    model = create_backbone(config.backbone, pretrained=config.pretrained)
+    features = dataset_features(config.backbone, config.dataset, config.limit, model=model, progress=progress)
+    return features, model, {"backbone_adapter": "adapter.safetensors"}
+
+
 def fhe_train(config: FHEConfig, out: str | os.PathLike | None = None, overwrite: bool = False,
               progress: bool = True) -> dict:
-    """Extract features, compute the reference, train the head on ciphertexts and its numpy twins, write the run."""
+    """Get the features, choose the projection, compute the reference, train the head on ciphertexts and its numpy
+    twins, write the run."""
     from ..train import prepare_run_dir
 
     start = time.perf_counter()
     config.check()
     run_dir = prepare_run_dir(check_output_path(out, "--out", folder=True), overwrite) if out is not None else None
-    model = create_backbone(config.backbone, pretrained=config.pretrained)
-    features = dataset_features(config.backbone, config.dataset, config.limit, model=model, progress=progress)
+    features, model, source = load_features(config, progress)
     check_splits(features, config.limit)
+    chosen, selection = choose(features, config) if config.components == "auto" else (config.components, [])
+    resolved = replace(config, components=chosen)
     reference = logistic_reference(features)
-    twin = train_reference(features, config)  # first: a learning rate that diverges fails here, in seconds
-    exact = train_reference(features, config, exact=True)
-    encrypted = train_encrypted(features, config, progress=progress)
-    head_model(features, encrypted, model)
-    result = summary(encrypted, reference, time.perf_counter() - start)
+    twin = train_reference(features, resolved)  # first: a learning rate that diverges fails here, in seconds
+    exact = train_reference(features, resolved, exact=True)
+    encrypted = train_encrypted(features, resolved, progress=progress)
+    if model is not None:
+        head_model(features, encrypted, model)
+    result = {**summary(encrypted, reference, time.perf_counter() - start), "components": chosen,
+              "feature_dim": features.dim, "backbone_adapter": source["backbone_adapter"]}
+    derived = {**source, "components_requested": config.components, "components": chosen,
+               "components_selection": selection}
     if run_dir is not None:
-        write_run(run_dir, config, features, encrypted, twin, model, exact, result)
+        write_run(run_dir, resolved, features, encrypted, twin, model, exact, result, derived)
     return {**result, **compare(encrypted, twin, exact), "stats": encrypted.stats, "rows": encrypted.rows,
-            "out": run_dir}
+            "out": run_dir, "selection": selection}
 
 
 def cmd_fhe_train(args) -> int:
@@ -152,7 +196,12 @@ def cmd_fhe_train(args) -> int:
     print(f"numpy twin with the same polynomial: test {r['plain_test_acc']:.2f}% (max weight difference "
           f"{r['max_abs_weight_diff']:.1e}); exact softmax, same schedule: {r['exact_softmax_test_acc']:.2f}%"
           + (f"; run written to {r['out']}" if r["out"] else ""))
-    print(f"encrypted head on {config.dataset} ({config.backbone}): test accuracy {r['encrypted_test_acc']:.2f}%, "
+    if r["selection"]:
+        print("components (numpy twin, validation accuracy): " + ", ".join(
+            f"{row['components']}: {row['val_acc']:.2f}%" for row in r["selection"]) + f"; kept {r['components']}")
+    source = f"features file {config.features}" if config.features else f"{config.dataset} ({config.backbone})"
+    print(f"encrypted head on {source}, {r['feature_dim']} features, components {r['components']}: "
+          f"test accuracy {r['encrypted_test_acc']:.2f}%, "
           f"full-precision reference {r['reference_test_acc']:.2f}% (logistic regression, C={r['reference_C']:g} "
           f"chosen on validation), difference {r['difference']:+.2f} points")
     return 0
@@ -166,6 +215,11 @@ def register(subparsers) -> None:
                    help=f"encvit-tiny (shipped) or a timm ViT name (default {d.backbone})")
     p.add_argument("--dataset", default=d.dataset,
                    help=f"fashion5k, mnist5k, cifar10 or folder:PATH (default {d.dataset})")
+    p.add_argument("--features", metavar="F.npz", help="train on a features file (train_x, train_y, val_x, ...; from "
+                   "`encvit features` or any extractor) instead of --backbone and --dataset")
+    p.add_argument("--components", default=d.components,
+                   help="principal components the client keeps: a number, all, or auto (default: chosen per run on "
+                        "validation by the numpy twin)")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"most epochs (default {d.epochs})")
     p.add_argument("--patience", type=int, default=d.patience,
                    help=f"stop after this many epochs without a better validation score (default {d.patience})")
@@ -195,3 +249,28 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_fhe_train)
+
+    p = subparsers.add_parser("features", help="the client's plaintext step: a backbone's features of a dataset, "
+                              "as a features file for `fhe-train --features`")
+    p.add_argument("--backbone", default=d.backbone, help=f"encvit-tiny (shipped) or a timm ViT name (default {d.backbone})")
+    p.add_argument("--dataset", default=d.dataset, help=f"fashion5k, mnist5k, cifar10 or folder:PATH (default {d.dataset})")
+    p.add_argument("--limit", type=int, help="at most this many images per split (quick runs)")
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random backbone weights")
+    p.add_argument("--out", required=True, metavar="F.npz", help="the features file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing features file")
+    p.set_defaults(func=cmd_features)
+
+
+def cmd_features(args) -> int:
+    """Run `encvit features`: extract (or read from the cache) and write a features file."""
+    out = check_output_path(args.out, "--out", folder=False)
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"{out} exists; pass --overwrite to replace it")
+    config = FHEConfig(backbone=args.backbone, dataset=args.dataset, limit=args.limit, pretrained=args.pretrained)
+    features, _, _ = load_features(config, progress=True)
+    check_splits(features, config.limit)
+    write_features_file(out, features)
+    sizes = ", ".join(f"{len(getattr(features, s)[1])} {s}" for s in ("train", "val", "test"))
+    print(f"wrote {out}: {features.dim} features of {sizes} images of {features.dataset} ({args.backbone}), "
+          f"{len(features.classes)} classes")
+    return 0

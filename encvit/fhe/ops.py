@@ -36,8 +36,9 @@ class LevelError(EncvitError):
 class Engine:
     """Evaluator, encoder and keys of one context; counts rotations, products and key switches, and times them.
 
-    `counts[kind]` and `seconds[kind]` per kind of operation ("rotate", "multiply" (tensor product),
-    "relinearize", "rescale", "multiply_plain", "multiply_int", "add", "encode", "switch", "copy"); `by_level[kind]`
+    `counts[kind]` and `seconds[kind]` per kind of operation ("rotate", "conjugate", "multiply" (tensor product),
+    "relinearize", "rescale", "multiply_plain", "multiply_int", "add", "encode", "switch", "copy", "load");
+    `by_level[kind]`
     counts them per level, since a key switch at level l costs roughly in proportion to l + 2 primes.
     """
 
@@ -92,10 +93,11 @@ class Engine:
         plain = sealapi.Plaintext()
         with self._op("encode"):
             if np.ndim(values) == 0:
-                self.encoder.encode(float(values), self._chain[level][0], scale, plain)
+                value = complex(values) if np.iscomplexobj(values) else float(values)
+                self.encoder.encode(value, self._chain[level][0], scale, plain)
             else:
-                self.encoder.encode(np.asarray(values, dtype=np.float64).tolist(), self._chain[level][0], scale,
-                                    plain)
+                kind = np.complex128 if np.iscomplexobj(values) else np.float64
+                self.encoder.encode(np.asarray(values, dtype=kind).tolist(), self._chain[level][0], scale, plain)
         return plain
 
     def _cached(self, key, values, level: int, scale: float) -> sealapi.Plaintext:
@@ -180,6 +182,20 @@ class Engine:
         out = sealapi.Ciphertext()
         with self._op("rotate", self.level(ct)):
             self.evaluator.rotate_vector(ct, int(step), self.rotation_keys, out)
+        return out
+
+    def conjugate(self, ct: sealapi.Ciphertext) -> sealapi.Ciphertext:
+        """The complex conjugate of every slot of `ct` (a key switch, with the conjugation key)."""
+        out = sealapi.Ciphertext()
+        with self._op("conjugate", self.level(ct)):
+            self.evaluator.complex_conjugate(ct, self.rotation_keys, out)
+        return out
+
+    def square(self, ct: sealapi.Ciphertext) -> sealapi.Ciphertext:
+        """The tensor square ct*ct, not relinearised or rescaled (cheaper than `multiply` of two copies)."""
+        out = sealapi.Ciphertext()
+        with self._op("multiply", self.level(ct)):
+            self.evaluator.square(ct, out)
         return out
 
     def rotate_sum_(self, ct: sealapi.Ciphertext, steps) -> sealapi.Ciphertext:

@@ -1,12 +1,13 @@
 """The server: holds only public evaluation keys and trains the head on ciphertexts.
 
-One iteration (mini-batch Nesterov step) uses six levels: logits (1), softmax polynomial (4: mask, square,
-cube, class mean), gradient (1). The NAG combination costs none, because the step's two multiples of the
-gradient (1 and 1 + momentum, as integers N/D) are integer products, which CKKS does without rescaling.
-When the weights have fewer than six levels left the client must refresh them (``needs_refresh``).
+One iteration (mini-batch Nesterov step) uses five levels (``encvit.fhe.products``). The NAG combination costs
+none, because the step's two multiples of the gradient (1 and 1 + momentum, as integers N/D) are integer products,
+which CKKS does without rescaling. The weights then have no level left: the client refreshes them before the next
+iteration, in the two forms it uses (forward, update).
 
-For early stopping the server also holds the encrypted validation features: after a refresh at an epoch's end
-it computes their logits with the fresh weights (one level) and sends them with its next message.
+The training blocks live on the server's disk (``CiphertextStore``) and are read one batch at a time; so are the
+encrypted validation features, whose logits the server computes after a refresh at an epoch's end (one level) and
+sends with its next message.
 """
 from __future__ import annotations
 
@@ -15,92 +16,92 @@ import time
 from . import ckks
 from .head import momentum_ratio
 from .ops import Engine
-from .packing import Layout, packed_error, packed_gradient, packed_logits
+from .packing import Layout
+from .products import LEVELS_PER_ITERATION, errors, forward, gradient
 from .softmax import PolySoftmax
-
-LEVELS_PER_ITERATION = 6
+from .store import CiphertextStore
 
 
 class Server:
-    """Encrypted training state (features, labels, weights, validation features) and the Nesterov step."""
+    """Encrypted training state (blocks on disk, weights in memory) and the Nesterov step."""
 
-    def __init__(self, public: bytes, layout: Layout, poly: PolySoftmax, momentum: float, threads: int = 1):
+    def __init__(self, public: bytes, layout: Layout, poly: PolySoftmax, momentum: float, threads: int = 1,
+                 store_folder=None):
         self.context, rotation_keys = ckks.load_public(public)
         self.engine = Engine(self.context, rotation_keys, threads)
         self.layout, self.poly, self.momentum = layout, poly, momentum
         self.denominator, self.numerator = momentum_ratio(momentum)
-        self.blocks: list[dict] = []
-        self.validation: list[list] = []  # feature ciphertexts of each validation block
-        self._lowered: dict = {}  # (block, level) -> features switched down for the gradient
-        self.u: list = []  # the look-ahead point, where gradients are taken
-        self.w: list = []  # the last weights (what is returned)
+        self.store = CiphertextStore(self.engine, store_folder)
+        self.counts: list[int] = []  # samples per training block
+        self.validation_blocks = 0
+        self.weights: dict[str, dict[str, list]] = {}  # "u" / "w" -> form -> ciphertexts per class pair
         self.validation_seconds = 0.0
 
-    def _load(self, data: list[bytes]) -> list:
-        return self.engine.map(lambda d: ckks.ciphertext_from_bytes(self.context, d), data)
+    def receive_block(self, index: int, block: dict) -> None:
+        """Store an encrypted training block (both packings, labels) on disk."""
+        for part in ("forward", "gradient", "labels"):
+            self.store.put(f"train{index}-{part}", block[part])
+        self.counts.append(int(block["count"]))
 
-    def receive_blocks(self, blocks: list[dict]) -> None:
-        """Store the encrypted, packed training blocks (features per group, labels, sample count)."""
-        self.blocks = [{"features": self._load(b["features"]), "labels": self._load([b["labels"]])[0],
-                        "count": int(b["count"])} for b in blocks]
+    def receive_validation(self, index: int, block: dict) -> None:
+        """Store an encrypted validation block (forward packing) on disk."""
+        self.store.put(f"val{index}-forward", block["forward"])
+        self.validation_blocks = max(self.validation_blocks, index + 1)
 
-    def receive_validation(self, blocks: list[list[bytes]]) -> None:
-        """Store the encrypted, packed validation features (one list of group ciphertexts per block)."""
-        self.validation = [self._load(block) for block in blocks]
-
-    def receive_weights(self, state: dict[str, list[bytes]]) -> None:
-        """Set encrypted weights: "u" (look-ahead) and/or "w" (last weights), initial or refreshed."""
-        for name, data in state.items():
-            setattr(self, name, self._load(data))
+    def receive_weights(self, state: dict[str, dict[str, list[bytes]]]) -> None:
+        """Set encrypted weights: "u" (look-ahead) and/or "w" (last weights), each in the forms sent."""
+        for name, forms in state.items():
+            self.weights[name] = {form: self.engine.map(lambda d: ckks.ciphertext_from_bytes(self.context, d), data)
+                                  for form, data in forms.items()}
 
     def send_weights(self, names=("u", "w")) -> dict[str, list[bytes]]:
-        """The encrypted weights as bytes (for a refresh)."""
-        return {name: self.engine.map(ckks.saved_bytes, getattr(self, name)) for name in names}
+        """The encrypted weights in the update form, as bytes (for a refresh)."""
+        return {name: self.engine.map(ckks.saved_bytes, self.weights[name]["update"]) for name in names}
 
     @property
     def levels_left(self) -> int:
-        """Rescalings the encrypted look-ahead weights have left."""
-        return self.engine.level(self.u[0])
+        """Rescalings the encrypted look-ahead weights (forward form) have left."""
+        forward_form = self.weights.get("u", {}).get("forward")
+        return self.engine.level(forward_form[0]) if forward_form else 0
 
     def needs_refresh(self) -> bool:
         """Whether the next iteration needs fresh weights first."""
         return self.levels_left < LEVELS_PER_ITERATION
 
-    def validation_logits(self) -> list[bytes]:
-        """Logits of every validation block under the current weights w, moved to the lowest level (fewest bytes)."""
+    def close(self) -> None:
+        """Remove the stored blocks."""
+        self.store.close()
+
+    def validation_logits(self) -> list[list[bytes]]:
+        """Logits of every validation block under the last weights w, moved to the lowest level (fewest bytes)."""
         start = time.perf_counter()
-        out = self.engine.map(lambda features: ckks.saved_bytes(
-            self.engine.switch(packed_logits(self.engine, self.layout, features, self.w), 0)), self.validation)
+        out = []
+        for index in range(self.validation_blocks):
+            logits = forward(self.engine, self.layout, [self.store.get(f"val{index}-forward")],
+                             self.weights["w"]["forward"])[0]
+            out.append(self.engine.map(lambda ct: ckks.saved_bytes(self.engine.switch(ct, 0)), logits))
         self.validation_seconds += time.perf_counter() - start
         return out
-
-    def _features_at(self, block: int, level: int) -> list:
-        # The gradient meets the features at a low level every epoch: switch them down once, keep them.
-        key = (block, level)
-        if key not in self._lowered:
-            self._lowered[key] = [self.engine.switch(ct, level) for ct in self.blocks[block]["features"]]
-        return self._lowered[key]
 
     def step(self, block_ids: list[int], lr: float) -> None:
         """One Nesterov step with step size `lr` on the given blocks (the weights must have the levels for it)."""
         engine, layout = self.engine, self.layout
-        blocks = [self.blocks[b] for b in block_ids]
         # lr / (batch * D): the mean gradient, divided by D so that D and N = D (1 + momentum) are integers.
-        factor = lr / (sum(b["count"] for b in blocks) * self.denominator)
-        # Blocks, then feature groups, are independent: the engine spreads them over its threads.
-        errors = engine.map(lambda b: packed_error(engine, layout, packed_logits(engine, layout, b["features"], self.u),
-                                                   b["labels"], self.poly, factor), blocks)
-        level = engine.level(errors[0])
-        features = engine.map(lambda b: self._features_at(b, level), block_ids)
-        grads = packed_gradient(engine, layout, errors, features)
+        factor = lr / (sum(self.counts[b] for b in block_ids) * self.denominator)
+        u = self.weights["u"]
+        logits = forward(engine, layout, [self.store.get(f"train{b}-forward") for b in block_ids], u["forward"])
+        spread = [errors(engine, layout, z, self.store.get(f"train{b}-labels"), self.poly, factor,
+                         self.context.global_scale) for b, z in zip(block_ids, logits)]
+        grads = gradient(engine, layout, [self.store.get(f"train{b}-gradient") for b in block_ids], spread)
 
-        def update(group: int):
-            u, w_prev, grad = self.u[group], self.w[group], grads[group]
-            w = engine.sub_(engine.align(u, 1.0, grad), engine.multiply_int(grad, self.denominator))
+        def update(pair: int):
+            u_now, w_prev, grad = u["update"][pair], self.weights["w"]["update"][pair], grads[pair]
+            w = engine.sub_(engine.align(u_now, 1.0, grad), engine.multiply_int(grad, self.denominator))
             # u' = w + momentum (w - w_prev) = (1 + momentum) u - momentum w_prev - (1 + momentum) lr g
-            look = engine.align(u, 1.0 + self.momentum, grad)
+            look = engine.align(u_now, 1.0 + self.momentum, grad)
             if self.momentum:
                 engine.sub_(look, engine.align(w_prev, self.momentum, grad))
             return engine.sub_(look, engine.multiply_int(grad, self.numerator)), w
 
-        self.u, self.w = (list(part) for part in zip(*engine.map(update, range(len(grads)))))
+        looks, ws = zip(*engine.map(update, range(layout.pairs)))
+        self.weights = {"u": {"update": list(looks)}, "w": {"update": list(ws)}}

@@ -30,9 +30,10 @@ from .head import (EarlyStopping, FeatureScaler, FeatureSplits, Schedule, accura
 from .ops import default_threads
 from .packing import Layout, choose_layout
 from .plain import train_plain
-from .server import LEVELS_PER_ITERATION, Server
+from .products import LEVELS_PER_ITERATION
+from .server import Server
 from .softmax import ExactSoftmax, PolySoftmax
-from ..errors import ConfigError, check_options, integer, number, one_of, option, optional, text
+from ..errors import Allowed, ConfigError, check_options, integer, number, one_of, option, optional, path, text
 
 # HETAL (Lee et al., ICML 2023), Table 3: seconds per iteration with bootstrapping at ring degree 2^16, on
 # their hardware (a GPU); and the total training time per dataset. Quoted for scale, not measured here.
@@ -47,6 +48,11 @@ def _dataset_name():
     return dataset_name()
 
 
+def _components() -> Allowed:
+    return Allowed('"auto", "all" or a positive integer',
+                   lambda v: v in ("auto", "all") or (isinstance(v, str) and v.isdigit() and int(v) > 0))
+
+
 @dataclass
 class FHEConfig:
     """One encrypted head training run: the defaults of `encvit fhe-train`, saved as config.json.
@@ -56,6 +62,10 @@ class FHEConfig:
 
     backbone: str = option("encvit-tiny", text())
     dataset: str = option("fashion5k", _dataset_name())
+    features: str | None = option(None, optional(path()))  # a features file (.npz) instead of backbone + dataset
+    # Principal components the client keeps ("all": every feature; "auto": chosen per run on validation, see
+    # encvit.fhe.components)
+    components: str = option("auto", _components())
     # Chosen on validation only: 10 splits of each training set into 80% train and a 20% stand-in test, candidates
     # scored by their gap to the logistic-regression reference there (notes in docs/fhe.md).
     epochs: int = option(60, integer(1, 1000))  # at most: the cosine schedule's length; early stopping may end sooner
@@ -79,10 +89,11 @@ class FHEConfig:
     def check(self) -> "FHEConfig":
         """Raise ConfigError on values that cannot work (one line naming the option)."""
         check_options(self)
-        if self.dataset.startswith("folder:") and not Path(self.dataset[len("folder:"):]).is_dir():
+        if self.features is None and self.dataset.startswith("folder:") and \
+                not Path(self.dataset[len("folder:"):]).is_dir():
             raise ConfigError(f"--dataset {self.dataset}: {self.dataset[len('folder:'):]} is not a folder")
         momentum_ratio(self.momentum)
-        classes = class_count(self.dataset)
+        classes = class_count(self.dataset) if self.features is None else None
         if self.limit is not None and classes is not None and self.limit < classes:
             raise ConfigError(f"--limit must be at least the {classes} classes of {self.dataset} (every split needs "
                               f"an image of each class), got {self.limit}")
@@ -190,7 +201,10 @@ def setup(features: FeatureSplits, config: FHEConfig) -> Setup:
     config.check()
     params = ckks.get_params(config.preset)
     num_classes = len(features.classes)
-    scaler = FeatureScaler.fit(features.train[0], config.whiten_ridge)
+    if config.components == "auto":
+        raise ConfigError("components must be resolved before setup (encvit.fhe.components.choose)")
+    k = None if config.components == "all" or int(config.components) >= features.dim else int(config.components)
+    scaler = FeatureScaler.fit(features.train[0], config.whiten_ridge, k)
     x = scaler.transform(features.train[0])
     layout = choose_layout(params.slots, x.shape[1], num_classes, config.batch_size)
     schedule = Schedule.make(len(x), min(layout.block, config.batch_size), config.batch_size, config.seed)
@@ -230,20 +244,34 @@ class Protocol:
         self.timings["server_load_seconds"] += time.perf_counter() - start
 
     def upload(self) -> None:
-        """The client packs and encrypts its training blocks, its validation features and the zero weights, once."""
+        """The client packs and encrypts its training blocks, its validation features and the zero weights, once.
+
+        One block at a time: the server stores each on its disk as it arrives, so neither side holds the whole set.
+        """
         s = self.setup
+        for index, block in enumerate(s.schedule.blocks):
+            start = time.perf_counter()
+            data = self.wire.send("client_to_server", "features_and_labels",
+                                  self.client.encrypt_block(s.x[block], s.y[block]))
+            self.timings["client_encrypt_seconds"] += time.perf_counter() - start
+            start = time.perf_counter()
+            self.server.receive_block(index, data)
+            self.timings["server_load_seconds"] += time.perf_counter() - start
+        size = self.setup.layout.block
+        for index, first in enumerate(range(0, len(s.val_x), size)):
+            start = time.perf_counter()
+            data = self.wire.send("client_to_server", "validation_features",
+                                  self.client.encrypt_features(s.val_x[first:first + size]))
+            self.timings["client_encrypt_seconds"] += time.perf_counter() - start
+            start = time.perf_counter()
+            self.server.receive_validation(index, data)
+            self.timings["server_load_seconds"] += time.perf_counter() - start
         start = time.perf_counter()
-        blocks = self.wire.send("client_to_server", "features_and_labels",
-                                self.client.encrypt_blocks(s.x, s.y, s.schedule))
-        validation = self.wire.send("client_to_server", "validation_features", self.client.encrypt_features(s.val_x))
-        initial = self.client.encrypt_weights(np.zeros((s.y.shape[1], s.x.shape[1])))
-        state = self.wire.send("client_to_server", "initial_weights", {"u": initial, "w": initial})
+        zero = np.zeros((s.y.shape[1], s.x.shape[1]))
+        state = self.wire.send("client_to_server", "initial_weights",
+                               {"u": self.client.encrypt_weights(zero), "w": self.client.encrypt_weights(zero, ("update",))})
         self.timings["client_encrypt_seconds"] += time.perf_counter() - start
-        start = time.perf_counter()
-        self.server.receive_blocks(blocks)
-        self.server.receive_validation(validation)
         self.server.receive_weights(state)
-        self.timings["server_load_seconds"] += time.perf_counter() - start
 
     def train(self, features: FeatureSplits, progress: bool = True, on_epoch=None) -> HeadRun:
         """Epochs of encrypted Nesterov steps with refreshes and encrypted validation, until the client says stop."""
@@ -289,8 +317,7 @@ class Protocol:
                  "best_epoch": judge.stopping.best_epoch, "stopped_early": stopped,
                  "effective_batch_size": s.schedule.blocks_per_batch * len(s.schedule.blocks[0]),
                  "refreshes": self.refreshes, "operations": dict(server.engine.counts), "bytes": self.wire.summary(),
-                 "ciphertexts_uploaded": len(s.schedule.blocks) * (s.layout.groups + 1)
-                 + len(server.validation) * s.layout.groups,
+                 "server_disk_bytes": server.store.bytes_on_disk,
                  "timings": {**{k: round(v, 3) for k, v in self.timings.items()},
                              "server_validation_seconds": round(server.validation_seconds, 3),
                              "client_validation_seconds": round(judge.seconds, 3),
@@ -312,7 +339,8 @@ class Protocol:
                                                                          logits))
         self.wire.send("client_to_server", "decision", b"\x01" if stop else b"\x00")
         if not stop:
-            fresh = self.wire.send("client_to_server", "refresh", self.client.refresh(weights, iteration, lr))
+            fresh = self.wire.send("client_to_server", "refresh",
+                                   self.client.refresh(weights, iteration, lr, validate=finished_epoch is not None))
             if finished_epoch is not None:
                 self._judge.candidates[finished_epoch] = self.client.last_refreshed["w"]
             self.server.receive_weights(fresh)
@@ -358,6 +386,10 @@ class _Judge:
 def train_encrypted(features: FeatureSplits, config: FHEConfig, progress: bool = True, on_epoch=None) -> HeadRun:
     """Run the protocol: the server trains on ciphertexts, the client refreshes, validates and decides."""
     protocol = Protocol(setup(features, config), config)
-    protocol.exchange_keys()
-    protocol.upload()
-    return protocol.train(features, progress, on_epoch)
+    try:
+        protocol.exchange_keys()
+        protocol.upload()
+        return protocol.train(features, progress, on_epoch)
+    finally:
+        if protocol.server is not None:
+            protocol.server.close()
