@@ -167,19 +167,31 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], text
 # ---- the machine, the command and the JSON report -------------------------------------------------------
 
 
+def cpu_mhz() -> float:
+    """The cores' mean clock now (MHz, from /proc/cpuinfo; nan where it is not reported)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            clocks = [float(line.split(":")[1]) for line in info if line.lower().startswith("cpu mhz")]
+    except OSError:
+        return float("nan")
+    return round(sum(clocks) / len(clocks), 1) if clocks else float("nan")
+
+
 def machine() -> dict:
-    """Cores, load averages (1, 5, 15 min), torch threads and versions: what a timing depends on."""
+    """Cores, load averages (1, 5, 15 min), clock, torch threads and versions: what a timing depends on."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {"cores": os.cpu_count(), "load_avg": [round(x, 2) for x in load],
+    return {"cores": os.cpu_count(), "load_avg": [round(x, 2) for x in load], "cpu_mhz": cpu_mhz(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform()}
 
 
 def describe_machine(info: Mapping) -> str:
-    """One line: '2 cores, load average 3.10 / 2.95 / 2.40 (1/5/15 min), torch 2.5.1 with 1 thread'."""
+    """One line: '2 cores, load average 3.10 / 2.95 / 2.40 (1/5/15 min), clock 2400 MHz, torch 2.5.1 with 1 thread'."""
     load = " / ".join(f"{x:.2f}" for x in info["load_avg"])
     threads = info["torch_threads"]
-    return (f"{info['cores']} cores, load average {load} (1/5/15 min), torch {info['torch']} with {threads} "
+    mhz = info.get("cpu_mhz", float("nan"))
+    clock = f", clock {mhz:.0f} MHz" if mhz == mhz else ""  # nan != nan: not reported
+    return (f"{info['cores']} cores, load average {load} (1/5/15 min){clock}, torch {info['torch']} with {threads} "
             f"thread{'s' if threads != 1 else ''}")
 
 
