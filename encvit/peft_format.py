@@ -24,9 +24,9 @@ from safetensors.torch import load_file, save_file
 
 from .adapters import AdapterInfo, read_adapter
 from .atomic import atomic_path, write_text
-from .backbones import create_backbone, weights_hash
+from .backbones import create_backbone, create_skeleton, weights_hash
 from .errors import AdapterError, ConfigError, check_output_path
-from .methods import LORA_METHODS, is_trained
+from .methods import LORA_METHODS, is_trained, prepare, trainable_parameters
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -34,7 +34,7 @@ PEFT_PREFIX = "base_model.model."  # PeftModel wraps the model as base_model.mod
 META_PREFIX = "encvit."
 SAVABLE_MODULES = ("patch_embed.proj", "head")  # what a LoRA method may train besides LoRA (see methods.is_trained)
 ENCVIT_LORA_NAME = "blocks.{block}.attn.qkv.parametrizations.weight.0.lora_{matrix}_{rows}"  # see encvit.lora
-ENCVIT_LORA = re.compile(r"blocks\.(\d+)\.attn\.qkv\.parametrizations\.weight\.0\.lora_([AB])_([qv])")
+ENCVIT_LORA = re.compile(ENCVIT_LORA_NAME.replace(".", r"\.").format(block=r"(\d+)", matrix="([AB])", rows="([qv])"))
 PEFT_LORA = re.compile(r"base_model\.model\.blocks\.(\d+)\.attn\.qkv\.lora_([AB])\.weight")
 # LoraConfig fields whose other values change what the update computes; encvit's LoRA has none of them
 PLAIN_LORA = {"use_rslora": False, "use_dora": False, "fan_in_fan_out": False, "lora_bias": False, "bias": "none",
@@ -149,6 +149,7 @@ def export_peft(adapter: str | os.PathLike, out: str | os.PathLike, overwrite: b
         kind = {"full": "a full fine-tuning adapter", "head": "a plain head"}.get(info.method, info.method)
         raise AdapterError(f"adapter file {source} is {kind}, not a LoRA: only {' and '.join(LORA_METHODS)} "
                            f"adapters export to PEFT")
+    check_fits(info, tensors, f"adapter file {source}")
     with safe_open(source, "pt") as handle:
         metadata = handle.metadata()
     peft = to_peft(tensors, info.rank)
@@ -218,12 +219,29 @@ def read_peft(folder: str | os.PathLike) -> tuple[AdapterInfo, dict[str, str], d
         raise AdapterError(f"{source}/{WEIGHTS_FILE} has no encvit metadata (backbone, weights hash, classes, key "
                            f"fingerprint): only folders written by `encvit export --format peft` can be imported")
     info = AdapterInfo.from_metadata(stored, f"{source}/{WEIGHTS_FILE}")
-    _check_fits(config, info, tensors, source)
-    return info, stored, from_peft(tensors, info.rank, source)
+    _check_config(config, info, source)
+    tensors = from_peft(tensors, info.rank, source)
+    check_fits(info, tensors, source)
+    return info, stored, tensors
 
 
-def _check_fits(config: dict, info: AdapterInfo, tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Refuse a folder whose config or tensors disagree with its encvit metadata, naming the first difference."""
+def check_fits(info: AdapterInfo, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse encvit-named tensors that are not what `info`'s method trains on its backbone (names and shapes)."""
+    skeleton = prepare(create_skeleton(info.backbone, info.image_size), info.method, info.num_classes, info.rank,
+                       info.alpha)  # on the meta device: no memory, no weights
+    wanted = {name: tuple(p.shape) for name, p in trainable_parameters(skeleton).items()}
+    missing, extra = sorted(set(wanted) - set(tensors)), sorted(set(tensors) - set(wanted))
+    if missing or extra:
+        raise AdapterError(f"{source} does not fit a {info.method} adapter of {info.backbone}: missing "
+                           f"{missing[:2]}, unexpected {extra[:2]}")
+    for name, shape in wanted.items():
+        if tuple(tensors[name].shape) != shape:
+            raise AdapterError(f"{source} does not fit: {name} has shape {tuple(tensors[name].shape)}, a "
+                               f"{info.num_classes}-class {info.method} adapter of {info.backbone} needs {shape}")
+
+
+def _check_config(config: dict, info: AdapterInfo, source: str) -> None:
+    """Refuse an adapter_config.json that disagrees with the folder's encvit metadata, naming the first field."""
     if info.method not in LORA_METHODS:
         raise AdapterError(f"{source}'s encvit metadata names method {info.method!r}, not a LoRA method")
     for option, want in (("r", 2 * info.rank), ("lora_alpha", 2 * info.alpha)):
@@ -234,17 +252,6 @@ def _check_fits(config: dict, info: AdapterInfo, tensors: dict[str, torch.Tensor
     if not isinstance(listed, list) or sorted(map(str, listed)) != sorted(modules):
         raise AdapterError(f"{source}: {CONFIG_FILE} saves modules {config.get('modules_to_save')!r}; a "
                            f"{info.method} adapter saves {modules}")
-    saved = {n for n in tensors if not PEFT_LORA.fullmatch(n)}
-    wanted = {f"{PEFT_PREFIX}{m}.{p}" for m in modules for p in ("weight", "bias")}
-    if saved != wanted:
-        raise AdapterError(f"{source}: expected tensors {sorted(wanted - saved)[:2]} are missing, unexpected "
-                           f"{sorted(saved - wanted)[:2]}")
-    head = tensors[PEFT_PREFIX + "head.weight"]
-    if head.ndim != 2 or head.shape[0] != info.num_classes:
-        raise AdapterError(f"{source}: the head has shape {tuple(head.shape)}, the encvit metadata names "
-                           f"{info.num_classes} classes")
-    if len(saved) == len(tensors):
-        raise AdapterError(f"{source} has no LoRA tensors (lora_A, lora_B of the qkv layers)")
 
 
 def import_peft(folder: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> Path:

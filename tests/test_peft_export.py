@@ -181,6 +181,16 @@ def test_a_full_or_head_adapter_is_not_a_lora(tmp_path, method, kind):
             f"is {kind}, not a LoRA")
 
 
+def test_an_adapter_without_a_tensor_its_method_trains_is_refused(run, tmp_path):
+    with safe_open(run / "adapter.safetensors", "pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(run / "adapter.safetensors")
+    del tensors["head.bias"]
+    save_file(tensors, tmp_path / "adapter.safetensors", metadata=metadata)
+    refused(["export", tmp_path / "adapter.safetensors", "--out", tmp_path / "peft"], tmp_path,
+            "does not fit a ")
+
+
 def edited(exported, tmp_path, config=None, tensors=None, metadata=None):
     """A copy of the export with its config, tensors or header metadata changed by the given functions."""
     folder = tmp_path / "edited"
@@ -243,7 +253,7 @@ def other_classes(header):
     (dict(config=rslora), "uses PEFT's use_rslora=True"),
     (dict(config=other_rank), "adapter_config.json has r 8; the encvit metadata (rank 3, alpha 5) needs 6"),
     (dict(metadata=no_encvit_metadata), "has no encvit metadata"),
-    (dict(metadata=other_classes), "the head has shape"),
+    (dict(metadata=other_classes), "does not fit: head.weight has shape (3, 96), a 2-class"),
 ], ids=["k-rows", "q-v-mixed", "config-targets", "tensor-targets", "rslora", "rank", "no-metadata", "classes"])
 def test_import_refuses_what_is_not_an_encvit_lora(exported, tmp_path, edit, message):
     folder = edited(exported, tmp_path, **edit)
