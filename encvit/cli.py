@@ -387,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_fhe(sub)
     from .attacks.command import register as register_attacks
     register_attacks(sub)
+    from .peft_format import register as register_peft
+    register_peft(sub)
     return parser
 
 

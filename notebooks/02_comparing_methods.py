@@ -271,3 +271,64 @@ display(gap_table(to_full[to_full.gap.isin([f"{CHOSEN_ON_VAL} - full", "melo - f
 # images, because the tiny backbone's features, not the key, are what limits the low-rank methods there. With three
 # seeds the intervals at 500-1,000 images are wide: "not supported" there means "not measured precisely enough" as
 # often as "no effect".
+
+# %% [markdown]
+# ## 7 · Taking an adapter elsewhere: PEFT's format
+#
+# Whoever uses LoRA elsewhere expects Hugging Face PEFT's folder: `adapter_config.json` plus
+# `adapter_model.safetensors`, loaded with `PeftModel.from_pretrained`. `export_peft` (on the command line
+# `encvit export RUN --format peft --out DIR`) writes one for a MeLo or proposed adapter; here the shipped encrypted
+# proposed run. encvit's q and v LoRA of rank 4 becomes one PEFT LoRA of rank 8 on the fused qkv layer whose k rows
+# are zero, and the patch embedding and head are PEFT's `modules_to_save`.
+
+# %%
+import importlib.util
+import json
+
+from safetensors import safe_open
+
+from encvit.adapters import load_classifier
+from encvit.cipher import Key
+from encvit.data import load_dataset
+from encvit.peft_format import export_peft, peft_base
+from encvit.preprocess import BatchPreprocess
+
+shipped_run = shipped_comparison() / "proposed-encrypted"
+peft_dir = export_peft(shipped_run, Path(tempfile.mkdtemp(prefix="encvit-peft-")) / "proposed-encrypted")
+config = json.loads((peft_dir / "adapter_config.json").read_text())
+print("files:", ", ".join(sorted(p.name for p in peft_dir.iterdir())))
+print({name: config[name] for name in ("peft_type", "r", "lora_alpha", "target_modules", "modules_to_save")})
+with safe_open(peft_dir / "adapter_model.safetensors", "pt") as weights:
+    for name in weights.keys():
+        if ".blocks." not in name or ".blocks.0." in name:
+            print(f"  {name}: {tuple(weights.get_slice(name).get_shape())}")
+
+# %% [markdown]
+# The folder's README.md holds the three lines that load it. If peft is installed (`pip install -e .[peft]`), we
+# load the export onto a fresh backbone and compare its logits with encvit's own loader on encrypted test images,
+# before and after `merge_and_unload()` folds the LoRA into the qkv weights.
+
+# %%
+if importlib.util.find_spec("peft") is None:
+    print("peft is not installed (pip install -e .[peft]); the export above is all encvit itself needs")
+else:
+    from peft import PeftModel
+
+    reference, info = load_classifier(shipped_run / "adapter.safetensors")
+    key = Key.generate(info.patch_size, info.channels, passphrase=DEMO_PASSPHRASE)
+    images = load_dataset(info.dataset, limit=64).test.images
+    x = BatchPreprocess(info.image_size, info.channels, key, tuple(info.mean), tuple(info.std))(images)
+    model = PeftModel.from_pretrained(peft_base(peft_dir), str(peft_dir)).eval()
+    with torch.no_grad():
+        expected = reference(x)
+        print(f"PEFT vs encvit on {len(x)} encrypted test images: largest logit difference "
+              f"{(model(x) - expected).abs().max():.1e}")
+        merged = model.merge_and_unload()
+        print(f"after merge_and_unload(): {(merged(x) - expected).abs().max():.1e}; same predictions: "
+              f"{(merged(x).argmax(1) == expected.argmax(1)).float().mean():.0%}")
+shutil.rmtree(peft_dir.parent)
+
+# %% [markdown]
+# The two agree to rounding: the export is the same model. `encvit import DIR --out ADAPTER.safetensors` turns such a
+# folder back into an encvit adapter with identical tensors and metadata, and refuses, with the reason, a PEFT LoRA
+# that it cannot represent (k rows that are not zero, other target modules, a folder without encvit's metadata).

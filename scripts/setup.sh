@@ -28,6 +28,7 @@ if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
     *)       quiet "$PIP" install -q torch==2.14.1 torchvision==0.29.1 ;;
   esac
 fi
-quiet "$PIP" install -q -e .
-"$VENV/bin/python" -c "import encvit, torch, timm, tenseal, streamlit, nbval, playwright" 
+EXTRAS=(peft)  # the [project.optional-dependencies] of pyproject.toml to install: add one by its name
+quiet "$PIP" install -q -e ".[$(IFS=,; echo "${EXTRAS[*]}")]"
+"$VENV/bin/python" -c "import encvit, torch, timm, tenseal, streamlit, nbval, playwright, peft"
 touch "$VENV/.installed"
