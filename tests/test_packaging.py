@@ -13,10 +13,12 @@ def _name(requirement: str) -> str:
 
 
 def test_environment_yml_and_pyproject_name_the_same_packages():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = [r for group in project.get("optional-dependencies", {}).values() for r in group]
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert {_name(r) for r in project} == {_name(r) for r in pip_section}
+    # conda users get the dependencies and every extra (the test suite needs them)
+    assert {_name(r) for r in project["dependencies"] + extras} == {_name(r) for r in pip_section}
     assert "python=3.11" in env["dependencies"]
 
 
