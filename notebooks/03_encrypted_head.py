@@ -21,10 +21,12 @@
 # (Panzade et al., 2024) and HETAL (Lee et al., ICML 2023). The protocol, step by step:
 #
 # 1. **Client** (the data owner, holds the secret key): runs the frozen backbone `encvit-tiny` on its own images
-#    and scales the features;
+#    (or reads features that any extractor wrote: `encvit fhe-train --features F.npz`), scales them and keeps the
+#    principal components that validation says are worth their cost;
 # 2. makes the CKKS keys and sends the server only the *evaluation* keys (relinearisation and rotations);
-# 3. packs many samples and features into each ciphertext and sends them, with one-hot labels, once; and its
-#    validation features, also encrypted, for early stopping;
+# 3. packs its features densely (every slot of every ciphertext holds a different value: nothing replicated) and
+#    sends them, with one-hot labels, once; and its validation features, also encrypted, for early stopping. The
+#    server keeps them on its disk and reads one batch at a time;
 # 4. **Server** (no secret key): trains weights and bias with mini-batch Nesterov steps, a cosine learning-rate
 #    schedule and a polynomial softmax, entirely on ciphertexts. TenSEAL has no bootstrapping: when a ciphertext's
 #    levels run out, the server sends the encrypted weights back and the client re-encrypts them (a *refresh*;
@@ -35,11 +37,13 @@
 #
 # Everything is done by `encvit.fhe`; the cells only call it. Sizes come from the environment:
 # `ENCVIT_QUICK=1` (set by the test suite) trains on a few dozen images. Section 7 shows the complete runs of
-# `encvit fhe-train` on both datasets, shipped with the package.
+# `encvit fhe-train` on both datasets, shipped with the package; section 8 the paper's width, 768 features, and what
+# the client's projection buys there.
 
 # %%
 import os
 import warnings
+from dataclasses import replace
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's notice about a missing widget library
 
@@ -54,6 +58,7 @@ from encvit import viz
 from encvit.backbones import create_backbone
 from encvit.fhe import ckks
 from encvit.fhe.command import compare, head_model
+from encvit.fhe.components import choose
 from encvit.fhe.features import dataset_features
 from encvit.fhe.report import key_table, plot_training_curves, runs_table, shipped_runs, wire_table
 from encvit.fhe.train import FHEConfig, Protocol, setup, train_reference
@@ -72,14 +77,21 @@ print(f"quick mode: {QUICK}; images per split: {LIMIT or 'all'}, epochs {EPOCHS}
 #
 # A feature is the backbone's pre-logits vector (96 values for `encvit-tiny`). The client standardises each
 # feature and *whitens* them (rotates and rescales so that they are uncorrelated, with a small ridge on the
-# eigenvalues): plain gradient descent then converges in tens of epochs instead of hundreds. It divides by √d so
-# that a sample's norm is about 1 and appends a constant 1 for the bias: logits then start near zero, inside the
-# range where the polynomial softmax is accurate. The trained weights are folded back onto raw features at the end.
+# eigenvalues): plain gradient descent then converges in tens of epochs instead of hundreds. It may keep only the
+# k leading principal components: the server then works on k columns, and an encrypted iteration costs about what
+# it costs at width k. The client chooses k on its own validation split, with the numpy twin of the encrypted
+# trainer (its exact arithmetic, in plaintext, seconds per candidate): the smallest k within half a point of the
+# best candidate (`--components auto`, the default). It divides by √k so that a sample's norm is about 1 and
+# appends a constant 1 for the bias: logits then start near zero, inside the range where the polynomial softmax is
+# accurate. The trained weights are folded back onto raw features at the end.
 
 # %%
 backbone = create_backbone("encvit-tiny")  # the shipped weights
 features = dataset_features("encvit-tiny", "fashion5k", LIMIT, model=backbone)
 config = FHEConfig(epochs=EPOCHS, batch_size=BATCH, limit=LIMIT)
+components, selection = choose(features, config)  # on validation only
+display(pd.DataFrame(selection).set_index("components").round(3))
+config = replace(config, components=components)
 prepared = setup(features, config)
 print(f"train {prepared.x.shape[0]} samples x {prepared.x.shape[1]} scaled features (incl. bias), "
       f"{len(features.classes)} classes; val {len(features.val[1])}, test {len(features.test[1])}")
@@ -112,15 +124,21 @@ display(key_table(protocol.client, protocol.server))
 # %% [markdown]
 # ## 3 · What crosses the wire
 #
-# The layout puts 3 axes in a ciphertext's slots: samples × features × class slots (details in
-# `encvit.fhe.packing`). A block of samples becomes one ciphertext per group of features, plus one for the labels;
-# the validation features travel the same way, without labels (the client keeps them to score the epochs).
+# The layout (`encvit.fhe.packing`) gives each sample of a block of P samples S / P slots (its *phases*); the
+# features, padded to a power of two m, are spread over U = m·P/S ciphertexts, each holding a different diagonal
+# of the data, so that a sample's dot product with the weights is the sum of U products with rotated weights. The
+# rotations are done baby-step giant-step: √U rotations of the weights, √U of partial sums. Two classes share a
+# ciphertext as its real and imaginary parts (the data are real), which halves the work. The client packs each
+# block twice (the gradient needs the transposed diagonals) plus its labels; the validation features travel once,
+# without labels (the client keeps them to score the epochs).
 
 # %%
 protocol.upload()
 layout = prepared.layout.describe()
-print(f"one ciphertext holds {layout['samples_per_ciphertext']} samples x {layout['features_per_ciphertext']} "
-      f"features x {layout['class_slots']} class slots; a block is {layout['ciphertexts_per_block']} + 1 ciphertexts")
+print(f"a block: {layout['samples_per_block']} samples x {layout['phases']} phases; {layout['features']} columns "
+      f"padded to {layout['padded_features']}: {layout['offsets']} offsets ({layout['baby_steps']} baby x "
+      f"{layout['giant_steps']} giant steps); {layout['classes']} classes in {layout['class_pairs']} complex "
+      f"ciphertexts; {layout['data_ciphertexts_per_block']} ciphertexts per block")
 one = protocol.client.encrypt(np.zeros(prepared.params.slots))
 print(f"one fresh ciphertext on the wire: {len(one):,} bytes (seeded symmetric encryption, compressed)")
 display(wire_table({"bytes": protocol.wire.summary()}).style.format({"MB": "{:.1f}"}).hide(axis="index"))
@@ -170,8 +188,10 @@ fig = plot_training_curves(encrypted.rows, twin.rows, f"{len(features.train[1]):
 # %% [markdown]
 # ## 6 · The cost of no bootstrapping
 #
-# One iteration uses 6 levels (logits 1, polynomial 4, gradient 1) and the parameters have 6, so every iteration
-# after the first starts with a refresh round trip; the validation logits ride on these round trips.
+# One iteration uses 5 levels (logits 1, polynomial 3: square, cube, and one plaintext product that scales and
+# masks every term; gradient 1) and the parameters have 5, so every iteration after the first starts with a
+# refresh round trip; the validation logits ride on these round trips. The client also repacks the weights there:
+# the gradient leaves them in one form, the next forward pass wants another, and plaintext repacking costs nothing.
 
 # %%
 gap = compare(encrypted, twin)
@@ -181,8 +201,8 @@ print(f"kept epoch {gap['encrypted_best_epoch']} (numpy twin: {gap['plain_best_e
       f"{gap['max_abs_weight_diff']:.1e} ({100 * gap['max_relative_weight_diff']:.4f}% of the largest weight)")
 ops = stats["operations"]
 print(f"{stats['iterations']} iterations, {stats['seconds_per_iteration']:.2f} s each on this machine; "
-      f"{stats['refreshes']} refreshes; rotations {ops['rotate']:,}, ciphertext products {ops['multiply']:,}, "
-      f"relinearisations {ops['relinearize']:,}")
+      f"{stats['refreshes']} refreshes; rotations {ops['rotate'] + ops.get('conjugate', 0):,}, ciphertext products "
+      f"{ops['multiply']:,}, relinearisations {ops['relinearize']:,}")
 display(pd.Series(stats["timings"], name="seconds").to_frame())
 display(wire_table(stats).style.format({"MB": "{:.1f}"}).hide(axis="index"))
 
@@ -226,3 +246,24 @@ with torch.no_grad():
 correct = logits.argmax(1).numpy() == features.test[1]
 print(f"backbone + folded head on raw test features: {100 * correct.mean():.2f}% "
       f"(decrypted head on scaled features: {encrypted.best['test_acc']:.2f}%)")
+
+# %% [markdown]
+# ## 8 · The paper's width: 768 features, and the client's projection
+#
+# ViT-B/16 and DeiT-B, the paper's client models, give 768 features. Offline, `scripts/token_features.py` writes a
+# 768-feature file from the shipped backbone (its patch tokens averaged over a 2 × 4 grid of image regions), as any
+# extractor can: `encvit fhe-train --features F.npz` trains on it. The table and figure below are shipped
+# (`scripts/fhe_projection.py`, commands in docs/fhe.md): for each number of principal components k the client
+# keeps, the test accuracy of the encrypted trainer's numpy twin (the encrypted run reaches it up to CKKS noise),
+# logistic regression on the same k components and on all 768 features, and the seconds one encrypted iteration
+# takes at width k (`benchmarks/bench_fhe.py`, batch 1024, 2 cores).
+
+# %%
+from pathlib import Path
+
+import encvit.fhe
+
+projection = Path(encvit.fhe.__file__).parent / "runs" / "projection-tokens768.csv"
+display(pd.read_csv(projection).round(2))
+plt.imshow(plt.imread(projection.with_suffix(".png")))
+plt.axis("off");

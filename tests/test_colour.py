@@ -1,0 +1,72 @@
+"""Colour versions of the offline data: fixed, documented tints that carry no label information."""
+import numpy as np
+import pytest
+import torch
+
+from encvit.colour import MIN_CONTRAST, RandomTint, colourise, draw_tints, split_tints, tint
+from encvit.data import COLOUR_DATASETS, load_dataset
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return load_dataset("fashion5k"), load_dataset("cfashion5k")
+
+
+def test_a_colour_dataset_is_its_grey_namesake_with_a_fixed_tint_per_image(pair):
+    grey, colour = pair
+    assert COLOUR_DATASETS["cfashion5k"] == "fashion5k" and colour.name == "cfashion5k"
+    for part in ("train", "val", "test"):
+        g, c = getattr(grey, part), getattr(colour, part)
+        assert torch.equal(g.labels, c.labels) and c.images.shape == (len(g), 3, 28, 28) and c.classes == g.classes
+        fg, bg = split_tints("cfashion5k", part, len(g))
+        assert torch.equal(c.images, tint(g.images, torch.from_numpy(fg), torch.from_numpy(bg)))
+    # the background of a Fashion-MNIST image (where its corner is 0, nearly always) is the drawn background colour
+    _, bg = split_tints("cfashion5k", "train", len(colour.train))
+    blank = grey.train.images[:, 0, 0, 0] == 0
+    assert blank.float().mean() > 0.95
+    assert np.array_equal(colour.train.images[blank][:, :, 0, 0].numpy(), bg[blank.numpy()])
+    assert torch.equal(load_dataset("cfashion5k").train.images, colour.train.images)  # the same every time
+
+
+def test_colour_carries_no_label_information(pair):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    _, colour = pair
+    labels = colour.train.labels.numpy()
+    fg, bg = split_tints("cfashion5k", "train", len(labels))
+    colours = np.concatenate([fg, bg], axis=1) / 255.0
+    # a classifier that sees only the two colours of each image is at chance (10 classes: 10%)
+    scores = cross_val_score(LogisticRegression(max_iter=2000), colours, labels, cv=5)
+    assert abs(scores.mean() - 0.10) < 0.02, scores
+    # and no class's mean colour stands out: every class mean lies within 4 standard errors of the overall mean
+    for c in range(10):
+        members = colours[labels == c]
+        se = colours.std(0) / np.sqrt(len(members))
+        assert np.all(np.abs(members.mean(0) - colours.mean(0)) < 4 * se), c
+    # by construction: the draws depend on the dataset, the split and the count only, never on labels
+    assert np.array_equal(split_tints("cfashion5k", "train", len(labels))[0], fg)
+    assert not np.array_equal(split_tints("cfashion5k", "val", len(labels))[0], fg)
+
+
+def test_tints_keep_the_shape_visible():
+    fg, bg = draw_tints(5000, np.random.default_rng(1))
+    assert np.linalg.norm(fg.astype(float) - bg, axis=1).min() >= MIN_CONTRAST
+    assert fg.dtype == np.uint8 and fg.std() > 60  # spread over the whole colour cube
+
+
+def test_colourise_refuses_colour_input():
+    with pytest.raises(ValueError, match="grey"):
+        colourise(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), "cfashion5k", "train")
+
+
+def test_random_tint_colours_each_batch_afresh_and_keeps_a_grey_share():
+    grey = load_dataset("fashion5k", limit=200).train.images
+    augment = RandomTint(size=28, keep_grey=0.2, photo=0.3, crops=64, seed=0)
+    first, second = augment(grey), augment(grey)
+    assert first.shape == (len(grey), 3, 28, 28) and first.dtype == torch.uint8
+    assert not torch.equal(first, second)  # fresh colours every batch
+    kept_grey = (first[:, 0] == first[:, 1]).all((1, 2)) & (first[:, 1] == first[:, 2]).all((1, 2))
+    assert 0.1 < kept_grey.float().mean() < 0.3
+    again = RandomTint(size=28, keep_grey=0.2, photo=0.3, crops=64, seed=0)
+    assert torch.equal(again(grey), first)  # seeded
