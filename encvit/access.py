@@ -91,8 +91,9 @@ class Access:
 
 
 def app_access(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Access:
-    """The app's access from its command line (`--runs DIR`, repeatable; replaces the environment's folders),
-    else ENCVIT_APP_RUNS, else ./runs; backbones: the shipped ones plus ENCVIT_APP_BACKBONES."""
+    """The app's access from its command line (`--runs DIR`, repeatable; it replaces the environment's folders),
+    else ENCVIT_APP_RUNS, else ./runs (folders separated by os.pathsep); backbones: the shipped ones plus
+    ENCVIT_APP_BACKBONES."""
     environ = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--runs", action="append", default=[])
@@ -100,6 +101,7 @@ def app_access(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
         given, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     except SystemExit:  # argparse exits on `--runs` without a folder
         raise ConfigError("the app's --runs needs a folder: streamlit run app/Home.py -- --runs DIR") from None
-    folders = given.runs or [f for f in environ.get(RUNS_ENV, "").split(os.pathsep) if f] or [DEFAULT_RUNS]
+    named = given.runs or [environ.get(RUNS_ENV, "")]
+    folders = [f for value in named for f in value.split(os.pathsep) if f] or [DEFAULT_RUNS]
     extra = {name.strip() for name in environ.get(BACKBONES_ENV, "").split(",") if name.strip()}
     return Access(tuple(folders), frozenset(EMBEDDED) | extra)

@@ -141,10 +141,27 @@ def test_key_file_upload(demo_key):
     assert len(at.warning) == 1 and other.fingerprint in seen(at.warning)[0]
     assert_top3_for_each_method(at, count=3)
     for name, data in (("broken.json", b'{"format": "encvit-key", "vers'), ("photo.json", png()),
-                       ("edited.json", json.dumps({**demo_key.to_dict(), "fingerprint": "0" * 12}).encode())):
+                       ("edited.json", json.dumps({**demo_key.to_dict(), "fingerprint": "0" * 12}).encode()),
+                       ("nested.json", b"[" * 100_000 + b"]" * 100_000)):
         at.file_uploader(key="key_file").set_value((name, data, "application/json")).run()
         assert not at.exception
         assert len(at.error) == 1 and name in seen(at.error)[0]
+    assert "nested too deeply" in seen(at.error)[0]
+    at.file_uploader(key="key_file").set_value(("demo.json", demo.key_download(demo_key)[1], "application/json")).run()
+    assert not at.error and not at.exception  # the app goes on
+    assert_top3_for_each_method(at, count=3)
+
+
+def test_messages_show_formulas_and_file_names_as_written(demo_key):
+    at = home()
+    at.radio(key="key_source").set_value("Key file").run()
+    identity_swapped = {**demo_key.to_dict(), "pixel_permutation": list(range(47)) + [0]}
+    at.file_uploader(key="key_file").set_value(("my_key_1.json", json.dumps(identity_swapped).encode(),
+                                                "application/json")).run()
+    assert len(at.error) == 1
+    # Markdown would show "C*M*M = 3*4*4" as "CMM = 344" and "my_key_1.json" as "mykey1.json" in italics
+    assert "my_key_1.json" in seen(at.error)[0] and "(C*M*M = 3*4*4)" in seen(at.error)[0]
+    assert r"C\*M\*M \= 3\*4\*4" in at.error[0].value and r"my\_key\_1" in at.error[0].value
 
 
 def test_uploaded_images_are_classified():
@@ -171,7 +188,7 @@ def test_bad_uploads_show_an_error_naming_the_file_and_the_app_goes_on():
         ("fine.png", good, "image/png")]).run()
     assert not at.exception
     errors = seen(at.error)
-    assert len(errors) == 3
+    assert len(errors) == 3 and not any("BytesIO" in e for e in errors)  # named by the upload's file name
     for name, word in (("notes.png", "not a readable image"), ("truncated.png", "not a readable image"),
                        ("huge.png", "pixels")):
         assert any(name in e and word in e for e in errors), errors
@@ -270,7 +287,7 @@ def test_app_access_settings(tmp_path):
     env = {"ENCVIT_APP_RUNS": f"a{os.pathsep}b", "ENCVIT_APP_BACKBONES": "vit_small_patch16_224, vit_tiny"}
     assert app_access([], {}).folders == ("runs",)
     assert app_access(["--server.port", "1"], env).folders == ("a", "b")
-    assert app_access(["--runs", "x", "--runs", "y"], env).folders == ("x", "y")
+    assert app_access(["--runs", "x", "--runs", f"y{os.pathsep}z"], env).folders == ("x", "y", "z")
     access = app_access([], env)
     assert access.backbones == {"encvit-tiny", "encvit-tiny-colour", "vit_small_patch16_224", "vit_tiny"}
     assert not app_access([], {}).allows(tmp_path)
