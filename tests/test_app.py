@@ -485,3 +485,18 @@ def test_block_mean_thumbnails_are_the_plain_images_at_a_lower_resolution(demo_k
     assert attack_demo.colour_images(plain) == 0 and attack_demo.colour_images(plain[..., ::-1] * [1, 0, 1]) == 3
     with pytest.raises(AttackError, match="768 values per block"):
         attack_demo.check_attackable(Key.generate(16, 3))
+
+
+# ---- who can reach the app --------------------------------------------------------------------------------
+def test_make_demo_serves_this_machine_only_unless_told_otherwise():
+    import subprocess
+
+    root = Path(APP).parents[1]
+
+    def demo_command(*settings: str) -> str:
+        shown = subprocess.run(["make", "-n", "demo", *settings], cwd=root, capture_output=True, text=True, check=True)
+        return next(line for line in shown.stdout.replace("\\\n", " ").splitlines() if "streamlit run" in line)
+
+    assert "--server.address 127.0.0.1 " in demo_command() and demo_command().endswith("-- --runs runs")
+    assert "--server.address 0.0.0.0 " in demo_command("ADDRESS=0.0.0.0")
+    assert demo_command("RUNS=/data/runs").endswith("-- --runs /data/runs")
