@@ -55,7 +55,8 @@ except EncvitError as exc:
 if source != "Shipped comparison (fashion5k)":
     folder = sidebar.text_input("Folder holding run directories", key="runs_folder",
                                 placeholder="e.g. runs/compare-fashion",
-                                help=f"This app reads only these folders and those inside them: {access.describe()}.")
+                                help="This app reads only these folders and those inside them: "
+                                     f"{demo.escape_markdown(access.describe())}.")
     if not folder:
         st.info("Name a folder holding run directories (each with adapter.safetensors) in the sidebar.")
         st.stop()
