@@ -37,7 +37,7 @@ from .errors import ConfigError, ImageError, KeyFileError, KeyMismatchError
 KEY_FORMAT = "encvit-key"
 KEY_VERSION = 1
 _SCRYPT = dict(n=2 ** 14, r=8, p=1, dklen=32)
-# Above this many values per image (about 1024x1024x3) numpy arrays are rearranged block by block instead of
+# Above this many values per image (about 1180x1180x3) numpy arrays are rearranged block by block instead of
 # gathered through cached index maps, whose cost (~56 bytes per value) would dwarf the image.
 MAPPED_VALUES = 1 << 22
 _CACHED_SIZES = 8  # index maps kept per key: the sizes of a training run, not every size a folder of photos has
