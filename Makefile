@@ -8,9 +8,13 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
 
-# The demo app on the shipped backbone and adapters, offline, at http://localhost:8501
+# The demo app on the shipped backbone and adapters, offline, at http://localhost:8501, reachable from this machine
+# only (`make demo ADDRESS=0.0.0.0` serves the network); it reads run folders only in RUNS (default ./runs).
+ADDRESS ?= 127.0.0.1
+RUNS ?= runs
 demo: setup
-	STREAMLIT_BROWSER_GATHER_USAGE_STATS=false $(VENV)/bin/streamlit run app/Home.py --server.headless true
+	STREAMLIT_BROWSER_GATHER_USAGE_STATS=false $(VENV)/bin/streamlit run app/Home.py --server.headless true \
+		--server.address $(ADDRESS) -- --runs $(RUNS)
 
 test: setup
 	$(PY) -m pytest

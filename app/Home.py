@@ -8,9 +8,10 @@ import streamlit as st
 import torch
 
 from encvit import demo
+from encvit.access import app_access
 from encvit.cipher import Key
 from encvit.errors import EncvitError
-from encvit.predict import find_runs, load_runs, shipped_comparison
+from encvit.predict import load_runs, shipped_comparison
 from encvit.samples import DEMO_PASSPHRASE, list_samples
 
 st.set_page_config(page_title="encvit demo", page_icon="🔐", layout="wide")
@@ -21,8 +22,14 @@ torch.set_num_threads(1)
 
 @st.cache_resource(show_spinner="Loading the backbone and adapters…", max_entries=4)
 def cached_runs(folder: str, stamp: tuple):
-    """Every run below `folder` as (model, adapter info): loaded once, and again when an adapter file changes."""
+    """Every run below `folder` as (model, adapter info): loaded once, and again when an adapter file changes.
+    Only called once the folder and every adapter's backbone were allowed."""
     return load_runs(folder)
+
+
+def show_error(exc: Exception) -> None:
+    """An error's one line, shown as written (file names and formulas are not Markdown)."""
+    st.error(demo.escape_markdown(exc))
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -40,20 +47,28 @@ sidebar = st.sidebar
 sidebar.header("Adapters")
 source = sidebar.radio("Runs", ["Shipped comparison (fashion5k)", "Run directories in a folder"], key="runs_source")
 folder = str(shipped_comparison())
+try:
+    access = app_access()
+except EncvitError as exc:
+    show_error(exc)
+    st.stop()
 if source != "Shipped comparison (fashion5k)":
     folder = sidebar.text_input("Folder holding run directories", key="runs_folder",
-                                placeholder="e.g. runs/compare-fashion")
+                                placeholder="e.g. runs/compare-fashion",
+                                help="This app reads only these folders and those inside them: "
+                                     f"{demo.escape_markdown(access.describe())}.")
     if not folder:
         st.info("Name a folder holding run directories (each with adapter.safetensors) in the sidebar.")
         st.stop()
 try:
-    found = find_runs(folder)
+    found = access.runs(folder)
     if not found:
         raise EncvitError(f"{folder} holds no run directories (no adapter.safetensors below it)")
+    access.check_backbones(found)  # from the adapters' headers, before any backbone is built
     stamp = tuple((name, (run / "adapter.safetensors").stat().st_mtime_ns) for name, run in found.items())
     models = cached_runs(str(Path(folder).resolve()), stamp)
-except EncvitError as exc:
-    st.error(str(exc))
+except (EncvitError, OSError) as exc:
+    show_error(exc)
     st.stop()
 
 infos = {name: info for name, (_, info) in models.items()}
@@ -66,7 +81,7 @@ chosen_models = {name: models[name] for name in chosen}
 try:
     shape = demo.geometry({name: infos[name] for name in chosen} or infos)
 except EncvitError as exc:
-    st.error(str(exc))
+    show_error(exc)
     st.stop()
 
 # ---- key ---------------------------------------------------------------------------------------------
@@ -86,7 +101,7 @@ elif key_source == "Key file":
         try:
             key = demo.key_from_bytes(upload.getvalue(), upload.name)
         except EncvitError as exc:
-            st.error(str(exc))
+            show_error(exc)
 else:
     another = sidebar.button("Generate another", key="new_random_key")
     if another or "random_key" not in st.session_state:
@@ -96,11 +111,11 @@ if key is None:
     st.info("Choose a key in the sidebar: a passphrase, a key file or a new random key.")
     st.stop()
 sidebar.markdown(f"Fingerprint: `{key.fingerprint}`")
-sidebar.caption(key.describe())
+sidebar.caption(demo.escape_markdown(key.describe()))
 try:
     demo.check_key(key, shape)
 except EncvitError as exc:
-    st.error(str(exc))
+    show_error(exc)
     st.stop()
 grid = sidebar.checkbox("Show the block grid", value=False, key="grid")
 
@@ -114,7 +129,7 @@ uploads = st.file_uploader("Or upload PNG / JPEG images", type=["png", "jpg", "j
 images = demo.sample_images([samples[n] for n in picked], shape)
 uploaded, errors = demo.read_uploads(((u.name, u.getvalue()) for u in uploads or []), shape)
 for message in errors:
-    st.error(message)
+    st.error(demo.escape_markdown(message))
 images += uploaded
 st.session_state.main_page_choice = (key, images)  # what the Attacker's view page attacks
 if not images:
@@ -123,7 +138,7 @@ if not images:
 
 mismatch = demo.key_mismatch({name: infos[name] for name in chosen}, key)
 if mismatch:
-    st.warning(mismatch, icon="⚠️")
+    st.warning(demo.escape_markdown(mismatch), icon="⚠️")
 
 name, data, mime = demo.encrypted_download(images, key)
 key_name, key_data = demo.key_download(key)
@@ -146,7 +161,7 @@ for index, image in enumerate(images):
         encrypted.image(demo.enlarge(key.encrypt(image.array), factor, key.block_size if grid else None),
                         caption=f"encrypted with {key.fingerprint}")
         if image.label:
-            table.markdown(f"True label: **{image.label}**")
+            table.markdown(f"True label: **{demo.escape_markdown(image.label)}**")
         if predictions:
             table.table(demo.prediction_table(predictions, infos, index, image.label))
         else:

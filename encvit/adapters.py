@@ -7,18 +7,20 @@ holds the head. Loading checks every field against the model and names the first
 from __future__ import annotations
 
 import json
+import math
+import reprlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .atomic import atomic_path
 from .backbones import NORM_MEAN, NORM_STD, create_backbone, describe, weights_hash
-from .errors import AdapterError
+from .errors import AdapterError, Allowed, OutputError, each, integer, number, text
 from .methods import prepare, trainable_parameters
 
 ADAPTER_FORMAT = "encvit-adapter"
@@ -61,9 +63,45 @@ class AdapterInfo:
             raise AdapterError(f"{source} has adapter version {meta.get('version')}; this encvit reads {ADAPTER_VERSION}")
         try:
             values = {k: json.loads(meta[k]) for k in cls.__dataclass_fields__ if k in meta}
-            return cls(**values)
-        except (TypeError, ValueError) as exc:
+            info = cls(**values)
+        except (TypeError, ValueError, RecursionError) as exc:
             raise AdapterError(f"{source} has malformed metadata: {exc}") from exc
+        info.check(source)
+        return info
+
+    def check(self, source: str) -> None:
+        """AdapterError naming the first field whose value has the wrong type or range (e.g. a text for `mean`)."""
+        for name, allowed in _FIELD_RULES.items():
+            value = getattr(self, name)
+            if not allowed.accepts(value):
+                raise AdapterError(f"{source} has malformed metadata: {name} must be {allowed.text}, "
+                                   f"got {reprlib.repr(value)}")
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) < self.channels:
+                raise AdapterError(f"{source} has malformed metadata: {name} has {len(getattr(self, name))} values "
+                                   f"for {self.channels} channels")
+
+
+def _numbers(positive: bool) -> Allowed:
+    """A non-empty list of finite numbers (> 0 if `positive`): a normalisation's mean or std."""
+    def accepts(v) -> bool:
+        return isinstance(v, list) and bool(v) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and (x > 0 or not positive)
+            for x in v)
+    return Allowed("a list of " + ("positive " if positive else "") + "numbers", accepts)
+
+
+def _any_text() -> Allowed:
+    """A string, possibly empty."""
+    return Allowed("a text", lambda v: isinstance(v, str))
+
+
+_FIELD_RULES = {
+    "method": text(), "backbone": text(), "backbone_hash": _any_text(), "class_names": each(text()),
+    "image_size": integer(1), "patch_size": integer(1), "channels": integer(1, 4), "rank": integer(0),
+    "alpha": number(0), "mean": _numbers(False), "std": _numbers(True), "key_fingerprint": _any_text(),
+    "dataset": _any_text(),
+}
 
 
 def adapter_tensors(model: nn.Module, method: str) -> dict[str, torch.Tensor]:
@@ -78,25 +116,35 @@ def adapter_tensors(model: nn.Module, method: str) -> dict[str, torch.Tensor]:
 def save_adapter(path: str | os.PathLike, model: nn.Module, info: AdapterInfo) -> Path:
     """Write `model`'s trained tensors and `info` to a safetensors file, atomically."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(adapter_tensors(model, info.method), tmp, metadata=info.to_metadata())
+    try:
+        with atomic_path(path) as tmp:
+            save_file(adapter_tensors(model, info.method), tmp, metadata=info.to_metadata())
+    except (SafetensorError, OSError) as exc:  # e.g. a full disk: safetensors reports it as its own error
+        raise OutputError(f"adapter file {path} could not be written ({exc}); nothing of it was kept") from exc
     return path
 
 
 def read_adapter(path: str | os.PathLike) -> tuple[AdapterInfo, dict[str, torch.Tensor]]:
     """The metadata and tensors of an adapter file; a truncated or corrupt file is refused by name."""
+    info = read_adapter_info(path)
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise AdapterError(f"adapter file {path} is truncated or corrupt ({exc})") from exc
+    return info, tensors
+
+
+def read_adapter_info(path: str | os.PathLike) -> AdapterInfo:
+    """Only the metadata of an adapter file (its header; the tensors are not read), checked field by field."""
     path = Path(path)
     if not path.exists():
         raise AdapterError(f"adapter file {path} not found")
     try:
-        from safetensors import safe_open
-
         with safe_open(path, "pt") as handle:
             meta = handle.metadata()
-        tensors = load_file(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise AdapterError(f"adapter file {path} is truncated or corrupt ({exc})") from exc
-    return AdapterInfo.from_metadata(meta, f"adapter file {path}"), tensors
+    return AdapterInfo.from_metadata(meta, f"adapter file {path}")
 
 
 def check_compatible(info: AdapterInfo, expected: dict, source: str) -> None:

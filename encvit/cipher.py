@@ -37,6 +37,20 @@ from .errors import ConfigError, ImageError, KeyFileError, KeyMismatchError
 KEY_FORMAT = "encvit-key"
 KEY_VERSION = 1
 _SCRYPT = dict(n=2 ** 14, r=8, p=1, dklen=32)
+# Above this many values per image (about 1180x1180x3) numpy arrays are rearranged block by block instead of
+# gathered through cached index maps, whose cost (~56 bytes per value) would dwarf the image.
+MAPPED_VALUES = 1 << 22
+_CACHED_SIZES = 8  # index maps kept per key: the sizes of a training run, not every size a folder of photos has
+
+
+def parse_key_json(text: str, source: str):
+    """The JSON content of a key file; KeyFileError naming `source` if it is not JSON or nested too deeply."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise KeyFileError(f"{source} is not valid JSON (truncated or corrupt?): {exc}") from exc
+    except RecursionError:
+        raise KeyFileError(f"{source} is not a key file: its JSON is nested too deeply to read") from None
 
 
 def _shake_words(secret: bytes, label: str, count: int) -> np.ndarray:
@@ -201,11 +215,7 @@ class Key:
             raise KeyFileError(f"key file {path} not found") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise KeyFileError(f"key file {path} is not readable: {exc}") from exc
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise KeyFileError(f"key file {path} is not valid JSON (truncated or corrupt?): {exc}") from exc
-        return cls.from_dict(data, f"key file {path}")
+        return cls.from_dict(parse_key_json(text, f"key file {path}"), f"key file {path}")
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Key) and self.fingerprint == other.fingerprint
@@ -257,14 +267,20 @@ class Key:
             in_block = np.broadcast_to(self.neg_pos.reshape(c, 1, m, 1, m), (c, gh, m, gw, m)).reshape(-1)
             maps["mask_chw"] = in_block
             maps["mask_hwc"] = in_block[np.argsort(hwc_of_chw)]
-        self._cache[(height, width)] = maps
+        self._remember((height, width), maps)
         return maps
+
+    def _remember(self, size: tuple, maps: dict) -> None:
+        """Cache index maps for a size, keeping the most recent few (each costs ~40 bytes per image value)."""
+        self._cache[size] = maps
+        while len(self._cache) > _CACHED_SIZES:
+            self._cache.pop(next(iter(self._cache)))
 
     def _torch_maps(self, height: int, width: int, device: torch.device) -> dict:
         key = (height, width, str(device))
         if key not in self._cache:
-            self._cache[key] = {name: torch.from_numpy(np.ascontiguousarray(a)).to(device)
-                                for name, a in self._maps(height, width).items()}
+            self._remember(key, {name: torch.from_numpy(np.ascontiguousarray(a)).to(device)
+                                 for name, a in self._maps(height, width).items()})
         return self._cache[key]
 
     # ---- encrypt / decrypt -------------------------------------------------------------------------
@@ -298,9 +314,11 @@ class Key:
             raise ImageError(f"expected an HxWxC or NxHxWxC array, got shape {array.shape}")
         h, w, c = array.shape[-3:]
         self.check_fits(h, w, c)
+        top = 255 if array.dtype == np.uint8 else max_value
+        if c * h * w > MAPPED_VALUES:
+            return self._apply_blockwise(array, inverse, top)
         maps = self._maps(h, w)
         flat = array.reshape(*array.shape[:-3], -1)
-        top = 255 if array.dtype == np.uint8 else max_value
         if inverse:
             if self.neg_pos is not None:
                 flat = np.where(maps["mask_hwc"], top - flat, flat).astype(array.dtype, copy=False)
@@ -309,6 +327,32 @@ class Key:
             out = np.take(flat, maps["hwc"], axis=-1)
             if self.neg_pos is not None:
                 out = np.where(maps["mask_hwc"], top - out, out).astype(array.dtype, copy=False)
+        return out.reshape(array.shape)
+
+    def _apply_blockwise(self, array: np.ndarray, inverse: bool, top) -> np.ndarray:
+        """The same cipher as a rearrangement into (blocks, C*M*M) rows: no index map of the image's size, so
+        memory stays a few copies of the image (the maps cost ~56 bytes per value to build; 6.7 GB for 6000x6000)."""
+        h, w, c = array.shape[-3:]
+        m, lead = self.block_size, array.shape[:-3]
+        gh, gw, n = h // m, w // m, len(lead)
+        outer = tuple(range(n))
+        blocks = array.reshape(*lead, gh, m, gw, m, c).transpose(*outer, n, n + 2, n + 4, n + 1, n + 3)
+        blocks = blocks.reshape(*lead, gh * gw, c * m * m)
+        order = self.block_permutation(gh, gw)
+        scrambled = self.scramble_secret is not None or self.block_orders is not None
+        if inverse:
+            if self.neg_pos is not None:
+                blocks = np.where(self.neg_pos, top - blocks, blocks).astype(array.dtype, copy=False)
+            if scrambled:
+                blocks = np.take(blocks, np.argsort(order), axis=-2)
+            out = np.take(blocks, np.argsort(self.pixel_permutation), axis=-1)
+        else:
+            out = np.take(blocks, self.pixel_permutation, axis=-1)
+            if scrambled:
+                out = np.take(out, order, axis=-2)
+            if self.neg_pos is not None:
+                out = np.where(self.neg_pos, top - out, out).astype(array.dtype, copy=False)
+        out = out.reshape(*lead, gh, gw, c, m, m).transpose(*outer, n, n + 3, n + 1, n + 4, n + 2)
         return out.reshape(array.shape)
 
     def _apply_torch(self, images: torch.Tensor, inverse: bool, max_value: float) -> torch.Tensor:

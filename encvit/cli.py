@@ -73,37 +73,36 @@ def cmd_key_info(args) -> int:
 
 def _convert_images(args, decrypt: bool) -> int:
     from .cipher import Key
-    from .images import MAX_PIXELS, is_grey, open_image, parse_size, save_png, to_array
+    from .images import MAX_PIXELS, is_grey, open_image, parse_size, png_set, to_array
 
     out_dir = check_output_path(args.output, "--output", folder=True)
     key = Key.load(args.key)
     resize = parse_size(args.resize) if args.resize is not None else None
     if resize and resize[0] * resize[1] > MAX_PIXELS:
         raise ImageError(f"--resize {args.resize} makes {resize[0] * resize[1]:,} pixels; at most {MAX_PIXELS:,}")
-    targets: dict[str, Path] = {}
-    arrays = []
-    # Validate the whole batch before writing anything.
-    for name in args.images:
-        image = open_image(name)
-        if key.channels == 3 and is_grey(image):
-            print(f"note: {name} is greyscale; its grey channel is repeated to {key.channels} channels",
-                  file=sys.stderr)
-        elif key.channels == 1 and not is_grey(image):
-            print(f"note: {name} has colour; it is converted to grey for a 1-channel key", file=sys.stderr)
-        array = to_array(image, key.channels, resize)
-        try:
-            key.check_fits(array.shape[0], array.shape[1], array.shape[2])
-        except EncvitError as exc:
-            raise EncvitError(f"{name}: {exc}" + ("" if resize else " (or pass --resize WxH)")) from None
-        target = out_dir / (Path(name).stem + ".png")
-        if target.name in targets:
-            raise EncvitError(f"{name} and {targets[target.name]} would both be written to {target}")
-        targets[target.name] = Path(name)
-        arrays.append((array, target))
-    for array, target in arrays:
-        save_png(key.decrypt(array) if decrypt else key.encrypt(array), target)
+    sources: dict[str, str] = {}
+    # One image in memory at a time; the outputs appear together at the end, or none of them on any failure.
+    with png_set(out_dir) as write:
+        for name in args.images:
+            image = open_image(name)
+            if key.channels == 3 and is_grey(image):
+                print(f"note: {name} is greyscale; its grey channel is repeated to {key.channels} channels",
+                      file=sys.stderr)
+            elif key.channels == 1 and not is_grey(image):
+                print(f"note: {name} has colour; it is converted to grey for a 1-channel key", file=sys.stderr)
+            array = to_array(image, key.channels, resize)
+            del image
+            try:
+                key.check_fits(array.shape[0], array.shape[1], array.shape[2])
+            except EncvitError as exc:
+                raise EncvitError(f"{name}: {exc}" + ("" if resize else " (or pass --resize WxH)")) from None
+            target = Path(name).stem + ".png"
+            if target in sources:
+                raise EncvitError(f"{name} and {sources[target]} would both be written to {out_dir / target}")
+            sources[target] = name
+            write(key.decrypt(array) if decrypt else key.encrypt(array), target)
     verb = "decrypted" if decrypt else "encrypted"
-    print(f"{verb} {len(arrays)} image(s) into {out_dir} with key {key.fingerprint}")
+    print(f"{verb} {len(sources)} image(s) into {out_dir} with key {key.fingerprint}")
     return 0
 
 

@@ -8,8 +8,10 @@ the training device (see ``encvit.preprocess``), so one dataset serves every key
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,12 +80,22 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int = SPLIT_SEED
 
 
 def _read_idx_gz(path: Path) -> np.ndarray:
-    # The IDX format is a 4-byte magic (ndim in its last byte), ndim big-endian sizes, then uint8 data.
+    """The uint8 array of a gzipped IDX file; ConfigError naming the file if it is truncated or not one."""
+    # The IDX format is a 4-byte magic (0, 0, 0x08 for uint8, ndim), ndim big-endian sizes, then the data.
     # torchvision's reader needs the files uncompressed in its own folder layout; Debian ships them gzipped.
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ConfigError(f"dataset file {path} is truncated or corrupt ({exc}): reinstall it") from None
+    if len(raw) < 4 or raw[:3] != b"\0\0\x08" or not 1 <= raw[3] <= 4:
+        raise ConfigError(f"dataset file {path} is not a uint8 IDX file (its header is {raw[:4].hex() or 'empty'})")
     ndim = raw[3]
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = 4 + 4 * ndim + math.prod(shape)
+    if len(raw) != expected:
+        raise ConfigError(f"dataset file {path} holds {len(raw):,} bytes but its header ({'x'.join(map(str, shape))}) "
+                          f"needs {expected:,}: it is truncated or corrupt, reinstall it")
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -167,6 +179,9 @@ def _read_folder(path: Path, image_size: int, channels: int) -> tuple[np.ndarray
 
     from .images import load_image
 
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"dataset folder {path} is a file, not a folder: name the folder that holds one folder "
+                          "of images per class")
     if not path.is_dir():
         raise ConfigError(f"dataset folder {path} does not exist")
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import pandas as pd
 from torch import nn
 
 from .adapters import AdapterInfo
-from .cipher import Key
+from .cipher import Key, parse_key_json
 from .errors import ConfigError, EncvitError, KeyFileError, KeyMismatchError
 from .images import open_image, png_bytes, to_array
 from .methods import METHODS
@@ -48,6 +49,12 @@ class DemoImage:
     name: str
     array: np.ndarray
     label: str | None = None
+
+
+def escape_markdown(text: str) -> str:
+    """`text` shown as written where Streamlit renders Markdown: "C*M*M = 1*4*4" stays, not "CMM = 144"."""
+    # CommonMark lets a backslash escape any ASCII punctuation; no installed library exports this one-liner.
+    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", str(text))
 
 
 # ---- runs ------------------------------------------------------------------------------------------
@@ -107,10 +114,10 @@ def check_key(key: Key, shape: Geometry) -> None:
 def key_from_bytes(data: bytes, name: str = "key file") -> Key:
     """A key from the bytes of an uploaded key file; KeyFileError names the file if it is not one."""
     try:
-        content = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise KeyFileError(f"{name} is not a valid JSON key file (truncated or corrupt?): {exc}") from exc
-    return Key.from_dict(content, source=name)
+    return Key.from_dict(parse_key_json(text, name), source=name)
 
 
 def key_download(key: Key) -> tuple[str, bytes]:

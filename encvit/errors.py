@@ -48,6 +48,10 @@ class ConfigError(EncvitError):
     """An unknown name or an option value that cannot work."""
 
 
+class OutputError(EncvitError):
+    """An output file cannot be written (a full disk, a file size limit); nothing of it is left behind."""
+
+
 # ---- option checks ---------------------------------------------------------------------------------------
 # pydantic could validate dataclasses too, but it coerces types ("6" -> 6) and writes multi-line messages;
 # these few lines give the one-line "--option must be ..., got ..." that the command line prints.

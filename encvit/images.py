@@ -1,17 +1,24 @@
 """Reading and writing images for the cipher: validated on read, lossless PNG on write."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import shutil
+import tempfile
+import warnings
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .atomic import atomic_path
-from .errors import ImageError
+from .errors import ImageError, OutputError
 
-MAX_PIXELS = 40_000_000  # beyond this an upload is refused rather than risk exhausting memory
+# Beyond this an image (or a --resize) is refused, its size read from the header before decoding: at the limit
+# the image work adds about 0.4 GB to `encvit encrypt`'s own 1 GB (docs/cipher.md).
+MAX_PIXELS = 40_000_000
 
 
 def open_image(source, name: str | None = None) -> Image.Image:
@@ -20,15 +27,23 @@ def open_image(source, name: str | None = None) -> Image.Image:
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:
-        with Image.open(source) as image:
+        with warnings.catch_warnings():
+            # Pillow warns from 89 M pixels; the lower MAX_PIXELS below refuses those in one line instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(source)
+        with image:
             if image.width * image.height > MAX_PIXELS:
                 raise ImageError(f"{name} is {image.width}x{image.height} pixels; at most {MAX_PIXELS:,} are accepted")
             image.load()
             return image.copy()
     except FileNotFoundError:
         raise ImageError(f"{name}: file not found") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{name} is not a readable image ({type(exc).__name__}: {exc})") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name} is refused before decoding ({exc}); at most {MAX_PIXELS:,} pixels are "
+                         "accepted") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        detail = str(exc).replace(repr(source), name)  # Pillow names a file object as <_io.BytesIO object at 0x...>
+        raise ImageError(f"{name} is not a readable image ({type(exc).__name__}: {detail})") from exc
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -78,3 +93,54 @@ def png_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array[:, :, 0] if array.shape[-1] == 1 else array).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def png_set(folder: str | os.PathLike) -> Iterator[Callable[[np.ndarray, str], Path]]:
+    """Yield `write(array, name)`, which writes a PNG for `folder`; the files appear there together when the block
+    ends, and on any failure none of them does (files they would replace are kept, a folder made for them removed)."""
+    folder = Path(folder)
+    made = next((p for p in [folder, *folder.parents][::-1] if not p.exists()), None)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder, prefix=".encvit-staging-"))
+    names: list[str] = []
+
+    def write(array: np.ndarray, name: str) -> Path:
+        try:
+            save_png(array, staging / name)
+        except OSError as exc:  # e.g. a full disk
+            raise OutputError(f"{folder / name} could not be written ({exc.strerror or exc}); none of the new "
+                              f"files were kept and {folder} is as it was") from exc
+        names.append(name)
+        return folder / name
+
+    try:
+        yield write
+        _move_in(staging, folder, names)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_in(staging: Path, folder: Path, names: list[str]) -> None:
+    """Rename the staged files into `folder`; if one rename fails, put back what was there before."""
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for name in names:
+            target, backup = folder / name, None
+            if target.exists():
+                backup = staging / f".previous-{name}"
+                os.replace(target, backup)
+            done.append((target, backup))
+            os.replace(staging / name, target)
+    except OSError as exc:
+        for target, backup in reversed(done):
+            if backup is not None:
+                os.replace(backup, target)
+            elif target.exists():
+                target.unlink()
+        raise OutputError(f"the new files could not be moved into {folder} ({exc.strerror or exc}); none of them "
+                          f"were kept and {folder} is as it was") from exc

@@ -5,6 +5,8 @@ a warning present or absent, errors naming files), never particular predictions.
 """
 import io
 import json
+import os
+import re
 import shutil
 import struct
 import zipfile
@@ -18,9 +20,10 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from encvit import attack_demo, demo
-from encvit.adapters import read_adapter
+from encvit.access import NotAllowedError, app_access
+from encvit.adapters import read_adapter, read_adapter_info
 from encvit.cipher import Key
-from encvit.errors import AttackError, KeyFileError
+from encvit.errors import AttackError, ConfigError, KeyFileError
 from encvit.predict import find_runs, shipped_comparison
 from encvit.samples import DEMO_PASSPHRASE
 
@@ -70,6 +73,11 @@ def huge_png(width=8000, height=8000) -> bytes:
     return bytes(data)
 
 
+def seen(alerts) -> list[str]:
+    """What a user reads in alerts (errors, warnings): their Markdown with its backslash escapes rendered."""
+    return [re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", alert.value) for alert in alerts]
+
+
 def prediction_tables(at: AppTest) -> list:
     return [t.value for t in at.main.table if any(c.startswith("top-") for c in t.value.columns)]
 
@@ -102,7 +110,7 @@ def test_wrong_passphrase_warns_with_both_fingerprints_and_still_predicts(demo_k
     at.text_input(key="passphrase").input("not the demo passphrase").run()
     wrong = Key.generate(demo_key.block_size, demo_key.channels, passphrase="not the demo passphrase")
     assert len(at.warning) == 1
-    assert wrong.fingerprint in at.warning[0].value and demo_key.fingerprint in at.warning[0].value
+    assert wrong.fingerprint in seen(at.warning)[0] and demo_key.fingerprint in seen(at.warning)[0]
     assert_top3_for_each_method(at, count=3)
     at.text_input(key="passphrase").input(DEMO_PASSPHRASE).run()
     assert not at.warning
@@ -116,7 +124,7 @@ def test_random_key_warns_and_can_be_regenerated():
     first = at.session_state.random_key.fingerprint
     at.button(key="new_random_key").click().run()
     assert at.session_state.random_key.fingerprint != first
-    assert at.session_state.random_key.fingerprint in at.warning[0].value
+    assert at.session_state.random_key.fingerprint in seen(at.warning)[0]
 
 
 def test_key_file_upload(demo_key):
@@ -130,13 +138,30 @@ def test_key_file_upload(demo_key):
     other = Key.generate(demo_key.block_size, demo_key.channels)
     at.file_uploader(key="key_file").set_value(("other.json", json.dumps(other.to_dict()).encode(),
                                                 "application/json")).run()
-    assert len(at.warning) == 1 and other.fingerprint in at.warning[0].value
+    assert len(at.warning) == 1 and other.fingerprint in seen(at.warning)[0]
     assert_top3_for_each_method(at, count=3)
     for name, data in (("broken.json", b'{"format": "encvit-key", "vers'), ("photo.json", png()),
-                       ("edited.json", json.dumps({**demo_key.to_dict(), "fingerprint": "0" * 12}).encode())):
+                       ("edited.json", json.dumps({**demo_key.to_dict(), "fingerprint": "0" * 12}).encode()),
+                       ("nested.json", b"[" * 100_000 + b"]" * 100_000)):
         at.file_uploader(key="key_file").set_value((name, data, "application/json")).run()
         assert not at.exception
-        assert len(at.error) == 1 and name in at.error[0].value
+        assert len(at.error) == 1 and name in seen(at.error)[0]
+    assert "nested too deeply" in seen(at.error)[0]
+    at.file_uploader(key="key_file").set_value(("demo.json", demo.key_download(demo_key)[1], "application/json")).run()
+    assert not at.error and not at.exception  # the app goes on
+    assert_top3_for_each_method(at, count=3)
+
+
+def test_messages_show_formulas_and_file_names_as_written(demo_key):
+    at = home()
+    at.radio(key="key_source").set_value("Key file").run()
+    identity_swapped = {**demo_key.to_dict(), "pixel_permutation": list(range(47)) + [0]}
+    at.file_uploader(key="key_file").set_value(("my_key_1.json", json.dumps(identity_swapped).encode(),
+                                                "application/json")).run()
+    assert len(at.error) == 1
+    # Markdown would show "C*M*M = 3*4*4" as "CMM = 344" and "my_key_1.json" as "mykey1.json" in italics
+    assert "my_key_1.json" in seen(at.error)[0] and "(C*M*M = 3*4*4)" in seen(at.error)[0]
+    assert r"C\*M\*M \= 3\*4\*4" in at.error[0].value and r"my\_key\_1" in at.error[0].value
 
 
 def test_uploaded_images_are_classified():
@@ -162,8 +187,8 @@ def test_bad_uploads_show_an_error_naming_the_file_and_the_app_goes_on():
         ("huge.png", huge_png(), "image/png"),
         ("fine.png", good, "image/png")]).run()
     assert not at.exception
-    errors = [e.value for e in at.error]
-    assert len(errors) == 3
+    errors = seen(at.error)
+    assert len(errors) == 3 and not any("BytesIO" in e for e in errors)  # named by the upload's file name
     for name, word in (("notes.png", "not a readable image"), ("truncated.png", "not a readable image"),
                        ("huge.png", "pixels")):
         assert any(name in e and word in e for e in errors), errors
@@ -181,14 +206,15 @@ def test_block_grid_and_run_choice():
     assert not prediction_tables(at) and any("Choose runs" in i.value for i in at.info)
 
 
-def test_runs_from_a_folder(tmp_path):
+def test_runs_from_a_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENCVIT_APP_RUNS", str(tmp_path))
     at = home()
     at.radio(key="runs_source").set_value("Run directories in a folder").run()
     assert at.info and not prediction_tables(at)  # asks for a folder
     at.text_input(key="runs_folder").input(str(tmp_path / "missing")).run()
-    assert len(at.error) == 1 and "missing" in at.error[0].value
+    assert len(at.error) == 1 and "missing" in seen(at.error)[0]
     at.text_input(key="runs_folder").input(str(tmp_path)).run()
-    assert len(at.error) == 1 and "no run directories" in at.error[0].value
+    assert len(at.error) == 1 and "no run directories" in seen(at.error)[0]
     for run in ("melo-encrypted", "melo-plain"):
         shutil.copytree(shipped_comparison() / run, tmp_path / "exp" / run)
     at.text_input(key="runs_folder").input(str(tmp_path)).run()
@@ -199,8 +225,85 @@ def test_runs_from_a_folder(tmp_path):
     assert_top3_for_each_method(at, count=3)  # back to the shipped runs and their default choice
 
 
+def test_folders_outside_the_allowed_ones_are_refused_before_they_are_read(tmp_path, monkeypatch):
+    allowed, other = tmp_path / "allowed", tmp_path / "other"
+    for folder in (allowed, other):
+        shutil.copytree(shipped_comparison() / "melo-plain", folder / "exp" / "melo-plain")
+    (allowed / "root").symlink_to("/")
+    (allowed / "sideways").symlink_to(other)
+    monkeypatch.setenv("ENCVIT_APP_RUNS", str(allowed))
+    searched = []
+    monkeypatch.setattr("encvit.access.find_runs", lambda folder: searched.append(folder) or find_runs(folder))
+    at = home()
+    at.radio(key="runs_source").set_value("Run directories in a folder").run()
+    searched.clear()  # the shipped comparison, read before the folder box was chosen
+    for typed in ("/", str(other), str(allowed / ".."), str(allowed / "exp" / ".." / ".." / "other"),
+                  str(allowed / "root"), str(allowed / "root" / "etc"), str(allowed / "sideways"), "runs-elsewhere"):
+        at.text_input(key="runs_folder").input(typed).run()
+        assert not at.exception and len(at.error) == 1
+        assert seen(at.error)[0].startswith(f"{typed} is outside the allowed folders ({allowed}, the shipped results)")
+        assert not prediction_tables(at)
+    assert searched == []  # refused before anything below them was listed
+    at.text_input(key="runs_folder").input(str(allowed / "exp")).run()
+    assert not at.error and at.multiselect(key="runs").value == ["melo-plain"]
+    # `streamlit run app/Home.py -- --runs DIR` names the folders instead of the environment
+    monkeypatch.setattr("sys.argv", ["app/Home.py", "--runs", str(other)])
+    at.text_input(key="runs_folder").input(str(allowed / "exp")).run()
+    assert "is outside the allowed folders" in seen(at.error)[0]
+    at.text_input(key="runs_folder").input(str(other)).run()
+    assert not at.error and at.multiselect(key="runs").value == ["exp/melo-plain"]
+
+
+def adapter_naming(path: Path, backbone: str) -> Path:
+    """A copy of a shipped adapter file whose metadata names `backbone`."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    source = shipped_comparison() / "melo-plain" / "adapter.safetensors"
+    with safe_open(source, "pt") as handle:
+        meta = handle.metadata()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(load_file(source), path, metadata={**meta, "backbone": json.dumps(backbone)})
+    return path
+
+
+def test_a_backbone_outside_the_allowlist_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    shutil.copytree(shipped_comparison() / "melo-encrypted", tmp_path / "melo-encrypted")
+    adapter_naming(tmp_path / "giant" / "adapter.safetensors", "vit_giant_patch14_224")
+    monkeypatch.setenv("ENCVIT_APP_RUNS", str(tmp_path))
+    built = []
+    monkeypatch.setattr("encvit.predict.create_backbone", lambda name, **kw: built.append(name))
+    at = home()
+    at.radio(key="runs_source").set_value("Run directories in a folder").run()
+    at.text_input(key="runs_folder").input(str(tmp_path)).run()
+    assert not at.exception and len(at.error) == 1 and built == []
+    message = seen(at.error)[0]
+    assert f"{tmp_path / 'giant' / 'adapter.safetensors'} needs the backbone vit_giant_patch14_224" in message
+    assert "this app does not build (it builds encvit-tiny, encvit-tiny-colour" in message
+    assert "ENCVIT_APP_BACKBONES" in message and not prediction_tables(at)
+
+
+def test_app_access_settings(tmp_path):
+    env = {"ENCVIT_APP_RUNS": f"a{os.pathsep}b", "ENCVIT_APP_BACKBONES": "vit_small_patch16_224, vit_tiny"}
+    assert app_access([], {}).folders == ("runs",)
+    assert app_access(["--server.port", "1"], env).folders == ("a", "b")
+    assert app_access(["--runs", "x", "--runs", f"y{os.pathsep}z"], env).folders == ("x", "y", "z")
+    access = app_access([], env)
+    assert access.backbones == {"encvit-tiny", "encvit-tiny-colour", "vit_small_patch16_224", "vit_tiny"}
+    assert not app_access([], {}).allows(tmp_path)
+    assert app_access(["--runs", str(tmp_path)], {}).allows(tmp_path / "x" / ".." / "y")
+    assert not app_access(["--runs", str(tmp_path / "x")], {}).allows(tmp_path / "x" / ".." / "y")
+    with pytest.raises(ConfigError, match="--runs needs a folder"):
+        app_access(["--runs"], {})
+    info = read_adapter_info(adapter_naming(tmp_path / "a" / "adapter.safetensors", "vit_small_patch16_224"))
+    access.check_backbone(info, "run a")
+    with pytest.raises(NotAllowedError, match="run a needs the backbone vit_small_patch16_224"):
+        app_access([], {}).check_backbone(info, "run a")
+
+
 # ---- the comparison page ----------------------------------------------------------------------------
-def test_comparison_page_shows_results_chart_and_parameter_counts(tmp_path):
+def test_comparison_page_shows_results_chart_and_parameter_counts(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENCVIT_APP_RUNS", str(tmp_path))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).switch_page("pages/2_Comparison.py").run()
     assert not at.exception and not at.error
     assert any("| method |" in m.value and "| proposed |" in m.value for m in at.markdown)  # results.md
@@ -212,8 +315,12 @@ def test_comparison_page_shows_results_chart_and_parameter_counts(tmp_path):
     paper = counts[(counts.backbone == "vit_base_patch16_224") & (counts.method != "full")]
     assert (paper["paper M (2^20)"].round(2) == paper["paper (ViT-B/16)"]).all()  # the paper's counts, reproduced
     at.text_input(key="comparison_folder").input(str(tmp_path)).run()
-    assert len(at.error) == 1 and "results.csv" in at.error[0].value
+    assert len(at.error) == 1 and "results.csv" in seen(at.error)[0]
     assert len(at.table) == 1  # the parameter counts are still shown
+    for outside in ("/", str(tmp_path / ".."), str(shipped_comparison().parents[2])):
+        at.text_input(key="comparison_folder").input(outside).run()
+        assert len(at.error) == 1 and f"{outside} is outside the allowed folders" in seen(at.error)[0]
+        assert not at.image and len(at.table) == 1
 
 
 # ---- encvit.demo, the logic behind the page -----------------------------------------------------------
@@ -349,15 +456,15 @@ def test_attackers_view_on_colour_images_runs_and_says_quality_is_lower():
     at = home()
     at.multiselect(key="samples").set_value(["chelsea.png", "fashion-0.png (T-shirt/top)"]).run()
     at = attackers_view(at)
-    assert not at.error and len(at.warning) == 1 and "1 of your images is in colour" in at.warning[0].value
-    assert "quality is lower" in at.warning[0].value
+    assert not at.error and len(at.warning) == 1 and "1 of your images is in colour" in seen(at.warning)[0]
+    assert "quality is lower" in seen(at.warning)[0]
     assert len(image_captions(at)) == 8 and "PSNR of your images" in shown_metrics(at)
 
 
 def test_attackers_view_errors_get_one_message_and_the_page_goes_on(demo_key):
     big = Key.generate(16, demo_key.channels, passphrase="big blocks")  # fits 32x32 images, too costly to attack
     at = attackers_view(upload_key(home(), big))
-    assert len(at.error) == 1 and "768 values per block" in at.error[0].value and "encvit attack" in at.error[0].value
+    assert len(at.error) == 1 and "768 values per block" in seen(at.error)[0] and "encvit attack" in seen(at.error)[0]
     assert len(at.main.image) == 6 and not at.metric  # the ciphertexts and thumbnails are still shown
     at = home()
     at.multiselect(key="samples").set_value([]).run()
@@ -378,3 +485,18 @@ def test_block_mean_thumbnails_are_the_plain_images_at_a_lower_resolution(demo_k
     assert attack_demo.colour_images(plain) == 0 and attack_demo.colour_images(plain[..., ::-1] * [1, 0, 1]) == 3
     with pytest.raises(AttackError, match="768 values per block"):
         attack_demo.check_attackable(Key.generate(16, 3))
+
+
+# ---- who can reach the app --------------------------------------------------------------------------------
+def test_make_demo_serves_this_machine_only_unless_told_otherwise():
+    import subprocess
+
+    root = Path(APP).parents[1]
+
+    def demo_command(*settings: str) -> str:
+        shown = subprocess.run(["make", "-n", "demo", *settings], cwd=root, capture_output=True, text=True, check=True)
+        return next(line for line in shown.stdout.replace("\\\n", " ").splitlines() if "streamlit run" in line)
+
+    assert "--server.address 127.0.0.1 " in demo_command() and demo_command().endswith("-- --runs runs")
+    assert "--server.address 0.0.0.0 " in demo_command("ADDRESS=0.0.0.0")
+    assert demo_command("RUNS=/data/runs").endswith("-- --runs /data/runs")

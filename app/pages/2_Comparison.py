@@ -4,6 +4,7 @@ from pathlib import Path
 import streamlit as st
 
 from encvit import demo
+from encvit.access import app_access
 from encvit.compare import load_results
 from encvit.errors import EncvitError
 from encvit.predict import shipped_comparison
@@ -22,13 +23,14 @@ st.title("Full fine-tuning, MeLo and the proposed method")
 folder = st.text_input("Comparison folder (written by `encvit compare`)", value=str(shipped_comparison()),
                        key="comparison_folder")
 try:
-    runs, summary, meta = load_results(folder)
+    runs, summary, meta = load_results(app_access().folder(folder))
 except EncvitError as exc:
-    st.error(str(exc))
+    st.error(demo.escape_markdown(exc))
 else:
     st.header("Test accuracy")
     st.markdown((Path(folder) / "results.md").read_text() if (Path(folder) / "results.md").exists()
-                else f"Backbone `{meta.get('backbone')}`, dataset `{meta.get('dataset')}`.")
+                else f"Backbone {demo.escape_markdown(meta.get('backbone'))}, "
+                     f"dataset {demo.escape_markdown(meta.get('dataset'))}.")
     if (Path(folder) / "results.png").exists():
         st.image(str(Path(folder) / "results.png"), caption="results.png")
     with st.expander("Per-cell summary (summary.csv)"):

@@ -99,7 +99,7 @@ try:
     with st.spinner(f"Attacking {used} encrypted images with {attack_demo.REFERENCES:,} public reference images…"):
         outcome = attack(key, batch, collected)
 except EncvitError as exc:
-    st.error(f"The attack could not run: {exc}")
+    st.error(f"The attack could not run: {demo.escape_markdown(exc)}")
     st.stop()
 
 st.markdown(f"The attack used **{outcome.used} encrypted images** ({outcome.from_page} from the main page and "
