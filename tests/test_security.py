@@ -70,7 +70,7 @@ def test_a_run_trained_otherwise_is_not_taken_for_the_study_s(tmp_path):
     config = out / "runs" / "shuffle" / "melo-seed0" / "config.json"
     saved = json.loads(config.read_text())
     config.write_text(json.dumps({**saved, "epochs": 5}))
-    with pytest.raises(ConfigError, match="trained with other settings"):
+    with pytest.raises(ConfigError, match="made with other settings"):
         security_study(base, ("shuffle",), ("melo",), (10,), 1, 1, out, references=100)
 
 
