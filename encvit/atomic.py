@@ -92,6 +92,23 @@ def replace_folder(staging: str | os.PathLike, target: str | os.PathLike) -> Non
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def fresh_folder(target: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
+    """The folder to write `target` into: `target` itself, or, to overwrite an existing one, TARGET.partial, which
+    replaces it (`replace_folder`) when the block ends and is removed when the block fails."""
+    target = Path(target)
+    if not (overwrite and target.exists()):
+        yield target
+        return
+    staging = staging_of(target)
+    try:
+        yield staging
+        replace_folder(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def recover_folder(target: str | os.PathLike) -> None:
     """Clean up after a writer of `target` that was killed (call it holding the lock): an old folder whose
     replacement never arrived goes back in place; other old copies and an unfinished TARGET.partial go."""

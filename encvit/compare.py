@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .atomic import output_lock, replace_folder, save_figure, staging_of, write_text
+from .atomic import fresh_folder, output_lock, save_figure, write_text
 from .backbones import create_backbone, describe, weights_hash
 from .data import load_dataset
 from .errors import (ConfigError, IncompleteResultsError, check_options, check_output_path, each, integer, one_of,
@@ -77,16 +76,8 @@ def compare(base: TrainConfig, methods=METHODS, settings=SETTINGS, seeds: int = 
     with output_lock(out):
         if out.exists() and not overwrite and (out / "meta.json").exists():
             raise ConfigError(f"{out} already holds a comparison; pass --overwrite to replace it")
-        if not (overwrite and out.exists()):
-            return _compare(base, grid, out, log)
-        staging = staging_of(out)
-        try:
-            table = _compare(base, grid, staging, log)
-            replace_folder(staging, out)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return table
+        with fresh_folder(out, overwrite) as folder:
+            return _compare(base, grid, folder, log)
 
 
 def _compare(base: TrainConfig, grid: CompareConfig, out: Path | None, log) -> pd.DataFrame:

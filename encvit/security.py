@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .atomic import output_lock, save_figure, write_text
+from .atomic import fresh_folder, output_lock, save_figure, write_text
 from .cipher import Key, PerImageKeys
 from .compare import paired_interval
 from .errors import (ConfigError, IncompleteResultsError, check_options, check_output_path, each, integer, one_of,
@@ -134,7 +134,8 @@ def attack_once(setting: str, count: int, draw: int, references: int, block_size
 def security_study(base: TrainConfig, settings=tuple(SETTINGS), methods=METHODS, counts=(10, 50, 200, 1000),
                    seeds: int = 3, draws: int = 3, out: str | Path = "runs/security", references: int = 1000,
                    jobs: int = 1, log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run (or resume) the study into `out`; returns (accuracy table, attack table) of everything there."""
+    """Run (or resume, with the same settings) the study into `out`, locked while it runs; returns (accuracy table,
+    attack table) of everything there. `base.overwrite` starts afresh beside the old study and replaces it."""
     plan = SecurityConfig(settings, methods, counts, seeds, draws, references, str(out), jobs)
     if base.key or base.passphrase or base.per_image_keys:
         raise ConfigError("the security study makes its own keys: give no --key or --passphrase")
@@ -142,8 +143,8 @@ def security_study(base: TrainConfig, settings=tuple(SETTINGS), methods=METHODS,
         raise ConfigError("the security study runs on the shipped backbone and fashion5k (its attack data is "
                           "Fashion-MNIST): use --dataset fashion5k --backbone encvit-tiny")
     out = check_output_path(out, "--out", folder=True)
-    with output_lock(out):
-        return _security_study(base, plan, out, log)
+    with output_lock(out), fresh_folder(out, base.overwrite) as folder:  # --overwrite: afresh, swapped in when done
+        return _security_study(base, plan, folder, log)
 
 
 def _security_study(base: TrainConfig, plan: SecurityConfig, out: Path, log) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from .atomic import output_lock, save_figure, write_text
+from .atomic import fresh_folder, output_lock, save_figure, write_text
 from .backbones import create_backbone, describe, weights_hash
 from .cipher import Key
 from .compare import paired_interval
@@ -66,13 +66,16 @@ def data_size_study(base: TrainConfig, datasets=("fashion5k", "mnist5k"), sizes=
 
     With `out` (locked while it runs), study.csv is rewritten after every run, and runs already in it are skipped:
     an interrupted study resumes where it stopped, if every setting is the same (saved in config.json).
+    `base.overwrite` starts afresh, beside the old study, which the new one replaces when complete.
     """
     plan = StudyConfig(datasets, sizes, seeds, patch_lrs, str(out) if out else None, jobs)
     if base.seed + seeds - 1 > MAX_SEED:
         raise ConfigError(f"--seed + --seeds must stay below {MAX_SEED + 1}, got {base.seed} + {seeds}")
     out = check_output_path(out, "--out", folder=True) if out else None
-    with output_lock(out) if out else contextlib.nullcontext():
-        return _data_size_study(base, plan, out, log)
+    if not out:
+        return _data_size_study(base, plan, None, log)
+    with output_lock(out), fresh_folder(out, base.overwrite) as folder:
+        return _data_size_study(base, plan, folder, log)
 
 
 def study_settings(base: TrainConfig, plan: StudyConfig, key_fingerprint: str, backbone_hash: str) -> dict:
