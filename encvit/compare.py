@@ -5,6 +5,7 @@ Writes, in the output folder: one run directory per (method, setting, seed), ``r
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -19,14 +20,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .atomic import save_figure, write_text
-from .backbones import create_backbone, describe
+from .atomic import fresh_folder, output_lock, save_figure, write_text
+from .backbones import create_backbone, describe, weights_hash
 from .data import load_dataset
-from .errors import ConfigError, check_options, each, integer, one_of, option, optional, path
+from .errors import (ConfigError, IncompleteResultsError, check_options, check_output_path, each, integer, one_of,
+                     option, optional, path, read_json, read_table, refuse_other_settings)
 from .methods import ALL_METHODS, METHODS
 from .parallel import jobs_allowed, train_runs
 from .samples import DEMO_PASSPHRASE
-from .train import MAX_SEED, TrainConfig, check_splits, prepare_run_dir, resolve_key
+from .train import (MAX_SEED, SETTING_NAMES, TrainConfig, check_splits, finished_run, resolve_key,
+                    result_settings)
 
 SETTINGS = ("plain", "encrypted")
 
@@ -60,18 +63,31 @@ class CompareConfig:
 def compare(base: TrainConfig, methods=METHODS, settings=SETTINGS, seeds: int = 1, out: str | Path | None = None,
             overwrite: bool = False, log=print, jobs: int = 1) -> pd.DataFrame:
     """Train every (method, setting, seed) on one dataset, `jobs` runs at a time; one row per run (written to
-    `out`). Every option is checked before the data is loaded."""
+    `out`). Every option is checked before the data is loaded.
+
+    `out` is locked while it runs. An unfinished comparison there (no meta.json) resumes: its complete runs are
+    kept if they were made with the same settings, and refused naming the setting otherwise. With `overwrite`, the
+    new comparison is written beside the old one and swapped in when complete."""
     grid = CompareConfig(methods, settings, seeds, str(out) if out else None, overwrite, jobs)
     grid.check_seeds(base.seed)
-    out = prepare_run_dir(grid.out, True) if grid.out else None
-    if out and (out / "results.csv").exists() and not overwrite:
-        raise ConfigError(f"{out} already holds a comparison; pass --overwrite to replace it")
+    if not grid.out:
+        return _compare(base, grid, None, log)
+    out = check_output_path(grid.out, "--out", folder=True)
+    with output_lock(out):
+        if out.exists() and not overwrite and (out / "meta.json").exists():
+            raise ConfigError(f"{out} already holds a comparison; pass --overwrite to replace it")
+        with fresh_folder(out, overwrite) as folder:
+            return _compare(base, grid, folder, log)
+
+
+def _compare(base: TrainConfig, grid: CompareConfig, out: Path | None, log) -> pd.DataFrame:
+    """The grid's runs (those already complete in `out` read back), then its tables, meta.json last."""
     backbone = create_backbone(base.backbone, pretrained=base.pretrained, weights=base.weights,
                                image_size=base.image_size)
     geometry = describe(backbone, base.backbone)
     passphrase = base.passphrase if base.passphrase or base.key else DEMO_PASSPHRASE
     configs = {}
-    for seed in range(base.seed, base.seed + seeds):
+    for seed in range(base.seed, base.seed + grid.seeds):
         for setting in grid.settings:
             for method in grid.methods:
                 name = run_name(method, setting, seed, base.seed)
@@ -79,31 +95,64 @@ def compare(base: TrainConfig, methods=METHODS, settings=SETTINGS, seeds: int = 
                                         key=base.key if setting == "encrypted" else None,
                                         passphrase=passphrase if setting == "encrypted" and not base.key else None,
                                         out=str(out / name) if out else None, overwrite=True,
-                                        progress=base.progress and jobs == 1)
-    if base.key:  # a key file that does not fit is refused before the data is loaded
-        resolve_key(base.key, None, geometry.patch_size, geometry.channels)
+                                        progress=base.progress and grid.jobs == 1)
+    # the key file is read (a key that does not fit is refused) and the passphrase's key made before the data
+    key = resolve_key(base.key, None if base.key else passphrase, geometry.patch_size, geometry.channels)
+    backbone_hash = weights_hash(backbone)
+    plan = comparison_settings(base, grid, key.fingerprint if "encrypted" in grid.settings else None,
+                               backbone_hash)
+    done = _complete_runs(out, plan, configs, key.fingerprint, backbone_hash) if out else {}
     splits = load_dataset(base.dataset, geometry.image_size, geometry.channels, base.limit)
     check_splits(splits, base.limit)
     names = list(configs)
-    rows: list[dict | None] = [None] * len(names)
+    rows: list[dict | None] = [done.get(name) for name in names]
+    if out:
+        if done:
+            log(f"resuming: {len(done)} of {len(names)} runs already complete in {out}")
+        with contextlib.suppress(FileNotFoundError):
+            (out / "meta.json").unlink()  # the set is incomplete until meta.json is written again, last
+        write_text(out / "config.json", json.dumps(plan, indent=1, default=str))
+    todo = [i for i, row in enumerate(rows) if row is None]
 
     def finished(index: int, result: dict) -> None:
         row = {k: v for k, v in result.items() if k not in ("model", "metrics")}
-        row["run"] = names[index]
-        rows[index] = row
+        row["run"] = names[todo[index]]
+        rows[todo[index]] = row
         log(f"{row['run']}: test {row['test_acc']:.2f}%  val {row['val_acc']:.2f}%  "
             f"{row['trainable']:,} trainable  {row['seconds']:.0f} s")
 
     start = time.perf_counter()
-    train_runs(((config, splits, copy.deepcopy(backbone)) for config in configs.values()), jobs, finished)
+    train_runs(((configs[names[i]], splits, copy.deepcopy(backbone)) for i in todo), grid.jobs, finished)
     table = pd.DataFrame(rows)
     full = table.loc[table.method == "full", "trainable"]
     table["percent_of_full"] = 100 * table.trainable / (full.iloc[0] if len(full) else np.nan)
     if out:
-        write_results(table, out, {"backbone": base.backbone, "dataset": splits.name, "seeds": seeds,
-                                   "epochs": base.epochs, "jobs": jobs,
-                                   "seconds_total": time.perf_counter() - start})
+        write_results(table, out, {"backbone": base.backbone, "dataset": splits.name, "seeds": grid.seeds,
+                                   "epochs": base.epochs, "jobs": grid.jobs,
+                                   "seconds_total": time.perf_counter() - start, "settings": plan})
     return table
+
+
+def comparison_settings(base: TrainConfig, grid: CompareConfig, key_fingerprint: str | None,
+                        backbone_hash: str) -> dict:
+    """Every setting that changes a comparison's numbers: the runs' (`result_settings`, the method aside) and the
+    grid's methods, settings and seeds. Saved as OUT/config.json; a resume must match it."""
+    runs = {k: v for k, v in result_settings(base, key_fingerprint, backbone_hash).items()
+            if k != "method"}
+    return {**runs, "methods": list(grid.methods), "settings": list(grid.settings), "seeds": grid.seeds}
+
+
+def _complete_runs(out: Path, plan: dict, configs: dict[str, TrainConfig], fingerprint: str,
+                   backbone_hash: str) -> dict[str, dict]:
+    """The rows (result.json) of the runs already complete in `out`; ConfigError naming a setting that differs."""
+    if (out / "config.json").exists():
+        refuse_other_settings(read_json(out / "config.json"), plan, f"the comparison in {out}", SETTING_NAMES)
+    done = {}
+    for name, config in configs.items():
+        key = fingerprint if config.key or config.passphrase else "plain"
+        if finished_run(out / name, result_settings(config, key, backbone_hash)):
+            done[name] = {**read_json(out / name / "result.json"), "run": name}
+    return done
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
@@ -230,23 +279,26 @@ def chart(summary: pd.DataFrame, meta: dict, path: Path) -> None:
 
 
 def write_results(table: pd.DataFrame, out: Path, meta: dict) -> None:
-    """results.csv, summary.csv, results.md, results.png and meta.json in `out`, each atomically."""
+    """results.csv, summary.csv, differences.csv, results.md, results.png, then meta.json in `out`, each
+    atomically: meta.json is removed first and written last, so that the tables count only as a whole set."""
     out.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        (out / "meta.json").unlink()
     summary = summarise(table)
     write_text(out / "results.csv", table.to_csv(index=False))
     write_text(out / "summary.csv", summary.to_csv(index=False))
     diffs = paired_differences(table)
     write_text(out / "differences.csv", diffs.to_csv(index=False))
     write_text(out / "results.md", markdown(summary, meta) + differences_markdown(diffs))
-    write_text(out / "meta.json", json.dumps(meta, indent=1))
     chart(summary, meta, out / "results.png")
+    write_text(out / "meta.json", json.dumps(meta, indent=1, default=str))
 
 
 def collect_runs(run_dirs) -> pd.DataFrame:
     """One row per finished run directory (from its result.json): rebuilds a grid that ran in pieces."""
     rows = []
     for run in map(Path, run_dirs):
-        result = json.loads((run / "result.json").read_text())
+        result = read_json(run / "result.json")
         rows.append({**result, "run": run.name})
     table = pd.DataFrame(rows)
     full = table.loc[table.method == "full", "trainable"]
@@ -254,10 +306,24 @@ def collect_runs(run_dirs) -> pd.DataFrame:
     return table
 
 
+RESULT_COLUMNS = ["run", "method", "setting", "seed", "test_acc", "val_acc", "trainable"]
+SUMMARY_COLUMNS = ["method", "setting", "test_acc", "std", "ci95", "seeds", "trainable"]
+
+
 def load_results(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """(runs, summary, meta) of a comparison folder written by `compare`."""
+    """(runs, summary, meta) of a complete comparison folder written by `compare`; IncompleteResultsError (an
+    EncvitError) naming the folder and what is missing when it is unfinished or a table is damaged."""
     folder = Path(folder)
-    if not (folder / "results.csv").exists():
+    if not (folder / "results.csv").exists() and not (folder / "meta.json").exists():
         raise ConfigError(f"{folder} holds no comparison results (results.csv)")
-    return (pd.read_csv(folder / "results.csv"), pd.read_csv(folder / "summary.csv"),
-            json.loads((folder / "meta.json").read_text()))
+    if not (folder / "meta.json").exists():
+        raise IncompleteResultsError(f"{folder} holds an unfinished comparison (no meta.json, which is written "
+                                     f"last): run the same `encvit compare --out {folder}` to complete it")
+    meta = read_json(folder / "meta.json", IncompleteResultsError)
+    runs, summary = (read_table(folder / name, IncompleteResultsError) for name in ("results.csv", "summary.csv"))
+    for name, table, columns in (("results.csv", runs, RESULT_COLUMNS), ("summary.csv", summary, SUMMARY_COLUMNS)):
+        missing = [c for c in columns if c not in table.columns]
+        if missing or table.empty:
+            raise IncompleteResultsError(f"{folder / name} is damaged: "
+                                         + (f"it lacks {', '.join(missing)}" if missing else "it has no rows"))
+    return runs, summary, meta

@@ -17,6 +17,7 @@ so the command line and the Python API refuse the same values with the same one-
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -50,6 +51,14 @@ class ConfigError(EncvitError):
 
 class OutputError(EncvitError):
     """An output file cannot be written (a full disk, a file size limit); nothing of it is left behind."""
+
+
+class OutputInUseError(EncvitError):
+    """Another command is writing the same output folder or file."""
+
+
+class IncompleteResultsError(EncvitError):
+    """A results folder is unfinished (no manifest, meta.json, yet) or one of its files is damaged."""
 
 
 # ---- option checks ---------------------------------------------------------------------------------------
@@ -188,3 +197,54 @@ def check_output_path(path, flag: str, folder: bool) -> Path:
 
 class AttackError(EncvitError):
     """An attack cannot run on the given images (too few, inconsistent pairs, not the expected probes)."""
+
+
+# ---- reading back what a command wrote ----------------------------------------------------------------------
+def read_json(path: str | os.PathLike, error: type[EncvitError] = ConfigError, fix: str = "remove it") -> dict:
+    """The JSON object in `path`; `error` in one line, ending with `fix`, when it is missing, damaged or not an
+    object."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path} is missing; {fix}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise error(f"{path} is damaged ({type(exc).__name__}: {one_line_of(exc)}); {fix}") from None
+    if not isinstance(value, dict):
+        raise error(f"{path} is damaged (a JSON {type(value).__name__}, not an object); {fix}")
+    return value
+
+
+def read_table(path: str | os.PathLike, error: type[EncvitError] = ConfigError):
+    """The CSV table in `path` as a DataFrame; `error` in one line when it is missing, empty or damaged."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        return pd.read_csv(path)
+    except FileNotFoundError:
+        raise error(f"{path} is missing") from None
+    except pd.errors.EmptyDataError:
+        raise error(f"{path} is empty") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
+        raise error(f"{path} is not readable ({type(exc).__name__}: {one_line_of(exc)})") from None
+
+
+def one_line_of(exc: BaseException) -> str:
+    """An exception's message on one line, cut at 200 characters."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def refuse_other_settings(saved: dict, now: dict, where: str, names: dict | None = None) -> None:
+    """ConfigError naming every setting of `now` whose value differs from `saved` (what `where` was made with),
+    with both values; `names` labels a setting (default: its option, `batch_size` -> `--batch-size`)."""
+    names = names or {}
+    # Compared as JSON gives them back: a tuple is saved as a list, a path as text.
+    now = json.loads(json.dumps(now, default=str))
+    differ = [f"{names.get(k) or '--' + k.replace('_', '-')} "
+              f"{repr(saved[k]) + ' there' if k in saved else 'not recorded there'}, {v!r} now"
+              for k, v in now.items() if k not in saved or saved[k] != v]
+    if differ:
+        raise ConfigError(f"{where} was made with other settings ({'; '.join(differ)}): use the same settings to "
+                          "resume, pass --overwrite to start afresh, or choose another --out")

@@ -2,16 +2,20 @@
 
 Each worker uses cores // N torch threads. A run gives the same numbers in a worker as in this process with
 the same number of threads: CPU training is deterministic, but a different thread count sums in another order
-and changes the last bits.
+and changes the last bits. A worker ends when the process that started it dies, even by kill -9.
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import pickle
 import queue
 import shutil
 import signal
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -37,12 +41,40 @@ def threads_per_job(jobs: int) -> int:
     return max(1, cpu_cores() // jobs)
 
 
-def _start_worker(threads: int) -> None:
+def _start_worker(threads: int, parent: int) -> None:
     # Ctrl-C reaches the whole process group: the parent stops the workers and cleans up after them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Stopped by the parent (SIGTERM), a worker exits through Python, so that its semaphores are released.
     signal.signal(signal.SIGTERM, _exit)
     torch.set_num_threads(threads)
+    end_with_parent(parent)
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def end_with_parent(parent: int | None = None, interval: float = 1.0) -> None:
+    """Make this process get SIGTERM (and so end, removing its half-written run) when its parent dies; `parent`:
+    the pid that started it, to notice a parent that died before this call.
+
+    Linux sends the signal the moment the parent dies (prctl PR_SET_PDEATHSIG, whatever the start method); a
+    watchdog thread covers other systems and the cases prctl misses.
+    """
+    if sys.platform.startswith("linux"):
+        # Strictly, when the parent's thread that started this process ends: Pool's threads live as long as it.
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if parent is not None and os.getppid() != parent:  # died before prctl was set: no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=_watch_parent, args=(os.getppid(), interval), daemon=True,
+                     name="end-with-parent").start()
+
+
+def _watch_parent(parent: int, interval: float) -> None:
+    # Needed beside prctl, which exists on Linux only. An orphan is adopted by another process: its parent pid
+    # changes (fork, spawn, and forkserver, whose server ends with the parent).
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _exit(*_) -> None:
@@ -67,7 +99,8 @@ def train_runs(runs: Iterable[tuple[TrainConfig, object, torch.nn.Module]], jobs
     started: dict[int, TrainConfig] = {}
     context = multiprocessing.get_context("spawn")  # a forked torch process can deadlock in its thread pool
     try:
-        with context.Pool(jobs, initializer=_start_worker, initargs=(threads_per_job(jobs),)) as pool:
+        with context.Pool(jobs, initializer=_start_worker,
+                          initargs=(threads_per_job(jobs), os.getpid())) as pool:
             for index, (config, splits, backbone) in enumerate(runs):
                 while len(started) >= jobs + 1:  # keep the workers busy without pickling every run up front
                     _take(finished, started, on_result)

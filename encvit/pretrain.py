@@ -16,7 +16,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from .atomic import atomic_path, write_text
+from .atomic import atomic_path, output_lock, write_text
 from .backbones import EMBEDDED, NORM_MEAN, NORM_STD, create_backbone, embedded_weights_path
 from .data import HOLDOUT_PER_CLASS, ImageSet, Splits, load_dataset
 from .errors import ConfigError, check_options, check_output_path, integer, number, one_of, option, optional, path
@@ -57,6 +57,11 @@ def pretrain(config: PretrainConfig) -> dict:
     check_output_path(out.with_suffix(".md"), "--out (its model card)", folder=False)
     if out.suffix == ".md":
         raise ConfigError(f"--out {out} would be overwritten by its model card (.md): name a .safetensors file")
+    with output_lock(out):  # one command at a time writes these weights
+        return _pretrain(config, out)
+
+
+def _pretrain(config: PretrainConfig, out: Path) -> dict:
     torch.manual_seed(config.seed)
     model = create_backbone(config.name, pretrained=False)
     spec = EMBEDDED[config.name]

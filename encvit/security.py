@@ -18,6 +18,7 @@ and pieces started on the same OUT with different --settings merge by constructi
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -28,13 +29,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .atomic import save_figure, write_text
+from .atomic import fresh_folder, output_lock, save_figure, write_text
 from .cipher import Key, PerImageKeys
 from .compare import paired_interval
-from .errors import ConfigError, check_options, each, integer, one_of, option, optional, path
+from .errors import (ConfigError, IncompleteResultsError, check_options, check_output_path, each, integer, one_of,
+                     option, optional, path, read_json, read_table, refuse_other_settings)
 from .parallel import jobs_allowed, train_runs
 from .samples import DEMO_PASSPHRASE
-from .train import TrainConfig, prepare_run_dir
+from .train import SETTING_NAMES, TrainConfig, finished_run, result_settings
 
 SETTINGS = {"shuffle": ("pixel shuffling", {}),
             "neg-pos": ("+ negative-positive", {"neg_pos": True}),
@@ -84,16 +86,27 @@ def _run_configs(base: TrainConfig, plan: SecurityConfig, out: Path, key_files: 
     return configs
 
 
-def _finished(run: Path, config: TrainConfig) -> bool:
-    """A run whose result.json exists and was made with this config's method, seed, epochs and limit."""
-    result = run / "result.json"
-    if not result.exists():
-        return False
-    saved = json.loads((run / "config.json").read_text())
-    same = all(saved.get(k) == getattr(config, k) for k in ("method", "seed", "epochs", "limit", "dataset", "lr"))
-    if not same:
-        raise ConfigError(f"{run} was trained with other settings; remove it or use another --out")
-    return True
+# What pieces of one study may differ in: each run and attack is its own file (settings, methods, counts, draws
+# and seeds pick which); everything else must match the study's config.json.
+PIECE_SETTINGS = ("method", "seed", "per_image_keys")
+
+
+def study_settings(base: TrainConfig, references: int, backbone_hash: str) -> dict:
+    """Every setting the study's numbers depend on that all its pieces share: the runs' (`result_settings`, less
+    what picks a piece) and the attacker's reference images. Saved as OUT/config.json."""
+    runs = {k: v for k, v in result_settings(base, None, backbone_hash).items() if k not in PIECE_SETTINGS}
+    return {**runs, "references": references}
+
+
+def _check_files(out: Path) -> None:
+    """Read every run, attack and adapter file of the study once, so that a damaged one is refused before work."""
+    for run in sorted((out / "runs").glob("*/*/")):
+        if (run / "result.json").exists():
+            fix = f"remove the run folder {run} to train it again"
+            read_json(run / "result.json", fix=fix)
+            read_json(run / "config.json", fix=fix)
+    for piece in sorted([*(out / "attacks").glob("*/*.json"), *(out / "adapter-leaks").glob("*/*.json")]):
+        read_json(piece, fix="remove it to redo it")
 
 
 def attack_once(setting: str, count: int, draw: int, references: int, block_size: int = 4) -> dict:
@@ -121,38 +134,56 @@ def attack_once(setting: str, count: int, draw: int, references: int, block_size
 def security_study(base: TrainConfig, settings=tuple(SETTINGS), methods=METHODS, counts=(10, 50, 200, 1000),
                    seeds: int = 3, draws: int = 3, out: str | Path = "runs/security", references: int = 1000,
                    jobs: int = 1, log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run (or resume) the study into `out`; returns (accuracy table, attack table) of everything there."""
+    """Run (or resume, with the same settings) the study into `out`, locked while it runs; returns (accuracy table,
+    attack table) of everything there. `base.overwrite` starts afresh beside the old study and replaces it."""
     plan = SecurityConfig(settings, methods, counts, seeds, draws, references, str(out), jobs)
     if base.key or base.passphrase or base.per_image_keys:
         raise ConfigError("the security study makes its own keys: give no --key or --passphrase")
     if base.dataset != "fashion5k" or base.backbone != "encvit-tiny":
         raise ConfigError("the security study runs on the shipped backbone and fashion5k (its attack data is "
                           "Fashion-MNIST): use --dataset fashion5k --backbone encvit-tiny")
-    out = prepare_run_dir(out, True)
+    out = check_output_path(out, "--out", folder=True)
+    with output_lock(out), fresh_folder(out, base.overwrite) as folder:  # --overwrite: afresh, swapped in when done
+        return _security_study(base, plan, folder, log)
+
+
+def _security_study(base: TrainConfig, plan: SecurityConfig, out: Path, log) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from .backbones import create_backbone, weights_hash
+
+    backbone = create_backbone(base.backbone)
+    backbone_hash = weights_hash(backbone)
+    settings = study_settings(base, plan.references, backbone_hash)
+    if (out / "config.json").exists():
+        refuse_other_settings(read_json(out / "config.json"), settings, f"the study in {out}", SETTING_NAMES)
+    _check_files(out)
     block_size, channels = 4, 3  # encvit-tiny's patch size and channels
-    key_files = {}
-    for setting in plan.settings:
-        key = study_key(setting, block_size, channels)
-        if isinstance(key, Key):
-            key_files[setting] = str(key.save(out / "keys" / f"{setting}.json"))
+    keys = {setting: study_key(setting, block_size, channels) for setting in plan.settings}
+    key_files = {s: out / "keys" / f"{s}.json" for s, key in keys.items() if isinstance(key, Key)}
+    configs = {}
+    for run, config in _run_configs(base, plan, out, {s: str(f) for s, f in key_files.items()}).items():
+        # before any work: a run made with other settings is refused here, not after the attacks
+        if not finished_run(run, result_settings(config, keys[run.parent.name].fingerprint, backbone_hash)):
+            configs[run] = config
+    with contextlib.suppress(FileNotFoundError):
+        (out / "meta.json").unlink()  # the tables are incomplete until meta.json is written again, last
+    write_text(out / "config.json", json.dumps(settings, indent=1, default=str))
+    for setting, file in key_files.items():
+        keys[setting].save(file)
     started = time.perf_counter()
     _attacks(plan, out, log)  # minutes, before the hours of training
-    configs = {run: c for run, c in _run_configs(base, plan, out, key_files).items() if not _finished(run, c)}
     if configs:
-        from .backbones import create_backbone
         from .data import load_dataset
 
-        backbone = create_backbone(base.backbone)
         splits = load_dataset(base.dataset, limit=base.limit)
         runs = list(configs.values())
-        train_runs(((c, splits, copy.deepcopy(backbone)) for c in runs), jobs,
+        train_runs(((c, splits, copy.deepcopy(backbone)) for c in runs), plan.jobs,
                    lambda i, r: log(f"{Path(runs[i].out).parent.name}/{Path(runs[i].out).name}: test "
                                     f"{r['test_acc']:.2f}%  {r['seconds']:.0f} s"))
     _adapter_leaks(out, log)
     accuracy, attacks = collect(out)
     write_summary(accuracy, attacks, out, {"settings": list(plan.settings), "counts": list(plan.counts),
                                            "seeds": plan.seeds, "draws": plan.draws, "references": plan.references,
-                                           "epochs": base.epochs, "limit": base.limit, "jobs": jobs,
+                                           "epochs": base.epochs, "limit": base.limit, "jobs": plan.jobs,
                                            "seconds_this_call": time.perf_counter() - started})
     return accuracy, attacks
 
@@ -210,9 +241,9 @@ def collect_adapter_leaks(out: str | Path) -> pd.DataFrame:
     """One row per run whose adapter was read (OUT/adapter-leaks; in a shipped study, adapter_leaks.csv)."""
     table = Path(out) / "adapter_leaks.csv"
     if _shipped(out) and table.exists() and table.stat().st_size > 1:  # an empty table is written as one newline
-        return pd.read_csv(table)
+        return read_table(table, IncompleteResultsError)
     files = sorted(Path(out).glob("adapter-leaks/*/*.json"))
-    return pd.DataFrame([json.loads(f.read_text()) for f in files])
+    return pd.DataFrame([read_json(f, fix="remove it to redo it") for f in files])
 
 
 def adapter_leak_summary(leaks: pd.DataFrame) -> pd.DataFrame:
@@ -233,12 +264,17 @@ def collect(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     keeps its tables but not its runs, is read from accuracy.csv and attacks.csv."""
     out = Path(out)
     if _shipped(out) and (out / "accuracy.csv").exists():
-        return pd.read_csv(out / "accuracy.csv"), pd.read_csv(out / "attacks.csv")
+        if not (out / "meta.json").exists():
+            raise IncompleteResultsError(f"{out} holds unfinished security tables (no meta.json, which is written "
+                                         "last)")
+        return (read_table(out / "accuracy.csv", IncompleteResultsError),
+                read_table(out / "attacks.csv", IncompleteResultsError))
     rows = []
     for result in sorted((out / "runs").glob("*/*/result.json")):
-        rows.append({**json.loads(result.read_text()), "setting": result.parent.parent.name})
+        fix = f"remove the run folder {result.parent} to train it again"
+        rows.append({**read_json(result, fix=fix), "setting": result.parent.parent.name})
     accuracy = pd.DataFrame(rows)
-    attacks = pd.DataFrame([json.loads(f.read_text()) for f in sorted((out / "attacks").glob("*/*.json"))])
+    attacks = pd.DataFrame([read_json(f, fix="remove it to redo it") for f in sorted((out / "attacks").glob("*/*.json"))])
     return accuracy, attacks
 
 
@@ -362,11 +398,14 @@ def plot(accuracy: pd.DataFrame, attacks: pd.DataFrame, path: Path) -> None:
 
 
 def write_summary(accuracy: pd.DataFrame, attacks: pd.DataFrame, out: Path, meta: dict) -> None:
-    """accuracy.csv, attacks.csv, security.md, security.png and meta.json of a study folder."""
+    """accuracy.csv, attacks.csv, adapter_leaks.csv, security.md, security.png, then meta.json of a study folder:
+    meta.json is removed first and written last, so that the tables count only as a whole set."""
+    with contextlib.suppress(FileNotFoundError):
+        (out / "meta.json").unlink()
     write_text(out / "accuracy.csv", accuracy.to_csv(index=False))
     write_text(out / "attacks.csv", attacks.to_csv(index=False))
     leaks = collect_adapter_leaks(out)
     write_text(out / "adapter_leaks.csv", leaks.to_csv(index=False))
     write_text(out / "security.md", markdown(accuracy, attacks, meta, leaks))
-    write_text(out / "meta.json", json.dumps(meta, indent=1, default=str))
     plot(accuracy, attacks, out / "security.png")
+    write_text(out / "meta.json", json.dumps(meta, indent=1, default=str))

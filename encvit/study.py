@@ -6,6 +6,7 @@ full - MeLo are paired by seed and summarised with a 95% interval.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -18,14 +19,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from .atomic import save_figure, write_text
-from .backbones import create_backbone, describe
+from .atomic import fresh_folder, output_lock, save_figure, write_text
+from .backbones import create_backbone, describe, weights_hash
+from .cipher import Key
 from .compare import paired_interval
 from .data import Splits, load_dataset, stratified_subset
-from .errors import ConfigError, check_options, check_output_path, each, integer, number, option, optional, path
+from .errors import (ConfigError, IncompleteResultsError, check_options, check_output_path, each, integer, number,
+                     option, optional, path, read_json, read_table, refuse_other_settings)
 from .parallel import jobs_allowed, train_runs
 from .samples import DEMO_PASSPHRASE
-from .train import MAX_SEED, TrainConfig, check_splits, dataset_name
+from .train import MAX_SEED, SETTING_NAMES, TrainConfig, check_splits, dataset_name, result_settings
 
 SHIPPED_STUDY = Path(__file__).parent / "results" / "study"  # the full study, measured on the shipped backbone
 
@@ -61,21 +64,38 @@ def data_size_study(base: TrainConfig, datasets=("fashion5k", "mnist5k"), sizes=
     """Train MeLo, proposed (with each patch lr) and full on encrypted subsets, `jobs` runs at a time; one row
     per run.
 
-    With `out`, study.csv is rewritten after every run, and runs already in it are skipped: an
-    interrupted study resumes where it stopped.
+    With `out` (locked while it runs), study.csv is rewritten after every run, and runs already in it are skipped:
+    an interrupted study resumes where it stopped, if every setting is the same (saved in config.json).
+    `base.overwrite` starts afresh, beside the old study, which the new one replaces when complete.
     """
     plan = StudyConfig(datasets, sizes, seeds, patch_lrs, str(out) if out else None, jobs)
     if base.seed + seeds - 1 > MAX_SEED:
         raise ConfigError(f"--seed + --seeds must stay below {MAX_SEED + 1}, got {base.seed} + {seeds}")
     out = check_output_path(out, "--out", folder=True) if out else None
-    rows = _finished_runs(out, base.backbone) if out else []
+    if not out:
+        return _data_size_study(base, plan, None, log)
+    with output_lock(out), fresh_folder(out, base.overwrite) as folder:
+        return _data_size_study(base, plan, folder, log)
+
+
+def study_settings(base: TrainConfig, plan: StudyConfig, key_fingerprint: str, backbone_hash: str) -> dict:
+    """Every setting that changes a data-size study's numbers: the runs' (`result_settings`, less what each run
+    sets itself) and the study's datasets, sizes, seeds and patch lrs. Saved as OUT/config.json."""
+    per_run = ("dataset", "method", "patch_lr", "per_image_keys")
+    runs = {k: v for k, v in result_settings(base, key_fingerprint, backbone_hash).items() if k not in per_run}
+    return {**runs, "datasets": list(plan.datasets), "sizes": list(plan.sizes), "seeds": plan.seeds,
+            "patch_lrs": list(plan.patch_lrs)}
+
+
+def _data_size_study(base: TrainConfig, plan: StudyConfig, out: Path | None, log) -> pd.DataFrame:
     backbone = create_backbone(base.backbone, pretrained=base.pretrained, weights=base.weights)
     geometry = describe(backbone, base.backbone)
     passphrase = base.passphrase or DEMO_PASSPHRASE
+    settings = study_settings(base, plan, Key.generate(geometry.patch_size, geometry.channels,
+                                                       passphrase=passphrase).fingerprint, weights_hash(backbone))
+    rows = _finished_runs(out, settings, base) if out else []
     arms = [("melo", None), ("proposed", None), *[("proposed", lr) for lr in plan.patch_lrs], ("full", None)]
     done = {tuple(r[k] for k in RUN_KEY) for r in rows}
-    if done:
-        log(f"resuming: {len(done)} runs already in {out / 'study.csv'}")
     loaded = {dataset: load_dataset(dataset, geometry.image_size, geometry.channels) for dataset in plan.datasets}
     for dataset, full_splits in loaded.items():  # refuse before any training, not halfway through
         too_big = [size for size in plan.sizes if size > len(full_splits.train)]
@@ -87,16 +107,22 @@ def data_size_study(base: TrainConfig, datasets=("fashion5k", "mnist5k"), sizes=
         for size in plan.sizes:
             splits = Splits(dataset, stratified_subset(full_splits.train, size), val, test)
             check_splits(splits, base.limit)
-            for seed in range(base.seed, base.seed + seeds):
+            for seed in range(base.seed, base.seed + plan.seeds):
                 for method, patch_lr in arms:
                     if (dataset, size, seed, arm_name(method, patch_lr)) in done:
                         continue
                     config = replace(base, dataset=dataset, method=method, seed=seed, patch_lr=patch_lr,
-                                     test_every_epoch=False, progress=base.progress and jobs == 1,
+                                     test_every_epoch=False, progress=base.progress and plan.jobs == 1,
                                      passphrase=passphrase, key=None, out=None, limit=None)
                     row = {"dataset": dataset, "size": size, "seed": seed, "arm": arm_name(method, patch_lr),
                            "method": method, "patch_lr": patch_lr}
                     todo.append((row, config, splits))
+    if out:
+        if done:
+            log(f"resuming: {len(done)} runs already in {out / 'study.csv'}")
+        with contextlib.suppress(FileNotFoundError):
+            (out / "meta.json").unlink()  # the study is incomplete until meta.json is written again, last
+        write_text(out / "config.json", json.dumps(settings, indent=1, default=str))
     new_rows: dict[int, dict] = {}
 
     def table_so_far() -> pd.DataFrame:
@@ -111,30 +137,39 @@ def data_size_study(base: TrainConfig, datasets=("fashion5k", "mnist5k"), sizes=
             write_text(out / "study.csv", table_so_far().to_csv(index=False))
 
     start = time.perf_counter()
-    train_runs(((config, splits, copy.deepcopy(backbone)) for _, config, splits in todo), jobs, finished)
+    train_runs(((config, splits, copy.deepcopy(backbone)) for _, config, splits in todo), plan.jobs, finished)
     table = table_so_far()
     if out:
-        write_study(table, out, {"backbone": base.backbone, "epochs": base.epochs, "seeds": seeds, "jobs": jobs,
-                                 "seconds_this_session": round(time.perf_counter() - start, 1),
-                                 "training_seconds": round(float(table["seconds"].sum()), 1)})
+        write_study(table, out, {"backbone": base.backbone, "epochs": base.epochs, "seeds": plan.seeds,
+                                 "jobs": plan.jobs, "seconds_this_session": round(time.perf_counter() - start, 1),
+                                 "training_seconds": round(float(table["seconds"].sum()), 1),
+                                 "settings": settings})
     return table
 
 
-def _finished_runs(out: Path, backbone: str) -> list[dict]:
-    """Rows of an earlier, possibly interrupted, study in `out`; refuses one made with another backbone."""
+def _finished_runs(out: Path, settings: dict, base: TrainConfig) -> list[dict]:
+    """Rows of an earlier, possibly interrupted, study in `out`; ConfigError naming every setting (config.json,
+    and each row's backbone and epochs) that differs from this one's."""
+    if (out / "config.json").exists():
+        refuse_other_settings(read_json(out / "config.json"), settings, f"the study in {out}", SETTING_NAMES)
     if not (out / "study.csv").exists():
         return []
-    table = load_study_runs(out)
-    others = set(table.get("backbone", pd.Series([backbone]))) - {backbone}
-    if others:
-        raise ConfigError(f"{out} holds a study of backbone {sorted(others)[0]}, not {backbone}: "
-                          "choose another --out")
+    table = _read_runs(out / "study.csv")
+    for column in ("backbone", "epochs"):
+        others = sorted(set(table[column].tolist()) - {getattr(base, column)}, key=str)
+        if others:
+            refuse_other_settings({column: others[0]}, {column: getattr(base, column)}, f"the study in {out}")
     return table.astype(object).where(table.notna(), None).to_dict("records")
 
 
 def merge_studies(folders, out: str | Path) -> pd.DataFrame:
-    """Join the runs of several study folders (e.g. one per seed, run in parallel) into one study."""
+    """Join the runs of several complete study folders (e.g. one per seed, run in parallel) into one study."""
     out = check_output_path(out, "--out", folder=True)
+    with output_lock(out):
+        return _merge_studies(folders, out)
+
+
+def _merge_studies(folders, out: Path) -> pd.DataFrame:
     tables = [load_study_runs(f) for f in folders]
     table = pd.concat(tables, ignore_index=True)
     duplicated = table[table.duplicated(RUN_KEY, keep=False)]
@@ -155,17 +190,31 @@ STUDY_COLUMNS = [*RUN_KEY, "method", "patch_lr", "val_acc", "test_acc", "seconds
 
 
 def load_study_runs(folder: str | Path) -> pd.DataFrame:
-    """The runs (study.csv) of a study folder; a missing, unreadable or foreign file is refused."""
-    path = Path(folder) / "study.csv"
-    if not path.is_file():
+    """The runs (study.csv) of a complete study folder; a missing, unfinished (no meta.json), unreadable,
+    truncated or foreign table is refused in one line."""
+    folder = Path(folder)
+    if not (folder / "study.csv").is_file():
         raise ConfigError(f"{folder} holds no study results (study.csv)")
-    try:
-        table = pd.read_csv(path)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ConfigError(f"{path} is not readable ({type(exc).__name__}: {exc})") from None
+    if not (folder / "meta.json").is_file():
+        raise IncompleteResultsError(f"{folder} holds an unfinished study (study.csv without meta.json, which is "
+                                     f"written last): run the same `encvit study data-size --out {folder}` to "
+                                     "complete it")
+    return _read_runs(folder / "study.csv")
+
+
+def _read_runs(path: Path) -> pd.DataFrame:
+    """study.csv as a table, refused when unreadable, foreign, or truncated (a row without its results)."""
+    table = read_table(path)
     missing = [c for c in STUDY_COLUMNS if c not in table.columns]
     if missing:
         raise ConfigError(f"{path} is not a study's run table: it lacks {', '.join(missing)}")
+    required = [c for c in STUDY_COLUMNS if c != "patch_lr"]
+    gaps_in = table[required].isna()
+    if gaps_in.any(axis=None):
+        row = int(gaps_in.any(axis=1).to_numpy().argmax())
+        empty = [c for c in required if gaps_in[c].iloc[row]]
+        raise ConfigError(f"{path} is truncated or damaged: its line {row + 2} has no {', '.join(empty)}; "
+                          "remove that line to run it again")
     return table
 
 
@@ -269,9 +318,12 @@ def plot_gaps(summary: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def write_study(table: pd.DataFrame, out: Path, meta: dict) -> None:
-    """study.csv (runs), gaps.csv (paired gaps), study.md (the gaps as a table), accuracy.csv (per arm), patch_lr_choices.csv, study.png and
-    meta.json, each atomically."""
+    """study.csv (runs), gaps.csv (paired gaps), study.md (the gaps as a table), accuracy.csv (per arm),
+    patch_lr_choices.csv, study.png, then meta.json, each atomically: meta.json is removed first and written last,
+    so that the tables count only as a whole set."""
     out.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        (out / "meta.json").unlink()
     summary = gaps(table)
     write_text(out / "study.csv", table.to_csv(index=False))
     write_text(out / "gaps.csv", summary.to_csv(index=False))
@@ -280,14 +332,13 @@ def write_study(table: pd.DataFrame, out: Path, meta: dict) -> None:
                                  + gaps_markdown(summary))
     write_text(out / "accuracy.csv", arm_accuracy(table).to_csv())
     write_text(out / "patch_lr_choices.csv", patch_lr_choices(table).to_csv())
-    write_text(out / "meta.json", json.dumps(meta, indent=1))
     plot_gaps(summary, out / "study.png", f"{meta['backbone']}, encrypted images, {meta['seeds']} seed(s)")
+    write_text(out / "meta.json", json.dumps(meta, indent=1, default=str))
 
 
 def load_study(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """(runs, gaps, meta) of a study folder."""
-    folder = Path(folder)
-    if not (folder / "study.csv").exists():
-        raise ConfigError(f"{folder} holds no study results (study.csv)")
-    return (pd.read_csv(folder / "study.csv"), pd.read_csv(folder / "gaps.csv"),
-            json.loads((folder / "meta.json").read_text()))
+    """(runs, gaps, meta) of a complete study folder; IncompleteResultsError (an EncvitError) naming the folder and
+    what is missing when it is unfinished or a table is damaged."""
+    runs = load_study_runs(folder)
+    return (runs, read_table(Path(folder) / "gaps.csv", IncompleteResultsError),
+            read_json(Path(folder) / "meta.json", IncompleteResultsError))

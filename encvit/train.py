@@ -10,6 +10,7 @@ The key itself is never written; only its fingerprint.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -23,12 +24,12 @@ import timm
 import torch
 
 from .adapters import AdapterInfo, load_classifier, save_adapter
-from .atomic import write_text
+from .atomic import output_lock, replace_folder, staging_of, write_text
 from .backbones import create_backbone, describe, weights_hash
 from .cipher import Key, PerImageKeys, fingerprint_of
 from .data import DATASETS, Splits, load_dataset
 from .errors import (Allowed, ConfigError, KeyMismatchError, check_options, check_output_path, integer, number,
-                     one_of, option, optional, path, text)
+                     one_of, option, optional, path, read_json, refuse_other_settings, text)
 from .loop import LoopSettings, distributed, evaluate, fit, pick_device
 from .methods import ALL_METHODS, LORA_METHODS, PATCH_EMBED_METHODS, count_trainable, prepare
 from .preprocess import BatchPreprocess
@@ -95,6 +96,36 @@ class TrainConfig:
         return self.lr if self.lr is not None else DEFAULT_LR[self.method]
 
 
+# What decides where a run goes and what it shows while running, never its numbers; the key file and passphrase
+# are compared by the key they give (its fingerprint), not by their text.
+NOT_RESULT_SETTINGS = ("out", "overwrite", "progress", "test_every_epoch", "key", "passphrase")
+# How a resume refuses the two settings that are not options.
+SETTING_NAMES = {"key_fingerprint": "the key (fingerprint)", "backbone_hash": "the backbone's weights (hash)"}
+
+
+def result_settings(config: TrainConfig, key_fingerprint: str | None = None,
+                    backbone_hash: str | None = None) -> dict:
+    """Every setting of `config` that changes a run's numbers, with the key's fingerprint and the backbone's hash
+    when given: what a resumed run must share with the run it continues."""
+    settings = {k: v for k, v in asdict(config).items() if k not in NOT_RESULT_SETTINGS}
+    extra = {"key_fingerprint": key_fingerprint, "backbone_hash": backbone_hash}
+    return {**settings, **{k: v for k, v in extra.items() if v is not None}}
+
+
+def finished_run(run: Path, settings: dict) -> bool:
+    """True when `run` holds a complete run made with `settings` (see `result_settings`); ConfigError naming the
+    settings when it was made with others, or when its config.json is damaged. False when there is none."""
+    if not (run / "result.json").exists():
+        return False
+    fix = f"remove the run folder {run} to train it again"
+    read_json(run / "result.json", fix=fix)
+    saved = read_json(run / "config.json", fix=fix)
+    derived = saved.get("derived") if isinstance(saved.get("derived"), dict) else {}
+    saved = {**saved, **{k: derived[k] for k in ("key_fingerprint", "backbone_hash") if k in derived}}
+    refuse_other_settings(saved, settings, f"run {run}", SETTING_NAMES)
+    return True
+
+
 def resolve_key(key_path: str | None, passphrase: str | None, block_size: int, channels: int) -> Key | None:
     """The key of a run: a key file, or one made from a passphrase with the backbone's patch size."""
     if key_path and passphrase:
@@ -143,9 +174,16 @@ def train(config: TrainConfig, splits: Splits | None = None, backbone: torch.nn.
     """Fine-tune a backbone by `config`; returns the result and writes the run directory if `config.out`.
 
     Everything is checked before the data is loaded; a failure later (an error, Ctrl-C) removes RUN.partial.
+    While it runs, the run directory is locked: another command writing it is refused.
     """
-    out = prepare_run_dir(config.out, config.overwrite)
     rank, _ = distributed()
+    locked = check_output_path(config.out, "--out", folder=True) if config.out and rank == 0 else None
+    with output_lock(locked) if locked else contextlib.nullcontext():
+        return _train(config, rank, splits, backbone)
+
+
+def _train(config: TrainConfig, rank: int, splits: Splits | None, backbone: torch.nn.Module | None) -> dict:
+    out = prepare_run_dir(config.out, config.overwrite)
     torch.manual_seed(config.seed)
     model = backbone if backbone is not None else create_backbone(
         config.backbone, pretrained=config.pretrained, weights=config.weights, image_size=config.image_size)
@@ -167,7 +205,7 @@ def train(config: TrainConfig, splits: Splits | None = None, backbone: torch.nn.
                             weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs,
                             label_smoothing=config.label_smoothing, patch_lr=config.patch_lr, amp=config.amp,
                             seed=config.seed, progress=config.progress, test_every_epoch=config.test_every_epoch)
-    staging = out.with_name(out.name + ".partial") if out and rank == 0 else None
+    staging = staging_of(out) if out and rank == 0 else None
     try:
         return _fit_and_write(config, model, splits, key, geometry, backbone_hash, preprocess, settings, out, staging)
     except BaseException:
@@ -177,7 +215,7 @@ def train(config: TrainConfig, splits: Splits | None = None, backbone: torch.nn.
 
 
 def _fit_and_write(config, model, splits, key, geometry, backbone_hash, preprocess, settings, out, staging) -> dict:
-    """Train, then write the run into `staging` and rename it to `out` in one step."""
+    """Train, then write the run into `staging` and swap it in for `out` by renames (`replace_folder`)."""
     if staging:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -214,10 +252,9 @@ def _fit_and_write(config, model, splits, key, geometry, backbone_hash, preproce
         write_text(staging / "config.json", json.dumps({**public, "derived": derived}, indent=1, default=str))
         write_text(staging / "result.json", json.dumps(result, indent=1))
         write_text(staging / "versions.json", json.dumps(versions(), indent=1))
-        # The finished run replaces any old one in one rename: no half-written run directory is ever visible.
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
+        # The finished run replaces any old one by renames: a half-written run directory is never visible, and a
+        # kill at any instant leaves the old run or the new one.
+        replace_folder(staging, out)
     result["model"] = model
     result["metrics"] = rows
     return result

@@ -93,3 +93,11 @@ def test_ctrl_c_stops_the_workers_and_leaves_no_half_written_run(tmp_path):
     assert process.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].endswith("half-written has been removed"), err
     assert not list(out.glob("*.partial")) and not (out / "results.csv").exists()
+
+
+def test_a_worker_whose_parent_died_before_it_started_ends_at_once():
+    # The pid it was started by is not its parent any more: no parent-death signal would come.
+    code = "import os, time; from encvit.parallel import end_with_parent; end_with_parent(os.getppid() + 10**7); " \
+           "time.sleep(60)"
+    ended = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert ended.returncode == -signal.SIGTERM, ended.stderr

@@ -70,8 +70,14 @@ def test_a_run_trained_otherwise_is_not_taken_for_the_study_s(tmp_path):
     config = out / "runs" / "shuffle" / "melo-seed0" / "config.json"
     saved = json.loads(config.read_text())
     config.write_text(json.dumps({**saved, "epochs": 5}))
-    with pytest.raises(ConfigError, match="trained with other settings"):
+    with pytest.raises(ConfigError, match=r"melo-seed0 was made with other settings \(--epochs 5 there, 1 now\)"):
         security_study(base, ("shuffle",), ("melo",), (10,), 1, 1, out, references=100)
+    config.write_text(json.dumps(saved))
+    # A new piece with another batch size would mix two studies in one table: refused before any work.
+    with pytest.raises(ConfigError, match=r"--batch-size 32 there, 4 now"):
+        security_study(TrainConfig(limit=60, epochs=1, batch_size=4, progress=False), ("per-image",), ("melo",),
+                       (10,), 1, 1, out, references=100)
+    assert not (out / "runs" / "per-image").exists() and not (out / "attacks" / "per-image").exists()
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import output_lock
 from ..errors import (AttackError, ConfigError, ImageError, check_options, check_output_path, integer, one_of,
                       option, optional)
 
@@ -102,6 +103,17 @@ def _check_output(args) -> None:
         raise ConfigError(f"{args.output} exists; pass --force to replace it")
 
 
+def _one_writer(command):
+    """`command` holding the lock of its -o file for its whole run: a second attack writing it is refused."""
+    def run(args) -> int:
+        if not getattr(args, "output", None):
+            return command(args)
+        check_output_path(args.output, "--output", folder=False)
+        with output_lock(args.output, "-o"):
+            return command(args)
+    return run
+
+
 def cmd_ciphertext_only(args) -> int:
     from .ciphertext_only import ciphertext_only
 
@@ -150,8 +162,9 @@ def cmd_chosen_plaintext(args) -> int:
         folder = check_output_path(args.make_probes, "--make-probes", folder=True)
         size = parse_size(args.size) if args.size else None
         probes = make_probes(options.block_size, options.channels, size)
-        for index, probe in enumerate(probes):
-            save_png(probe, folder / f"probe-{index}.png")
+        with output_lock(folder, "--make-probes"):  # one command at a time writes the folder
+            for index, probe in enumerate(probes):
+                save_png(probe, folder / f"probe-{index}.png")
         print(f"wrote {folder}/probe-0.png and probe-1.png ({probes[0].shape[1]}x{probes[0].shape[0]}): encrypt "
               f"both with the key under attack, then run --probes-encrypted")
         return 0
@@ -234,14 +247,14 @@ def register(sub) -> None:
                    "at most 256 values, else 2)")
     p.add_argument("--seed", type=int, default=0)
     output(p)
-    p.set_defaults(func=cmd_ciphertext_only)
+    p.set_defaults(func=_one_writer(cmd_ciphertext_only))
 
     p = kinds.add_parser("known-plaintext", help="from plain/encrypted pairs (matched by file stem)")
     p.add_argument("--plain", nargs="+", required=True, metavar="PLAIN")
     p.add_argument("--encrypted", nargs="+", required=True, metavar="ENCRYPTED")
     p.add_argument("--block-size", type=int, help="block size M (default: found from the pairs)")
     output(p)
-    p.set_defaults(func=cmd_known_plaintext)
+    p.set_defaults(func=_one_writer(cmd_known_plaintext))
 
     p = kinds.add_parser("chosen-plaintext", help="make two probe images; recover the key from their encryptions")
     p.add_argument("--make-probes", metavar="DIR", help="step 1: write probe-0.png and probe-1.png into DIR")
@@ -251,7 +264,7 @@ def register(sub) -> None:
     p.add_argument("--probes-encrypted", nargs="+", metavar="ENCRYPTED", help="step 2: the two encrypted probes")
     p.add_argument("-o", "--output", metavar="RECOVERED.json", help="the recovered key file (step 2)")
     p.add_argument("--force", action="store_true", help="replace an existing key file")
-    p.set_defaults(func=cmd_chosen_plaintext)
+    p.set_defaults(func=_one_writer(cmd_chosen_plaintext))
 
     p = kinds.add_parser("score", help="how much of the key was recovered, and how good its decryptions are")
     p.add_argument("--true-key", required=True, metavar="KEY.json")
@@ -269,4 +282,4 @@ def register(sub) -> None:
     p.add_argument("--reference", nargs="+", metavar="PLAIN",
                    help="public plain images for the block statistics (default: a generic prior)")
     output(p)
-    p.set_defaults(func=cmd_adapter)
+    p.set_defaults(func=_one_writer(cmd_adapter))

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import pandas as pd
 import torch
 
 from ..adapters import AdapterInfo, save_adapter
-from ..atomic import write_text
+from ..atomic import output_lock, replace_folder, write_text
 from ..backbones import create_backbone, describe
 from ..errors import ConfigError, check_output_path
 from ..methods import prepare
@@ -79,8 +80,8 @@ def summary(encrypted: HeadRun, reference: dict, wall_seconds: float) -> dict:
 
 def write_run(out: Path, config: FHEConfig, features: FeatureSplits, encrypted: HeadRun, twin: HeadRun,
               model: torch.nn.Module | None, exact: HeadRun, result: dict, derived_extra: dict | None = None) -> Path:
-    """Write the run directory atomically: files into RUN.partial, then one rename. Without a `model` (a run on a
-    features file) the head for the raw features is written as head.safetensors."""
+    """Write the run directory atomically: files into RUN.partial, then swapped in by renames. Without a `model` (a
+    run on a features file) the head for the raw features is written as head.safetensors."""
     from ..train import versions
 
     import tenseal
@@ -113,9 +114,7 @@ def write_run(out: Path, config: FHEConfig, features: FeatureSplits, encrypted: 
         write_text(staging / "result.json", json.dumps(result, indent=1, default=float))
         details = {**encrypted.stats, "numpy_twins": compare(encrypted, twin, exact)}
         write_text(staging / "fhe.json", json.dumps(details, indent=1, default=float))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
+        replace_folder(staging, out)  # a kill at any instant leaves the old run or the new one
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -160,7 +159,13 @@ def fhe_train(config: FHEConfig, out: str | os.PathLike | None = None, overwrite
 
     start = time.perf_counter()
     config.check()
-    run_dir = prepare_run_dir(check_output_path(out, "--out", folder=True), overwrite) if out is not None else None
+    locked = check_output_path(out, "--out", folder=True) if out is not None else None
+    with output_lock(locked) if locked else contextlib.nullcontext():  # one command at a time writes the run
+        run_dir = prepare_run_dir(locked, overwrite) if locked else None
+        return _fhe_train(config, run_dir, progress, start)
+
+
+def _fhe_train(config: FHEConfig, run_dir: Path | None, progress: bool, start: float) -> dict:
     features, model, source = load_features(config, progress)
     check_splits(features, config.limit)
     chosen, selection = choose(features, config) if config.components == "auto" else (config.components, [])
