@@ -93,3 +93,15 @@ def test_the_colour_backbone_note_names_the_colour_datasets_and_how_to_get_the_w
     weights.write_bytes(b"")
     assert colour_backbone_note("cmnist5k", "encvit-tiny").endswith(
         "--backbone encvit-tiny-colour was pretrained on colour ones")
+
+
+def test_colour_datasets_are_named_wherever_a_user_picks_a_dataset(pair):
+    from encvit.cli import build_parser
+    from encvit.fhe.features import NAMED_CLASSES, class_count
+
+    _, colour = pair
+    assert NAMED_CLASSES["cfashion5k"] == colour.classes and class_count("cmnist5k") == 10
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for command in ("train", "compare", "study", "fhe-train", "features"):
+        help_text = " ".join(commands[command].format_help().split())
+        assert "cfashion5k, cmnist5k" in help_text, command
