@@ -123,7 +123,8 @@ grid = sidebar.checkbox("Show the block grid", value=False, key="grid")
 st.header("Images")
 samples = {s.path.name + (f" ({s.label})" if s.label else ""): s for s in list_samples()}
 picked = st.multiselect("Shipped samples", list(samples), key="samples",
-                        default=[n for n, s in samples.items() if s.label in shape.class_names][:3])
+                        default=[n for n, s in samples.items() if s.label in shape.class_names][:3],
+                        help="cfashion-N.png is fashion-N.png in colour, as in the dataset cfashion5k.")
 uploads = st.file_uploader("Or upload PNG / JPEG images", type=["png", "jpg", "jpeg"], accept_multiple_files=True,
                            key="uploads")
 images = demo.sample_images([samples[n] for n in picked], shape)
@@ -157,11 +158,16 @@ st.caption(f"Models take {shape.image_size}x{shape.image_size} images; the key p
 for index, image in enumerate(images):
     with st.container(border=True):
         original, encrypted, table = st.columns([1, 1, 3])
-        original.image(demo.enlarge(image.array, factor, key.block_size if grid else None), caption=image.name)
+        # PNG, not Streamlit's default JPEG, whose colour subsampling would blur a block's pixels into each other
+        original.image(demo.enlarge(image.array, factor, key.block_size if grid else None), caption=image.name,
+                       output_format="PNG")
         encrypted.image(demo.enlarge(key.encrypt(image.array), factor, key.block_size if grid else None),
-                        caption=f"encrypted with {key.fingerprint}")
+                        caption=f"encrypted with {key.fingerprint}", output_format="PNG")
         if image.label:
             table.markdown(f"True label: **{demo.escape_markdown(image.label)}**")
+        note = demo.grey_runs_note(image, {name: infos[name] for name in chosen})
+        if note:
+            table.caption(demo.escape_markdown(note))
         if predictions:
             table.table(demo.prediction_table(predictions, infos, index, image.label))
         else:

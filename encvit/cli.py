@@ -164,10 +164,21 @@ def _config_from(args, **overrides):
     return TrainConfig(**{**values, **overrides})
 
 
+def _note_colour_backbone(config, datasets=None) -> None:
+    """Suggest the colour backbone on stderr when colour data meets the grey-pretrained default."""
+    from .train import colour_backbone_note
+
+    note = colour_backbone_note(datasets or config.dataset, config.backbone, config.pretrained, config.weights)
+    if note:
+        print(note, file=sys.stderr)
+
+
 def cmd_train(args) -> int:
     from .train import train
 
-    result = train(_config_from(args))
+    config = _config_from(args)
+    _note_colour_backbone(config)
+    result = train(config)
     print(f"{result['method']} on {result['dataset']} ({result['setting']}, key {result['key_fingerprint']}): "
           f"test accuracy {result['test_acc']:.2f}%, validation {result['val_acc']:.2f}%, "
           f"{result['trainable']:,} trainable parameters, {result['seconds']:.0f} s"
@@ -196,6 +207,7 @@ def cmd_compare(args) -> int:
     base = _config_from(args, out=None)
     methods = split_list(args.methods, str, "--methods")
     settings = split_list(args.settings, str, "--settings")
+    _note_colour_backbone(base)
     start = time.perf_counter()
     compare(base, methods, settings, args.seeds, args.out, args.overwrite, jobs=args.jobs)
     print(f"results in {args.out}: results.md, results.csv, results.png ({_wall(start, args.jobs)})")
@@ -233,6 +245,7 @@ def cmd_study(args) -> int:
     seeds = _one_from_env_or(args.seeds, "ENCVIT_STUDY_SEEDS", "--seeds")
     patch_lrs = split_list(args.patch_lrs, float, "--patch-lrs")
     datasets = split_list(args.datasets, str, "--datasets")
+    _note_colour_backbone(base, datasets)
     start = time.perf_counter()
     data_size_study(base, datasets, sizes, seeds, patch_lrs, args.out, jobs=args.jobs)
     print(f"study written to {args.out}: study.csv, gaps.csv, study.png ({_wall(start, args.jobs)})")
@@ -258,12 +271,15 @@ def _security_study(args, base) -> int:
 
 
 def _training_args(p: argparse.ArgumentParser, with_method: bool = True) -> None:
-    p.add_argument("--backbone", default="encvit-tiny", help="encvit-tiny (shipped) or a timm ViT name")
+    from .data import DATASET_HELP
+
+    p.add_argument("--backbone", default="encvit-tiny", help="encvit-tiny (shipped, pretrained on grey images), "
+                   "encvit-tiny-colour (pretrained on colour ones, for colour datasets) or a timm ViT name")
     p.add_argument("--weights", help="local backbone weights (safetensors or torch state dict)")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="random backbone weights (for tests and offline paper-scale dry runs)")
     p.add_argument("--image-size", type=int, help="input size for timm backbones (default: the model's)")
-    p.add_argument("--dataset", default="fashion5k", help="fashion5k, mnist5k, cifar10 or folder:PATH")
+    p.add_argument("--dataset", default="fashion5k", help=DATASET_HELP)
     if with_method:
         p.add_argument("--method", required=True, choices=["full", "melo", "proposed"])
     _key_args(p)
@@ -290,6 +306,8 @@ def _jobs_arg(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    from .data import DATASET_HELP
+
     parser = Parser(prog="encvit", description="Privacy-preserving fine-tuning of ViTs: "
                     "block-wise image encryption, LoRA methods and encrypted head training.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -369,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "security: attacks and accuracy per cipher setting (resumes in --out, default runs/security)")
     p.add_argument("folders", nargs="*", help="study folders to merge")
     _training_args(p, with_method=False)
-    p.add_argument("--datasets", default="fashion5k,mnist5k")
+    p.add_argument("--datasets", default="fashion5k,mnist5k", help=f"comma-separated, each one of {DATASET_HELP}")
     p.add_argument("--sizes", default="500,1000,2000,3600", help="training-set sizes (env ENCVIT_STUDY_SIZES)")
     p.add_argument("--seeds", default="3", help="seeds per cell (env ENCVIT_STUDY_SEEDS)")
     _jobs_arg(p)

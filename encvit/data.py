@@ -223,6 +223,12 @@ def load_folder(path: str | os.PathLike, image_size: int, channels: int = 3, tes
 DATASETS = ("fashion5k", "mnist5k", "cfashion5k", "cmnist5k", "cifar10", "fashion55k", "cfashion55k", "folder:PATH")
 # A colour dataset is its grey namesake with a fixed foreground/background tint per image (encvit.colour).
 COLOUR_DATASETS = {"cfashion5k": "fashion5k", "cmnist5k": "mnist5k", "cfashion55k": "fashion55k"}
+DATASET_HELP = "fashion5k, mnist5k, cfashion5k, cmnist5k (their colour versions), cifar10 or folder:PATH"
+
+
+def is_colour_dataset(name: str) -> bool:
+    """Whether `name` is one of the named colour datasets (a folder's colours are not known without reading it)."""
+    return name in COLOUR_DATASETS
 
 
 def colour_version(splits: Splits, name: str) -> Splits:

@@ -18,7 +18,9 @@ import pandas as pd
 from torch import nn
 
 from .adapters import AdapterInfo
+from .attack_demo import colour_images
 from .cipher import Key, parse_key_json
+from .data import COLOUR_DATASETS
 from .errors import ConfigError, EncvitError, KeyFileError, KeyMismatchError
 from .images import open_image, png_bytes, to_array
 from .methods import METHODS
@@ -147,6 +149,15 @@ def sample_images(samples: Iterable[Sample], shape: Geometry) -> list[DemoImage]
     """Shipped samples at the models' input size, with their true label where it is one of the classes."""
     return [read_image(s.path.read_bytes(), s.path.name, shape, s.label if s.label in shape.class_names else None)
             for s in samples]
+
+
+def grey_runs_note(image: DemoImage, infos: dict[str, AdapterInfo]) -> str | None:
+    """A caption for a colour image shown to runs that were all trained on grey images (known by name), else None."""
+    trained_on = {info.dataset for info in infos.values()}
+    if not infos or not colour_images([image.array]) or not trained_on <= set(COLOUR_DATASETS.values()):
+        return None
+    return (f"A colour image: the key moves its values between truly different channels. The runs chosen were "
+            f"trained on grey images ({', '.join(sorted(trained_on))}), so expect weaker predictions.")
 
 
 def enlarge(array: np.ndarray, factor: int, grid: int | None = None, colour=(255, 64, 64)) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 For each dataset, training-set size and seed, three runs on encrypted images: MeLo, proposed and full
 fine-tuning (and proposed with each extra patch-embedding learning rate). The gaps proposed - MeLo and
-full - MeLo are paired by seed and summarised with a 95% interval.
+full - MeLo are paired by seed and summarised with a 95% interval. Any dataset `load_dataset` knows can be
+studied, the colour ones (``cfashion5k``, ``cmnist5k``) included.
 """
 from __future__ import annotations
 

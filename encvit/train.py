@@ -25,9 +25,9 @@ import torch
 
 from .adapters import AdapterInfo, load_classifier, save_adapter
 from .atomic import output_lock, replace_folder, staging_of, write_text
-from .backbones import create_backbone, describe, weights_hash
+from .backbones import create_backbone, describe, embedded_weights_path, weights_hash
 from .cipher import Key, PerImageKeys, fingerprint_of
-from .data import DATASETS, Splits, load_dataset
+from .data import DATASETS, Splits, is_colour_dataset, load_dataset
 from .errors import (Allowed, ConfigError, KeyMismatchError, check_options, check_output_path, integer, number,
                      one_of, option, optional, path, read_json, refuse_other_settings, text)
 from .loop import LoopSettings, distributed, evaluate, fit, pick_device
@@ -141,6 +141,21 @@ def resolve_key(key_path: str | None, passphrase: str | None, block_size: int, c
                                    f"--block-size {block_size} --channels {channels}`")
         return key
     return None
+
+
+GREY_BACKBONE, COLOUR_BACKBONE = "encvit-tiny", "encvit-tiny-colour"
+
+
+def colour_backbone_note(datasets, backbone: str, pretrained: bool = True, weights: str | None = None) -> str | None:
+    """A one-line note when colour datasets are trained on the grey-pretrained shipped backbone, else None."""
+    colour = [name for name in ([datasets] if isinstance(datasets, str) else datasets) if is_colour_dataset(name)]
+    if not colour or backbone != GREY_BACKBONE or not pretrained or weights is not None:
+        return None
+    missing = "" if embedded_weights_path(COLOUR_BACKBONE).exists() else \
+        f" (its weights are not shipped yet: make them with `encvit pretrain --name {COLOUR_BACKBONE}`)"
+    return (f"note: {', '.join(colour)} {'is a colour dataset' if len(colour) == 1 else 'are colour datasets'} "
+            f"and {GREY_BACKBONE} was pretrained on grey images; --backbone {COLOUR_BACKBONE} was pretrained on "
+            f"colour ones{missing}")
 
 
 def versions() -> dict:

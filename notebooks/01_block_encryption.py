@@ -26,7 +26,9 @@
 # 4. two optional steps: block scrambling and negative-positive transformation;
 # 5. decryption is exact, and a wrong key gives noise;
 # 6. why a ViT whose patch embedding stays frozen sees a different input, and why E' = E Pᵀ undoes the
-#    encryption exactly.
+#    encryption exactly;
+# 7. on a colour image the shuffle moves values between truly different channels; on a grey one it cannot, and
+#    the effective key is smaller.
 #
 # Everything is done by the package (`encvit.cipher.Key`, `encvit.adapt`, `encvit.viz`); the cells only call it.
 # Sizes come from the environment: `ENCVIT_QUICK=1` (set by the test suite) makes the run smaller.
@@ -46,6 +48,7 @@ from PIL import Image
 
 from encvit import viz
 from encvit.adapt import adapt_to_key
+from encvit.attacks.leaks import log2_factorial
 from encvit.backbones import create_backbone, describe
 from encvit.cipher import Key
 from encvit.data import load_dataset
@@ -56,6 +59,7 @@ from encvit.samples import list_samples
 
 QUICK = os.environ.get("ENCVIT_QUICK") == "1"
 N_TOKEN_IMAGES = 64 if QUICK else 512  # Fashion-MNIST test images for the token-similarity statistics
+N_EQUIVALENT_KEYS = 100 if QUICK else 1000  # keys that encrypt every grey image alike (section 12)
 PASSPHRASE = "notebook 01 passphrase"
 viz.notebook_style()
 torch.manual_seed(0)
@@ -378,6 +382,132 @@ try:
     adapt_to_key(vit_s, key, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 except KeyMismatchError as error:
     print(f"{type(error).__name__}: {error}")
+
+# %% [markdown]
+# ## 12 · Colour: where the shuffle crosses channels
+#
+# Every image at the shipped backbone's scale so far was grey, copied into three channels. There a value that the
+# key moves from the red to the blue channel lands on an identical copy of itself: the cross-channel part of the
+# shuffle does nothing. The paper's images (CIFAR-10) are in colour, and so is the kit's colour data: `cfashion5k`
+# holds the images of `fashion5k`, each with a fixed foreground and background colour of its own, drawn without
+# looking at the labels (`encvit.colour`). The shipped samples `cfashion-0.png` ... `cfashion-9.png` are the
+# garments of `fashion-0.png` ... `fashion-9.png` in colour. We encrypt one of them, in grey and in colour, with
+# the 4 x 4 key of figure 2, and follow two blocks: the top-left corner (background) and the block with the most
+# distinct colours (an edge of the garment).
+
+# %%
+coloured = {s.label: load_image(s.path, channels=3, resize=(32, 32)) for s in list_samples("cfashion5k")}
+garment = "Ankle boot"
+grey_image, colour_image = clothes[garment], coloured[garment]
+grey_encrypted, colour_encrypted = tiny_key.encrypt(grey_image), tiny_key.encrypt(colour_image)
+colour_blocks = viz.image_blocks(colour_image, tiny_key.block_size)
+distinct_colours = [len(np.unique(viz.block_image(b, 3, tiny_key.block_size).reshape(-1, 3), axis=0))
+                    for b in colour_blocks]
+background, edge = 0, int(np.argmax(distinct_colours))
+print(f"{garment}: background block {background}, edge block {edge} ({distinct_colours[edge]} distinct colours "
+      f"among its 16 pixels)")
+fig = viz.plot_block_grid([grey_image, grey_encrypted, colour_image, colour_encrypted],
+                          ["grey (fashion5k)", "grey, encrypted", "colour (cfashion5k)", "colour, encrypted"],
+                          tiny_key.block_size, f"The same {garment.lower()} in grey and in colour, encrypted with the "
+                          f"4 x 4 key {tiny_key.fingerprint}", highlight=[background, edge], size=2.6)
+
+# %% [markdown]
+# *Figure 11. The grey sample and its colour version, each plain and encrypted with the same key; the outlines mark
+# the background block (blue) and the edge block (orange). The grey image's flat black background stays black; the
+# colour image's flat background turns into a patchwork, the same in every background block, since one permutation
+# acts on every block (so the flat blocks of an encrypted colour image still show as a repeated pattern).*
+#
+# The two blocks enlarged, as 4 x 4 grids of RGB pixels: each pixel of an encrypted block takes its red, green
+# and blue from three positions of the plain block, usually of other pixels and other channels.
+
+# %%
+block_pixels, block_titles = [], []
+for name, plain, encrypted in (("grey", grey_image, grey_encrypted), ("colour", colour_image, colour_encrypted)):
+    for index, where in ((background, "background"), (edge, "edge")):
+        for state, image in (("plain", plain), ("encrypted", encrypted)):
+            block_pixels.append(viz.block_image(viz.image_blocks(image, tiny_key.block_size)[index], 3,
+                                                tiny_key.block_size))
+            block_titles.append(f"{name}\n{where}\n{state}")
+fig = viz.plot_images(block_pixels, block_titles, "One block's 48 values as 4 x 4 RGB pixels, before and after the "
+                      "cipher", size=1.3)
+
+# %% [markdown]
+# *Figure 12. The four grey blocks (left), then the four colour ones. Grey: the background block is 48 zeros and
+# stays so (no permutation changes a block of one value); the edge block's encrypted pixels get colours because
+# their three channels now come from different grey pixels. Colour: the background block is one colour, i.e. three
+# values, and the shuffle deals them out to every channel: a flat colour becomes a patchwork. The edge block mixes
+# the garment's and the background's colours.*
+#
+# The edge block's 48 values as (red, green, blue) per pixel, plain and encrypted, and where the key takes each
+# encrypted channel's 16 values from:
+
+# %%
+m2 = tiny_key.block_size ** 2
+plain_rgb = viz.block_image(colour_blocks[edge], 3, tiny_key.block_size)
+encrypted_rgb = viz.block_image(viz.image_blocks(colour_encrypted, tiny_key.block_size)[edge], 3, tiny_key.block_size)
+triples = pd.concat({state: pd.DataFrame([[", ".join(map(str, pixel)) for pixel in row] for row in rgb])
+                     for state, rgb in (("plain", plain_rgb), ("encrypted", encrypted_rgb))}, axis=1)
+display(triples)
+source_channel = tiny_key.pixel_permutation // m2  # the plain channel of the value each encrypted position takes
+target_channel = np.arange(tiny_key.block_length) // m2
+flow = pd.crosstab(pd.Series(target_channel, name="encrypted channel"),
+                   pd.Series(source_channel, name="from plain channel"))
+display(flow.rename(index=dict(enumerate("RGB")), columns=dict(enumerate("RGB"))))
+print(f"{(source_channel != target_channel).sum()} of the key's {tiny_key.block_length} positions take their value "
+      f"from another channel")
+
+# %% [markdown]
+# The same happens in every block of every image. Over the ten shipped clothes, how many blocks does the cipher
+# leave exactly as they were?
+
+# %%
+unchanged = {}
+for name, images in (("grey (fashion5k)", clothes), ("colour (cfashion5k)", coloured)):
+    plain = np.concatenate([viz.image_blocks(i, tiny_key.block_size) for i in images.values()])
+    encrypted = np.concatenate([viz.image_blocks(tiny_key.encrypt(i), tiny_key.block_size) for i in images.values()])
+    unchanged[name] = {"blocks": len(plain), "left unchanged by the cipher": int((plain == encrypted).all(1).sum())}
+pd.DataFrame(unchanged).T
+
+# %% [markdown]
+# **The effective key.** A key orders a block's 48 values: 48! orderings. On a grey image the three channels of a
+# pixel hold the same value, so all that matters is *which pixel* each encrypted position reads
+# (`pixel_permutation % 16`), not which channel: any two keys that differ only by swapping channels within pixels
+# encrypt every grey image identically. There are (3!)^16 such keys for each distinct encryption of grey images,
+# so grey images see 48! / (3!)^16 of the 48! orderings. (A grey image stored in one channel, with a 4 x 4 x 1 key,
+# would have only 16!.) We count them, and check the claim by making keys that differ from `tiny_key` only by
+# channel swaps within pixels and encrypting both samples with each:
+
+# %%
+counts = {"colour, 4 x 4 x 3 (48! orderings)": log2_factorial(tiny_key.block_length),
+          "grey in three channels (48! / (3!)^16)": log2_factorial(tiny_key.block_length) - m2 * log2_factorial(3),
+          "grey in one channel, 4 x 4 x 1 key (16!)": log2_factorial(m2)}
+display(pd.DataFrame({"distinct encryptions": {k: f"{2 ** bits:.2e}" for k, bits in counts.items()},
+                      "bits": {k: round(bits, 1) for k, bits in counts.items()}}))
+rng = np.random.default_rng(0)
+pixel, channel = np.arange(tiny_key.block_length) % m2, np.arange(tiny_key.block_length) // m2
+equivalent = []
+for _ in range(N_EQUIVALENT_KEYS):
+    swap = np.stack([rng.permutation(3) for _ in range(m2)])  # a channel order for every pixel of the plain block
+    within_pixels = swap[pixel, channel] * m2 + pixel  # plain position -> the same pixel in another channel
+    equivalent.append(Key(tiny_key.block_size, 3, within_pixels[tiny_key.pixel_permutation]))
+same_pixels = all(np.array_equal(k.pixel_permutation % m2, tiny_key.pixel_permutation % m2) for k in equivalent)
+grey_ciphertexts = {k.encrypt(grey_image).tobytes() for k in equivalent}
+colour_ciphertexts = {k.encrypt(colour_image).tobytes() for k in equivalent}
+print(f"{len({k.fingerprint for k in equivalent})} distinct keys, each reading the same pixels as "
+      f"{tiny_key.fingerprint}: {same_pixels}")
+print(f"distinct encryptions of the grey {garment.lower()}: {len(grey_ciphertexts)}; "
+      f"of the colour one: {len(colour_ciphertexts)}")
+invisible = m2 * log2_factorial(3)
+print(f"(3!)^16 = {2 ** invisible:.2e} keys per grey encryption: {invisible:.1f} of the key's "
+      f"{log2_factorial(tiny_key.block_length):.1f} bits are invisible on grey images")
+
+# %% [markdown]
+# On grey images 41 of the key's 203 bits are invisible: every key above encrypts the grey ankle boot the same way,
+# while each encrypts the colour one differently. An attacker of grey images only has to find which pixel each
+# position reads (the "same pixel" score of notebook 04, "right pixel" in the app's Attacker's view); on colour
+# images the channel too. For a model the difference is what the patch embedding must undo: on colour images the key mixes
+# the red, green and blue of different pixels into one token, and a flat coloured background becomes texture,
+# while E' = E Pᵀ (section 11) still undoes it exactly.
 
 # %% [markdown]
 # ## What this means for fine-tuning

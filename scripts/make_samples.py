@@ -1,4 +1,5 @@
-"""Write the shipped sample images (encvit/samples/): Fashion-MNIST and MNIST test images and two photographs.
+"""Write the shipped sample images (encvit/samples/): Fashion-MNIST and MNIST test images, the colour versions of
+the Fashion-MNIST ones (cfashion5k, encvit.colour) and two photographs.
 
 Run once; the outputs are committed. Photographs come from scikit-image's data module (public domain / CC0).
 """
@@ -14,12 +15,12 @@ from encvit.data import load_dataset
 OUT = Path(__file__).resolve().parents[1] / "encvit" / "samples"
 OUT.mkdir(parents=True, exist_ok=True)
 labels = {}
-for dataset, prefix in (("fashion5k", "fashion"), ("mnist5k", "digit")):
+for dataset, prefix in (("fashion5k", "fashion"), ("mnist5k", "digit"), ("cfashion5k", "cfashion")):
     test = load_dataset(dataset).test
     for c, name in enumerate(test.classes):
-        index = int(np.flatnonzero(test.labels.numpy() == c)[0])
+        index = int(np.flatnonzero(test.labels.numpy() == c)[0])  # cfashion-c.png is fashion-c.png in colour
         file = f"{prefix}-{c}.png"
-        Image.fromarray(test.images[index, 0].numpy()).save(OUT / file)
+        Image.fromarray(test.images[index].permute(1, 2, 0).squeeze(-1).numpy()).save(OUT / file)
         labels[file] = {"dataset": dataset, "label": name}
 for name in ("chelsea", "coffee"):
     image = Image.fromarray(getattr(skdata, name)()).resize((224, 224), Image.Resampling.BILINEAR)

@@ -25,7 +25,7 @@ from encvit.adapters import read_adapter, read_adapter_info
 from encvit.cipher import Key
 from encvit.errors import AttackError, ConfigError, KeyFileError
 from encvit.predict import find_runs, shipped_comparison
-from encvit.samples import DEMO_PASSPHRASE
+from encvit.samples import DEMO_PASSPHRASE, SAMPLES_DIR
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "Home.py")
 TIMEOUT = 180  # the first run loads the backbone and adapters; later runs take them from st.cache_resource
@@ -204,6 +204,50 @@ def test_block_grid_and_run_choice():
     assert len(tables) == 3 and all(list(t.index) == ["melo-encrypted", "full-plain"] for t in tables)
     at.multiselect(key="runs").set_value([]).run()
     assert not prediction_tables(at) and any("Choose runs" in i.value for i in at.info)
+
+
+@pytest.fixture
+def shown_images(monkeypatch):
+    """The image files a page showed, by the URL its st.image element holds (AppTest keeps them in memory)."""
+    import streamlit.testing.v1.app_test as app_test
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    stores = []
+
+    class Recording(MemoryMediaFileStorage):
+        def __init__(self, *args):
+            super().__init__(*args)
+            stores.append(self)
+
+    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", Recording)
+
+    def read(image) -> np.ndarray:
+        file = stores[-1].get_file(image.proto.imgs[0].url.rsplit("/", 1)[1])
+        assert file.mimetype == "image/png"  # lossless: every pixel as the key made it
+        return np.asarray(Image.open(io.BytesIO(file.content)))
+    return read
+
+
+def test_a_colour_sample_is_encrypted_across_its_three_channels(shown_images, demo_key, infos):
+    at = home()
+    at.multiselect(key="samples").set_value(["fashion-5.png (Sandal)", "cfashion-5.png (Sandal)"]).run()
+    assert not at.exception and not at.error and len(at.main.image) == 4
+    assert_top3_for_each_method(at, count=2)
+    shape, factor = demo.geometry(infos), demo.display_factor(demo.geometry(infos).image_size)
+    grey, colour = (demo.read_image((SAMPLES_DIR / name).read_bytes(), name, shape)
+                    for name in ("fashion-5.png", "cfashion-5.png"))
+    plain, encrypted = (shown_images(image) for image in at.main.image[2:])
+    assert (plain[..., 0] != plain[..., 1]).any() and (plain[..., 1] != plain[..., 2]).any()  # kept in colour
+    assert np.array_equal(plain, demo.enlarge(colour.array, factor))
+    assert np.array_equal(encrypted, demo.enlarge(demo_key.encrypt(colour.array), factor))
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        assert (encrypted[..., a] != encrypted[..., b]).mean() > 0.5
+    assert not np.array_equal(encrypted, demo.enlarge(demo_key.encrypt(grey.array), factor))
+    notes = [c for c in seen(at.main.caption) if c.startswith("A colour image")]
+    assert len(notes) == 1 and "trained on grey images (fashion5k)" in notes[0]  # for cfashion-5.png only
+    at.checkbox(key="grid").check().run()  # the block grid drawn over the colour blocks
+    assert np.array_equal(shown_images(at.main.image[3]),
+                          demo.enlarge(demo_key.encrypt(colour.array), factor, demo_key.block_size))
 
 
 def test_runs_from_a_folder(tmp_path, monkeypatch):

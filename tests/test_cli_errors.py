@@ -132,3 +132,31 @@ def test_ctrl_c_or_kill_during_training_removes_the_staging_folder_and_says_so(t
     assert process.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == "encvit train: interrupted; what was half-written has been removed"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_colour_data_on_the_grey_backbone_gets_a_one_line_note_and_the_default_stays(monkeypatch):
+    import encvit.compare
+    import encvit.study
+
+    trained = []
+    result = dict(method="melo", dataset="cfashion5k", setting="plain", key_fingerprint=None, test_acc=0.0,
+                  val_acc=0.0, trainable=0, seconds=0.0)
+    monkeypatch.setattr(encvit.train, "train", lambda config: trained.append(config) or result)
+    monkeypatch.setattr(encvit.compare, "compare", lambda base, *args, **kwargs: trained.append(base))
+    monkeypatch.setattr(encvit.study, "data_size_study", lambda base, *args, **kwargs: trained.append(base))
+    for argv, noted in [(("train", "--method", "melo", "--dataset", "cfashion5k"), "cfashion5k is a colour dataset"),
+                        (("compare", "--dataset", "cmnist5k"), "cmnist5k is a colour dataset"),
+                        (("study", "data-size", "--datasets", "fashion5k,cfashion5k,cmnist5k"),
+                         "cfashion5k, cmnist5k are colour datasets"),
+                        (("train", "--method", "melo", "--dataset", "fashion5k"), None),
+                        (("train", "--method", "melo", "--dataset", "cfashion5k", "--backbone", "encvit-tiny-colour"),
+                         None),
+                        (("train", "--method", "melo", "--dataset", "cfashion5k", "--no-pretrained"), None)]:
+        status, err = run(*argv)
+        assert status == 0, err
+        if noted is None:
+            assert err == "", (argv, err)
+        else:
+            assert len(err.splitlines()) == 1 and err.startswith(f"note: {noted} and encvit-tiny was pretrained on "
+                                                                 "grey images; --backbone encvit-tiny-colour"), err
+    assert [c.backbone for c in trained] == ["encvit-tiny"] * 4 + ["encvit-tiny-colour", "encvit-tiny"]

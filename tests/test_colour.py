@@ -70,3 +70,38 @@ def test_random_tint_colours_each_batch_afresh_and_keeps_a_grey_share():
     assert 0.1 < kept_grey.float().mean() < 0.3
     again = RandomTint(size=28, keep_grey=0.2, photo=0.3, crops=64, seed=0)
     assert torch.equal(again(grey), first)  # seeded
+
+
+def test_the_colour_backbone_note_names_the_colour_datasets_and_how_to_get_the_weights(tmp_path, monkeypatch):
+    import encvit.train
+    from encvit.data import is_colour_dataset
+    from encvit.train import colour_backbone_note
+
+    assert [is_colour_dataset(n) for n in ("cfashion5k", "cmnist5k", "cfashion55k")] == [True] * 3
+    assert not any(is_colour_dataset(n) for n in ("fashion5k", "mnist5k", "cifar10", "folder:cfashion5k"))
+    assert colour_backbone_note("fashion5k", "encvit-tiny") is None
+    assert colour_backbone_note("cfashion5k", "encvit-tiny-colour") is None
+    assert colour_backbone_note("cfashion5k", "vit_base_patch16_224") is None
+    assert colour_backbone_note("cfashion5k", "encvit-tiny", pretrained=False) is None
+    assert colour_backbone_note("cfashion5k", "encvit-tiny", weights="mine.safetensors") is None
+    weights = tmp_path / "encvit-tiny-colour.safetensors"
+    monkeypatch.setattr(encvit.train, "embedded_weights_path", lambda name: tmp_path / f"{name}.safetensors")
+    before = colour_backbone_note(["fashion5k", "cmnist5k"], "encvit-tiny")
+    assert before.startswith("note: cmnist5k is a colour dataset and encvit-tiny was pretrained on grey images")
+    assert before.endswith("(its weights are not shipped yet: make them with `encvit pretrain --name "
+                           "encvit-tiny-colour`)")
+    weights.write_bytes(b"")
+    assert colour_backbone_note("cmnist5k", "encvit-tiny").endswith(
+        "--backbone encvit-tiny-colour was pretrained on colour ones")
+
+
+def test_colour_datasets_are_named_wherever_a_user_picks_a_dataset(pair):
+    from encvit.cli import build_parser
+    from encvit.fhe.features import NAMED_CLASSES, class_count
+
+    _, colour = pair
+    assert NAMED_CLASSES["cfashion5k"] == colour.classes and class_count("cmnist5k") == 10
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for command in ("train", "compare", "study", "fhe-train", "features"):
+        help_text = " ".join(commands[command].format_help().split())
+        assert "cfashion5k, cmnist5k" in help_text, command

@@ -29,6 +29,7 @@ import torch
 from ..adapters import AdapterInfo, save_adapter
 from ..atomic import output_lock, replace_folder, write_text
 from ..backbones import create_backbone, describe
+from ..data import DATASET_HELP
 from ..errors import ConfigError, check_output_path
 from ..methods import prepare
 from .components import choose
@@ -219,7 +220,7 @@ def register(subparsers) -> None:
     p.add_argument("--backbone", default=d.backbone,
                    help=f"encvit-tiny (shipped) or a timm ViT name (default {d.backbone})")
     p.add_argument("--dataset", default=d.dataset,
-                   help=f"fashion5k, mnist5k, cifar10 or folder:PATH (default {d.dataset})")
+                   help=f"{DATASET_HELP} (default {d.dataset})")
     p.add_argument("--features", metavar="F.npz", help="train on a features file (train_x, train_y, val_x, ...; from "
                    "`encvit features` or any extractor) instead of --backbone and --dataset")
     p.add_argument("--components", default=d.components,
@@ -258,7 +259,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("features", help="the client's plaintext step: a backbone's features of a dataset, "
                               "as a features file for `fhe-train --features`")
     p.add_argument("--backbone", default=d.backbone, help=f"encvit-tiny (shipped) or a timm ViT name (default {d.backbone})")
-    p.add_argument("--dataset", default=d.dataset, help=f"fashion5k, mnist5k, cifar10 or folder:PATH (default {d.dataset})")
+    p.add_argument("--dataset", default=d.dataset, help=f"{DATASET_HELP} (default {d.dataset})")
     p.add_argument("--limit", type=int, help="at most this many images per split (quick runs)")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random backbone weights")
     p.add_argument("--out", required=True, metavar="F.npz", help="the features file to write")

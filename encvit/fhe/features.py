@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import write_bytes
 from ..backbones import create_backbone, describe, weights_hash
-from ..data import CIFAR10_CLASSES, DIGIT_CLASSES, FASHION_CLASSES, ImageSet, load_dataset
+from ..data import CIFAR10_CLASSES, COLOUR_DATASETS, DIGIT_CLASSES, FASHION_CLASSES, ImageSet, load_dataset
 from ..errors import ConfigError
 from ..preprocess import BatchPreprocess
 from .head import FeatureSplits
@@ -27,6 +27,7 @@ from .head import FeatureSplits
 CACHE_DIR = Path(os.environ.get("ENCVIT_CACHE", Path.home() / ".cache" / "encvit")) / "features"
 NAMED_CLASSES = {"fashion5k": FASHION_CLASSES, "fashion55k": FASHION_CLASSES, "mnist5k": DIGIT_CLASSES,
                  "cifar10": CIFAR10_CLASSES}
+NAMED_CLASSES.update({colour: NAMED_CLASSES[grey] for colour, grey in COLOUR_DATASETS.items()})  # same labels
 
 
 def class_count(dataset: str) -> int | None:
