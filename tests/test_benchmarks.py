@@ -182,6 +182,18 @@ def test_bench_fhe_reports_encrypted_and_numpy_iterations_per_round(tmp_path):
     assert "goal at 8 features" in out and "load average at the end" in out
 
 
+def test_bench_fhe_memory_runs_both_sizes_alternating_and_reports_their_ratio(tmp_path):
+    report = tmp_path / "memory.json"
+    out = run("bench_fhe_memory.py", "--dim", "8", "--samples", "20", "--repeats", "1", "--json", str(report))
+    results = json.loads(report.read_text())["results"]
+    small, large, ratio = results
+    assert (small["samples"], large["samples"]) == (20, 40) and len(small["runs"]) == len(large["runs"]) == 1
+    peaks = [r["runs"][0]["peak_rss_mb"] for r in (small, large)]
+    assert min(peaks) > 100 and ratio["ratio_2n_over_n"]["median"] == pytest.approx(peaks[1] / peaks[0])
+    assert large["runs"][0]["iterations"] >= small["runs"][0]["iterations"]  # twice the samples: as many batches
+    assert "peak RSS at 40 / 20 samples" in out and "load average" in out and " cores, load average " in out
+
+
 def test_benchmarks_refuse_bad_repeats():
     scripts = ("bench_methods.py", "bench_train.py", "bench_cipher.py", "bench_fhe.py", "bench_attack.py")
     # In parallel: each spends its seconds importing torch before argparse refuses.
