@@ -7,6 +7,7 @@ on the fixed colour versions, so that the cipher's shuffle across colour channel
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -22,6 +23,7 @@ from .data import HOLDOUT_PER_CLASS, ImageSet, Splits, load_dataset
 from .errors import ConfigError, check_options, check_output_path, integer, number, one_of, option, optional, path
 from .loop import LoopSettings, evaluate, fit, pick_device
 from .preprocess import BatchPreprocess
+from .timing import cpu_mhz
 from .train import MAX_SEED, check_splits
 
 COLOUR_BACKBONES = ("encvit-tiny-colour",)
@@ -76,7 +78,7 @@ def _pretrain(config: PretrainConfig, out: Path) -> dict:
     settings = LoopSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
                             weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs,
                             label_smoothing=config.label_smoothing, hflip=config.hflip, seed=config.seed)
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), os.getloadavg()[0]
     rows = fit(model, splits.train, splits.val, None, preprocess, settings,
                on_epoch=lambda r: print(json.dumps(r), flush=True), augment=augment)
     seconds = time.perf_counter() - start
@@ -87,7 +89,7 @@ def _pretrain(config: PretrainConfig, out: Path) -> dict:
         save_file(state, tmp, metadata={"name": config.name, "recipe": json.dumps(asdict(config))})
     result = {"train_images": len(splits.train), "val_images": len(splits.val), "test_images": len(splits.test),
               "val_acc": rows[-1]["val_acc"], "test_acc": test_acc, "grey_test_acc": grey_test_acc,
-              "seconds": seconds, "epochs": rows}
+              "seconds": seconds, "epochs": rows, "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)]}
     write_text(out.with_suffix(".md"), model_card(config, result, out))
     return result
 
@@ -126,7 +128,7 @@ A small timm `VisionTransformer` pretrained from scratch by this project, so tha
   random horizontal flips {'on' if config.hflip else 'off'}, seed {config.seed}, plain (unencrypted) images.{_colour_recipe(config)}
 - **Accuracy:** {result['test_acc']:.2f}% on the {result['test_images']:,} {_TEST[config.name in COLOUR_BACKBONES]};
   {result['val_acc']:.2f}% on validation.{grey}
-- **Time:** {result['seconds'] / 60:.1f} minutes on {torch.get_num_threads()} CPU thread(s) ({platform.processor() or platform.machine()}),
+- **Time:** {result['seconds'] / 60:.1f} minutes on {torch.get_num_threads()} CPU thread(s) ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, clock {cpu_mhz():.0f} MHz, load average {result['load_average'][0]:.1f} at the start and {result['load_average'][1]:.1f} at the end),
   torch {torch.__version__}, timm {timm.__version__}.
 - **Regenerate:** `encvit pretrain{name_flag} --epochs {config.epochs}` (writes `{weights.name}` and this card).
 
