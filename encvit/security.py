@@ -45,6 +45,8 @@ SETTINGS = {"shuffle": ("pixel shuffling", {}),
             "per-image": ("one key per image", None)}
 METHODS = ("melo", "proposed", "full")
 SHIPPED_SECURITY = Path(__file__).parent / "results" / "security"
+# What the study runs on: (dataset, backbone) -> whether the attack's images are in colour (encvit.colour).
+STUDY_DATA = {("fashion5k", "encvit-tiny"): False, ("cfashion5k", "encvit-tiny-colour"): True}
 
 
 @dataclass
@@ -109,12 +111,15 @@ def _check_files(out: Path) -> None:
         read_json(piece, fix="remove it to redo it")
 
 
-def attack_once(setting: str, count: int, draw: int, references: int, block_size: int = 4) -> dict:
-    """One ciphertext-only attack on `count` images of the victim classes encrypted with the setting's key."""
+def attack_once(setting: str, count: int, draw: int, references: int, block_size: int = 4,
+                colour: bool = False) -> dict:
+    """One ciphertext-only attack on `count` images of the victim classes encrypted with the setting's key
+    (`colour`: the images in their fixed colours, scored by the colour comparison's plain MeLo model)."""
     from .attacks import best_pose_quality, ciphertext_only, decryption_quality, key_agreement, plain_model_accuracy
     from .attacks.datasets import fashion_attack_sets
+    from .predict import shipped_comparison
 
-    victims, labels, public = fashion_attack_sets(count, references, seed=draw)
+    victims, labels, public = fashion_attack_sets(count, references, seed=draw, colour=colour)
     key = study_key(setting, block_size, victims.shape[-1])
     options = SETTINGS[setting][1] or {}
     encrypted = key.encrypt(victims) if isinstance(key, Key) else PerImageKeys(block_size, victims.shape[-1],
@@ -128,7 +133,8 @@ def attack_once(setting: str, count: int, draw: int, references: int, block_size
         else {"positions_exact": np.nan, "positions_same_pixel": np.nan}
     return {"setting": setting, "count": count, "draw": draw, "seconds": seconds, **agreement,
             **decryption_quality(victims, decrypted), **best_pose_quality(victims, decrypted, block_size),
-            "plain_model_acc": plain_model_accuracy(decrypted, labels)}
+            "plain_model_acc": plain_model_accuracy(decrypted, labels, shipped_comparison(
+                "cfashion5k" if colour else "fashion5k") / "melo-plain")}
 
 
 def security_study(base: TrainConfig, settings=tuple(SETTINGS), methods=METHODS, counts=(10, 50, 200, 1000),
@@ -139,9 +145,10 @@ def security_study(base: TrainConfig, settings=tuple(SETTINGS), methods=METHODS,
     plan = SecurityConfig(settings, methods, counts, seeds, draws, references, str(out), jobs)
     if base.key or base.passphrase or base.per_image_keys:
         raise ConfigError("the security study makes its own keys: give no --key or --passphrase")
-    if base.dataset != "fashion5k" or base.backbone != "encvit-tiny":
-        raise ConfigError("the security study runs on the shipped backbone and fashion5k (its attack data is "
-                          "Fashion-MNIST): use --dataset fashion5k --backbone encvit-tiny")
+    if (base.dataset, base.backbone) not in STUDY_DATA:
+        raise ConfigError("the security study runs on Fashion-MNIST with a shipped backbone (its attack data is "
+                          "Fashion-MNIST): use --dataset fashion5k --backbone encvit-tiny, or --dataset cfashion5k "
+                          "--backbone encvit-tiny-colour")
     out = check_output_path(out, "--out", folder=True)
     with output_lock(out), fresh_folder(out, base.overwrite) as folder:  # --overwrite: afresh, swapped in when done
         return _security_study(base, plan, folder, log)
@@ -170,7 +177,7 @@ def _security_study(base: TrainConfig, plan: SecurityConfig, out: Path, log) -> 
     for setting, file in key_files.items():
         keys[setting].save(file)
     started = time.perf_counter()
-    _attacks(plan, out, log)  # minutes, before the hours of training
+    _attacks(plan, out, log, STUDY_DATA[base.dataset, base.backbone])  # minutes, before the hours of training
     if configs:
         from .data import load_dataset
 
@@ -179,22 +186,23 @@ def _security_study(base: TrainConfig, plan: SecurityConfig, out: Path, log) -> 
         train_runs(((c, splits, copy.deepcopy(backbone)) for c in runs), plan.jobs,
                    lambda i, r: log(f"{Path(runs[i].out).parent.name}/{Path(runs[i].out).name}: test "
                                     f"{r['test_acc']:.2f}%  {r['seconds']:.0f} s"))
-    _adapter_leaks(out, log)
+    _adapter_leaks(out, log, base.backbone)
     accuracy, attacks = collect(out)
-    write_summary(accuracy, attacks, out, {"settings": list(plan.settings), "counts": list(plan.counts),
+    write_summary(accuracy, attacks, out, {"dataset": base.dataset, "backbone": base.backbone,
+                                           "settings": list(plan.settings), "counts": list(plan.counts),
                                            "seeds": plan.seeds, "draws": plan.draws, "references": plan.references,
                                            "epochs": base.epochs, "limit": base.limit, "jobs": plan.jobs,
                                            "seconds_this_call": time.perf_counter() - started})
     return accuracy, attacks
 
 
-def _attacks(plan: SecurityConfig, out: Path, log) -> None:
+def _attacks(plan: SecurityConfig, out: Path, log, colour: bool = False) -> None:
     from tqdm.auto import tqdm
 
     todo = [(s, c, d) for s in plan.settings for c in plan.counts for d in range(plan.draws)
             if not (out / "attacks" / s / f"n{c}-draw{d}.json").exists()]
     for setting, count, draw in tqdm(todo, desc="attacks", unit="attack", disable=not todo):
-        row = attack_once(setting, count, draw, plan.references)
+        row = attack_once(setting, count, draw, plan.references, colour=colour)
         write_text(out / "attacks" / setting / f"n{count}-draw{draw}.json", json.dumps(row, default=float))
         log(f"attack {setting} n={count} draw {draw}: images exact {row['images_exact']:.2f}, "
             f"PSNR {row['psnr_db']:.1f} dB, {row['seconds']:.1f} s")
@@ -219,7 +227,7 @@ def _method_and_seed(run: Path) -> tuple[str, int]:
     return method, int(seed)
 
 
-def _adapter_leaks(out: Path, log) -> None:
+def _adapter_leaks(out: Path, log, backbone_name: str = "encvit-tiny") -> None:
     """Read the key off every finished proposed and full run of a shared-key setting (MeLo keeps the patch
     embedding frozen: nothing to read); one file per run, so it resumes like the attacks."""
     todo = [result.parent for result in sorted((out / "runs").glob("*/*/result.json"))
@@ -230,7 +238,7 @@ def _adapter_leaks(out: Path, log) -> None:
         return
     from .backbones import create_backbone
 
-    backbone = create_backbone("encvit-tiny")
+    backbone = create_backbone(backbone_name)
     for run in todo:
         row = adapter_leak_once(run, run.parent.name, backbone)
         write_text(out / "adapter-leaks" / run.parent.name / f"{run.name}.json", json.dumps(row, default=float))
@@ -319,10 +327,14 @@ def _label(setting: str) -> str:
 
 def markdown(accuracy: pd.DataFrame, attacks: pd.DataFrame, meta: dict, leaks: pd.DataFrame | None = None) -> str:
     """The study's tables as Markdown: the attack, the accuracy, and (when read) the adapters' leak."""
-    lines = [f"Ciphertext-only attack at M = 4 on grey Fashion-MNIST (victims: 5 garment classes of fashion5k; "
+    colour = meta.get("dataset") == "cfashion5k"
+    lines = [f"Ciphertext-only attack at M = 4 on {'colour' if colour else 'grey'} Fashion-MNIST (victims: 5 garment "
+             f"classes of {meta.get('dataset', 'fashion5k')}; "
              f"references: {meta['references']:,} public images of the 5 other classes), mean of {meta['draws']} "
              "draws of the attacker's ciphertexts. 'key, same pixel': share of key positions put in the right pixel "
-             "(the channels of a grey image cannot be told apart); 'images exact': share of the attacker's "
+             + ("(attacks.csv also has 'positions_exact': the right pixel and channel)" if colour else
+                "(the channels of a grey image cannot be told apart)")
+             + "; 'images exact': share of the attacker's "
              "decryptions equal to the plain image (PSNR counts an exact one as 100 dB); 'plain model': "
              "accuracy of the shipped MeLo model trained on "
              "plain images, on the attacker's decryptions; 'any pose': the same scores when the decryptions may be "

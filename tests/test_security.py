@@ -86,6 +86,7 @@ def test_a_run_trained_otherwise_is_not_taken_for_the_study_s(tmp_path):
     (["--draws", "0"], "--draws must be"),
     (["--passphrase", "x"], "makes its own keys"),
     (["--dataset", "mnist5k"], "fashion5k"),
+    (["--dataset", "cfashion5k"], "--dataset cfashion5k --backbone encvit-tiny-colour"),  # not the grey backbone
 ])
 def test_bad_options_are_refused_before_work(tmp_path, capsys, argv, message):
     out = tmp_path / "security"
