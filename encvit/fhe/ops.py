@@ -70,7 +70,13 @@ class Engine:
         items = list(items)
         if self._pool is None or len(items) < 2:
             return [fn(item) for item in items]
-        return list(self._pool.map(fn, items))
+        futures = [self._pool.submit(fn, item) for item in items]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:  # an error or Ctrl-C: drop the work not started, or exit would wait for all of it
+            for future in futures:
+                future.cancel()
+            raise
 
     @contextmanager
     def _op(self, kind: str, level: int | None = None):
