@@ -9,6 +9,7 @@ most); an error inside training is not, and is reported as a local run reports i
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -38,8 +39,7 @@ HOST_PORT = re.compile(r"[A-Za-z0-9._-]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}")
 
 
 class ClusterError(ConnectionError):
-    """The cluster lost a run more often than the retries allow (its worker or node died), or this process lost
-    the cluster."""
+    """The cluster lost a run: its worker or machine died more often than the retries allow."""
 
 
 def cluster_address() -> Allowed:
@@ -101,7 +101,7 @@ def connected(address: str | None, threads: int | None) -> Iterator["Cluster | N
     previous = signal.getsignal(signal.SIGTERM) if main else None
     try:
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-    except ConnectionError as exc:
+    except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
         raise ConfigError(f"cannot join the Ray cluster at {address} ({one_line_of(exc)}); a cluster with token "
                           "authentication needs RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or "
                           "~/.ray/auth_token) here too") from None
@@ -158,7 +158,7 @@ class Cluster:
                 configs.append(config)
                 key = Path(config.key).read_bytes() if config.key else None  # no shared filesystem: sent along
                 ref = task.options(num_cpus=self.threads, num_gpus=self.gpus, name=f"encvit {label(config)}").remote(
-                    config, put(splits), put(backbone), key, self.threads, versions(), scratch_name(config))
+                    config, put(splits), put(backbone), key, self.threads, software(), scratch_name(config))
                 pending[ref] = index
             with tqdm(total=len(pending), desc="runs", unit="run", disable=None) as bar:
                 while pending:
@@ -183,12 +183,15 @@ class Cluster:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as error:
             cause = getattr(error, "cause", None)
+            if str(cause).startswith("The remote function failed to import"):  # Ray's only sign of it
+                raise ConfigError("a machine of the cluster cannot import encvit.cluster: install this encvit with "
+                                  f"its {EXTRA} extra on every machine (pip install -e '.[{EXTRA}]')") from error
             if isinstance(cause, BaseException):
                 raise cause from error
             raise
         except ray.exceptions.RayError as error:
-            raise ClusterError(f"the cluster lost run {label(config)} {MAX_RETRIES + 1} times "
-                               f"({type(error).__name__}: {one_line_of(error)}); the runs already finished are "
+            raise ClusterError(f"the cluster lost run {label(config)}: its worker or machine died and the retries ran "
+                               f"out ({type(error).__name__}: {one_line_of(error)}); the runs already finished are "
                                "kept: run the same command again to go on") from None
 
     def _cancel(self, refs: list) -> None:
@@ -218,16 +221,28 @@ def scratch_name(config: TrainConfig) -> str:
     return hashlib.sha256(where.encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)
+def software() -> dict:
+    """What a run's numbers depend on beside its settings: the torch and timm versions and encvit's code (a digest
+    of its Python files, which a version number would not tell apart)."""
+    digest = hashlib.sha256()
+    package = Path(__file__).parent
+    for source in sorted(package.rglob("*.py")):
+        digest.update(str(source.relative_to(package)).encode() + b"\0" + source.read_bytes())
+    found = versions()
+    return {"torch": found["torch"], "timm": found["timm"], "encvit code": digest.hexdigest()[:12]}
+
+
 def run_task(config: TrainConfig, splits, backbone: torch.nn.Module, key: bytes | None, threads: int,
-             driver_versions: dict, scratch: str) -> dict:
+             driver_software: dict, scratch: str) -> dict:
     """One run, inside a Ray task: train with `threads` torch threads in a scratch folder of this node; returns
     the result (without the model) with the run directory's files as bytes under "files"."""
-    here = versions()
-    differ = [f"{name} {here[name]} here, {driver_versions[name]} on the driver" for name in ("torch", "timm", "encvit")
-              if here[name] != driver_versions[name]]
+    here = software()
+    differ = [f"{name} {here[name]} there, {driver_software.get(name)} here" for name in here
+              if here[name] != driver_software.get(name)]
     if differ:
-        raise ConfigError(f"node {socket.gethostname()} has other versions ({'; '.join(differ)}): install the same "
-                          "versions on every machine, which the same numbers need")
+        raise ConfigError(f"the machine {socket.gethostname()} of the cluster has other software ({'; '.join(differ)})"
+                          ": install the same on every machine, which the same numbers need")
     torch.set_num_threads(threads)
     folder = Path(tempfile.gettempdir()) / SCRATCH / scratch
     shutil.rmtree(folder, ignore_errors=True)  # what a killed attempt of this run left on this node

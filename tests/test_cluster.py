@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 
 from encvit.cli import main
 from encvit.compare import compare
+from encvit.errors import ConfigError
 from encvit.parallel import threads_per_job
 from encvit.study import data_size_study
 from encvit.train import TrainConfig
@@ -62,8 +63,8 @@ def head():
     its workers' temporary folder)."""
     short = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay below 108 bytes
     (short / "tmp").mkdir()
-    # Without authentication whatever this machine holds: a token in ~/.ray would turn it on (the commands under
-    # test would join in token mode, which such a head accepts too).
+    # Authentication off even when this machine holds a Ray token, which would turn it on (the commands under test
+    # then join in token mode, which such a head accepts).
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(short / "tmp"), "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
@@ -82,13 +83,16 @@ def head():
         assert "Ray runtime started" in (short / "head.log").read_text(), (short / "head.log").read_text()
         yield f"127.0.0.1:{port}", process, short / "tmp"
     finally:
-        process.terminate()  # `ray start --block` stops every process it started
+        started = psutil.Process(process.pid).children(recursive=True) if process.poll() is None else []
+        process.terminate()  # `ray start --block` stops every process it started...
         try:
             process.wait(60)
         except subprocess.TimeoutExpired:
-            for child in psutil.Process(process.pid).children(recursive=True):
-                child.kill()
             process.kill()
+            process.wait()
+        for child in started:  # ...and what it did not stop goes now
+            with contextlib.suppress(psutil.Error):
+                child.kill()
         log.close()
         shutil.rmtree(short, ignore_errors=True)
 
@@ -252,6 +256,17 @@ def test_a_token_held_here_makes_the_command_join_in_token_mode_as_ray_start_doe
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # set by the user: kept
     join_with_token_when_held()
     assert os.environ["RAY_AUTH_MODE"] == "disabled"
+
+
+def test_a_machine_with_other_software_refuses_the_run_before_training(tmp_path):
+    from encvit.cluster import run_task, software
+
+    other = {**software(), "encvit code": "0123456789ab"}  # the driver's encvit differs from this machine's
+    config = TrainConfig(limit=40, epochs=1, progress=False, out=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match=f"has other software .encvit code {software()['encvit code']} there, "
+                                          "0123456789ab here.: install the same on every machine"):
+        run_task(config, None, None, None, 1, other, "scratch")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("argv, message", [
