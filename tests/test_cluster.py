@@ -187,13 +187,14 @@ def test_the_data_size_study_runs_on_the_cluster_and_records_where(head, tmp_pat
 def test_ctrl_c_cancels_the_runs_on_the_cluster_and_leaves_nothing_half_written(head, tmp_path):
     address, head_process, scratch = head
     out = tmp_path / "cmp"
-    grid = encvit("compare", "--limit", 400, "--epochs", 40, "--batch-size", 16, "--address", address,
+    grid = encvit("compare", "--limit", 160, "--epochs", 40, "--batch-size", 16, "--address", address,
                   "--threads", THREADS, "--out", out, start_new_session=True, preexec_fn=hear_ctrl_c)
     try:
         deadline = time.monotonic() + 240
-        while not busy_workers(head_process) and grid.poll() is None and time.monotonic() < deadline:
+        training = lambda: list((scratch / "encvit-ray").glob("*/run.partial/metrics.csv"))  # an epoch done
+        while not training() and grid.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert grid.poll() is None and busy_workers(head_process), grid.communicate()
+        assert grid.poll() is None and training() and busy_workers(head_process), grid.communicate()
         os.killpg(grid.pid, signal.SIGINT)  # as a terminal sends Ctrl-C
         _, stderr = grid.communicate(timeout=120)
     finally:
