@@ -197,8 +197,14 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _wall(start: float, jobs: int) -> str:
-    return f"{time.perf_counter() - start:.0f} s wall time, {jobs} run(s) at a time"
+def _wall(start: float, args) -> str:
+    where = f"on the Ray cluster at {_address(args)}" if _address(args) else f"{args.jobs} run(s) at a time"
+    return f"{time.perf_counter() - start:.0f} s wall time, {where}"
+
+
+def _address(args) -> str | None:
+    """--address, else RAY_ADDRESS (as Ray's own commands read it), else None: the runs stay on this machine."""
+    return args.address or os.environ.get("RAY_ADDRESS") or None
 
 
 def cmd_compare(args) -> int:
@@ -209,8 +215,9 @@ def cmd_compare(args) -> int:
     settings = split_list(args.settings, str, "--settings")
     _note_colour_backbone(base)
     start = time.perf_counter()
-    compare(base, methods, settings, args.seeds, args.out, args.overwrite, jobs=args.jobs)
-    print(f"results in {args.out}: results.md, results.csv, results.png ({_wall(start, args.jobs)})")
+    compare(base, methods, settings, args.seeds, args.out, args.overwrite, jobs=args.jobs, address=_address(args),
+            threads=args.threads)
+    print(f"results in {args.out}: results.md, results.csv, results.png ({_wall(start, args)})")
     return 0
 
 
@@ -247,8 +254,9 @@ def cmd_study(args) -> int:
     datasets = split_list(args.datasets, str, "--datasets")
     _note_colour_backbone(base, datasets)
     start = time.perf_counter()
-    data_size_study(base, datasets, sizes, seeds, patch_lrs, args.out, jobs=args.jobs)
-    print(f"study written to {args.out}: study.csv, gaps.csv, study.png ({_wall(start, args.jobs)})")
+    data_size_study(base, datasets, sizes, seeds, patch_lrs, args.out, jobs=args.jobs, address=_address(args),
+                    threads=args.threads)
+    print(f"study written to {args.out}: study.csv, gaps.csv, study.png ({_wall(start, args)})")
     return 0
 
 
@@ -264,9 +272,10 @@ def _security_study(args, base) -> int:
     methods = split_list(args.methods, str, "--methods")
     out = args.out if args.out != "runs/study" else "runs/security"
     start = time.perf_counter()
-    security_study(base, settings, methods, counts, seeds, draws, out, jobs=args.jobs)
+    security_study(base, settings, methods, counts, seeds, draws, out, jobs=args.jobs, address=_address(args),
+                   threads=args.threads)
     print(f"study written to {out}: accuracy.csv, attacks.csv, adapter_leaks.csv, security.md, security.png "
-          f"({_wall(start, args.jobs)})")
+          f"({_wall(start, args)})")
     return 0
 
 
@@ -302,6 +311,10 @@ def _training_args(p: argparse.ArgumentParser, with_method: bool = True) -> None
 def _jobs_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process with the CPU cores "
                    "split between them (default 1: one run after another, all cores each)")
+    p.add_argument("--address", metavar="HOST:PORT", help="run every run as a task on the Ray cluster at this "
+                   "address (default: RAY_ADDRESS when set); needs the cluster extra, see docs/cluster.md")
+    p.add_argument("--threads", type=int, help="with --address: torch threads of each run, and the CPUs it asks "
+                   "of the cluster (default 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:

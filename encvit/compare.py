@@ -6,7 +6,6 @@ Writes, in the output folder: one run directory per (method, setting, seed), ``r
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import time
 from dataclasses import dataclass, replace
@@ -22,6 +21,7 @@ from scipy import stats
 
 from .atomic import fresh_folder, output_lock, save_figure, write_text
 from .backbones import create_backbone, describe, weights_hash
+from .cluster import check_engine, cluster_address, connected
 from .data import load_dataset
 from .errors import (ConfigError, IncompleteResultsError, check_options, check_output_path, each, integer, one_of,
                      option, optional, path, read_json, read_table, refuse_other_settings)
@@ -41,7 +41,8 @@ def run_name(method: str, setting: str, seed: int, first_seed: int = 0) -> str:
 
 @dataclass
 class CompareConfig:
-    """What `compare` runs beyond the TrainConfig: methods x settings x seeds, where, and how many at a time."""
+    """What `compare` runs beyond the TrainConfig: methods x settings x seeds, where, and how many at a time (on
+this machine, or on the Ray cluster at `address` with `threads` torch threads a run)."""
 
     methods: tuple = option(METHODS, each(one_of(*ALL_METHODS)))
     settings: tuple = option(SETTINGS, each(one_of(*SETTINGS)))
@@ -49,10 +50,13 @@ class CompareConfig:
     out: str | None = option(None, optional(path()))
     overwrite: bool = False
     jobs: int = option(1, jobs_allowed())
+    address: str | None = option(None, optional(cluster_address()))
+    threads: int | None = option(None, optional(integer(1)))
 
     def __post_init__(self):
         self.methods, self.settings = tuple(self.methods), tuple(self.settings)
         check_options(self)
+        check_engine(self.jobs, self.address, self.threads)
 
     def check_seeds(self, first_seed: int) -> None:
         """Refuse seeds past the largest a run accepts."""
@@ -61,26 +65,29 @@ class CompareConfig:
 
 
 def compare(base: TrainConfig, methods=METHODS, settings=SETTINGS, seeds: int = 1, out: str | Path | None = None,
-            overwrite: bool = False, log=print, jobs: int = 1) -> pd.DataFrame:
-    """Train every (method, setting, seed) on one dataset, `jobs` runs at a time; one row per run (written to
-    `out`). Every option is checked before the data is loaded.
+            overwrite: bool = False, log=print, jobs: int = 1, address: str | None = None,
+            threads: int | None = None) -> pd.DataFrame:
+    """Train every (method, setting, seed) on one dataset, `jobs` runs at a time, or each as a task on the Ray
+    cluster at `address` (`threads` torch threads a run); one row per run (written to `out`). Every option is
+    checked, and the cluster joined, before the data is loaded.
 
     `out` is locked while it runs. An unfinished comparison there (no meta.json) resumes: its complete runs are
     kept if they were made with the same settings, and refused naming the setting otherwise. With `overwrite`, the
     new comparison is written beside the old one and swapped in when complete."""
-    grid = CompareConfig(methods, settings, seeds, str(out) if out else None, overwrite, jobs)
+    grid = CompareConfig(methods, settings, seeds, str(out) if out else None, overwrite, jobs, address, threads)
     grid.check_seeds(base.seed)
     if not grid.out:
-        return _compare(base, grid, None, log)
+        with connected(grid.address, grid.threads) as cluster:
+            return _compare(base, grid, None, log, cluster)
     out = check_output_path(grid.out, "--out", folder=True)
     with output_lock(out):
         if out.exists() and not overwrite and (out / "meta.json").exists():
             raise ConfigError(f"{out} already holds a comparison; pass --overwrite to replace it")
-        with fresh_folder(out, overwrite) as folder:
-            return _compare(base, grid, folder, log)
+        with connected(grid.address, grid.threads) as cluster, fresh_folder(out, overwrite) as folder:
+            return _compare(base, grid, folder, log, cluster)
 
 
-def _compare(base: TrainConfig, grid: CompareConfig, out: Path | None, log) -> pd.DataFrame:
+def _compare(base: TrainConfig, grid: CompareConfig, out: Path | None, log, cluster) -> pd.DataFrame:
     """The grid's runs (those already complete in `out` read back), then its tables, meta.json last."""
     backbone = create_backbone(base.backbone, pretrained=base.pretrained, weights=base.weights,
                                image_size=base.image_size)
@@ -115,20 +122,19 @@ def _compare(base: TrainConfig, grid: CompareConfig, out: Path | None, log) -> p
     todo = [i for i, row in enumerate(rows) if row is None]
 
     def finished(index: int, result: dict) -> None:
-        row = {k: v for k, v in result.items() if k not in ("model", "metrics")}
-        row["run"] = names[todo[index]]
+        row = {**run_row(result), "run": names[todo[index]]}
         rows[todo[index]] = row
         log(f"{row['run']}: test {row['test_acc']:.2f}%  val {row['val_acc']:.2f}%  "
             f"{row['trainable']:,} trainable  {row['seconds']:.0f} s")
 
     start = time.perf_counter()
-    train_runs(((configs[names[i]], splits, copy.deepcopy(backbone)) for i in todo), grid.jobs, finished)
+    train_runs(((configs[names[i]], splits, backbone) for i in todo), grid.jobs, finished, cluster)
     table = pd.DataFrame(rows)
     full = table.loc[table.method == "full", "trainable"]
     table["percent_of_full"] = 100 * table.trainable / (full.iloc[0] if len(full) else np.nan)
     if out:
         write_results(table, out, {"backbone": base.backbone, "dataset": splits.name, "seeds": grid.seeds,
-                                   "epochs": base.epochs, "jobs": grid.jobs,
+                                   "epochs": base.epochs, "jobs": grid.jobs, "address": grid.address,
                                    "seconds_total": time.perf_counter() - start, "settings": plan})
     return table
 
@@ -151,8 +157,16 @@ def _complete_runs(out: Path, plan: dict, configs: dict[str, TrainConfig], finge
     for name, config in configs.items():
         key = fingerprint if config.key or config.passphrase else "plain"
         if finished_run(out / name, result_settings(config, key, backbone_hash)):
-            done[name] = {**read_json(out / name / "result.json"), "run": name}
+            done[name] = {**run_row(read_json(out / name / "result.json")), "run": name}
     return done
+
+
+def run_row(result: dict) -> dict:
+    """A run's result as a table row: without the model and metrics, and with where it ran (`ran_on`) as the
+    columns engine and node (threads is one already)."""
+    ran_on = result.get("ran_on") if isinstance(result.get("ran_on"), dict) else {}
+    row = {k: v for k, v in result.items() if k not in ("model", "metrics", "ran_on")}
+    return {**row, "engine": ran_on.get("engine"), "node": ran_on.get("node")}
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
@@ -298,8 +312,7 @@ def collect_runs(run_dirs) -> pd.DataFrame:
     """One row per finished run directory (from its result.json): rebuilds a grid that ran in pieces."""
     rows = []
     for run in map(Path, run_dirs):
-        result = read_json(run / "result.json")
-        rows.append({**result, "run": run.name})
+        rows.append({**run_row(read_json(run / "result.json")), "run": run.name})
     table = pd.DataFrame(rows)
     full = table.loc[table.method == "full", "trainable"]
     table["percent_of_full"] = 100 * table.trainable / (full.iloc[0] if len(full) else np.nan)

@@ -1,4 +1,5 @@
-"""Training runs in N worker processes with the CPU cores split between them (`--jobs N` of compare and study).
+"""Training runs in N worker processes with the CPU cores split between them (`--jobs N` of compare and study), or
+as tasks on a Ray cluster (`--address`, see encvit.cluster).
 
 Each worker uses cores // N torch threads. A run gives the same numbers in a worker as in this process with
 the same number of threads: CPU training is deterministic, but a different thread count sums in another order
@@ -6,6 +7,7 @@ and changes the last bits. A worker ends when the process that started it dies, 
 """
 from __future__ import annotations
 
+import copy
 import ctypes
 import multiprocessing
 import os
@@ -88,12 +90,15 @@ def _train_payload(payload: bytes) -> dict:
 
 
 def train_runs(runs: Iterable[tuple[TrainConfig, object, torch.nn.Module]], jobs: int = 1,
-               on_result: Callable[[int, dict], None] = lambda i, r: None) -> None:
-    """Train every (config, splits, backbone) of `runs`, `jobs` at a time; `on_result(index, result)` is
-    called in this process as each run finishes (in order when `jobs` is 1). Each backbone is used as given."""
+               on_result: Callable[[int, dict], None] = lambda i, r: None, cluster=None) -> None:
+    """Train every (config, splits, backbone) of `runs`, `jobs` at a time, or on `cluster` (a joined
+    `encvit.cluster.Cluster`); `on_result(index, result)` is called in this process as each run finishes (in order
+    when `jobs` is 1). Each run trains a copy of its backbone."""
+    if cluster is not None:
+        return cluster.train_runs(runs, on_result)
     if jobs == 1:
         for index, (config, splits, backbone) in enumerate(runs):
-            on_result(index, train(config, splits=splits, backbone=backbone))
+            on_result(index, train(config, splits=splits, backbone=copy.deepcopy(backbone)))
         return
     finished: queue.Queue = queue.Queue()
     started: dict[int, TrainConfig] = {}

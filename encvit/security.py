@@ -19,7 +19,6 @@ and pieces started on the same OUT with different --settings merge by constructi
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import time
 from dataclasses import dataclass, replace
@@ -31,7 +30,8 @@ from scipy import stats
 
 from .atomic import fresh_folder, output_lock, save_figure, write_text
 from .cipher import Key, PerImageKeys
-from .compare import paired_interval
+from .cluster import check_engine, cluster_address, connected
+from .compare import paired_interval, run_row
 from .errors import (ConfigError, IncompleteResultsError, check_options, check_output_path, each, integer, one_of,
                      option, optional, path, read_json, read_table, refuse_other_settings)
 from .parallel import jobs_allowed, train_runs
@@ -51,7 +51,8 @@ STUDY_DATA = {("fashion5k", "encvit-tiny"): False, ("cfashion5k", "encvit-tiny-c
 
 @dataclass
 class SecurityConfig:
-    """What the security study runs beyond the TrainConfig."""
+    """What the security study runs beyond the TrainConfig, and where its runs train (this machine, `jobs` at a
+    time, or the Ray cluster at `address` with `threads` torch threads a run)."""
 
     settings: tuple = option(tuple(SETTINGS), each(one_of(*SETTINGS)), flag="--cipher-settings")
     methods: tuple = option(METHODS, each(one_of(*METHODS)))
@@ -61,10 +62,13 @@ class SecurityConfig:
     references: int = option(1000, integer(10, 30000))
     out: str | None = option(None, optional(path()))
     jobs: int = option(1, jobs_allowed())
+    address: str | None = option(None, optional(cluster_address()))
+    threads: int | None = option(None, optional(integer(1)))
 
     def __post_init__(self):
         self.settings, self.methods, self.counts = tuple(self.settings), tuple(self.methods), tuple(self.counts)
         check_options(self)
+        check_engine(self.jobs, self.address, self.threads)
 
 
 def study_key(setting: str, block_size: int, channels: int) -> Key | PerImageKeys:
@@ -139,10 +143,12 @@ def attack_once(setting: str, count: int, draw: int, references: int, block_size
 
 def security_study(base: TrainConfig, settings=tuple(SETTINGS), methods=METHODS, counts=(10, 50, 200, 1000),
                    seeds: int = 3, draws: int = 3, out: str | Path = "runs/security", references: int = 1000,
-                   jobs: int = 1, log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run (or resume, with the same settings) the study into `out`, locked while it runs; returns (accuracy table,
-    attack table) of everything there. `base.overwrite` starts afresh beside the old study and replaces it."""
-    plan = SecurityConfig(settings, methods, counts, seeds, draws, references, str(out), jobs)
+                   jobs: int = 1, log=print, address: str | None = None,
+                   threads: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run (or resume, with the same settings) the study into `out`, locked while it runs, its training runs on
+    this machine or on the Ray cluster at `address`; returns (accuracy table, attack table) of everything there.
+    `base.overwrite` starts afresh beside the old study and replaces it."""
+    plan = SecurityConfig(settings, methods, counts, seeds, draws, references, str(out), jobs, address, threads)
     if base.key or base.passphrase or base.per_image_keys:
         raise ConfigError("the security study makes its own keys: give no --key or --passphrase")
     if (base.dataset, base.backbone) not in STUDY_DATA:
@@ -150,11 +156,13 @@ def security_study(base: TrainConfig, settings=tuple(SETTINGS), methods=METHODS,
                           "Fashion-MNIST): use --dataset fashion5k --backbone encvit-tiny, or --dataset cfashion5k "
                           "--backbone encvit-tiny-colour")
     out = check_output_path(out, "--out", folder=True)
-    with output_lock(out), fresh_folder(out, base.overwrite) as folder:  # --overwrite: afresh, swapped in when done
-        return _security_study(base, plan, folder, log)
+    with output_lock(out), connected(plan.address, plan.threads) as cluster, \
+            fresh_folder(out, base.overwrite) as folder:  # --overwrite: afresh, swapped in when done
+        return _security_study(base, plan, folder, log, cluster)
 
 
-def _security_study(base: TrainConfig, plan: SecurityConfig, out: Path, log) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _security_study(base: TrainConfig, plan: SecurityConfig, out: Path, log,
+                    cluster) -> tuple[pd.DataFrame, pd.DataFrame]:
     from .backbones import create_backbone, weights_hash
 
     backbone = create_backbone(base.backbone)
@@ -183,15 +191,16 @@ def _security_study(base: TrainConfig, plan: SecurityConfig, out: Path, log) -> 
 
         splits = load_dataset(base.dataset, limit=base.limit)
         runs = list(configs.values())
-        train_runs(((c, splits, copy.deepcopy(backbone)) for c in runs), plan.jobs,
+        train_runs(((c, splits, backbone) for c in runs), plan.jobs,
                    lambda i, r: log(f"{Path(runs[i].out).parent.name}/{Path(runs[i].out).name}: test "
-                                    f"{r['test_acc']:.2f}%  {r['seconds']:.0f} s"))
+                                    f"{r['test_acc']:.2f}%  {r['seconds']:.0f} s"), cluster)
     _adapter_leaks(out, log, base.backbone)
     accuracy, attacks = collect(out)
     write_summary(accuracy, attacks, out, {"dataset": base.dataset, "backbone": base.backbone,
                                            "settings": list(plan.settings), "counts": list(plan.counts),
                                            "seeds": plan.seeds, "draws": plan.draws, "references": plan.references,
                                            "epochs": base.epochs, "limit": base.limit, "jobs": plan.jobs,
+                                           "address": plan.address,
                                            "seconds_this_call": time.perf_counter() - started})
     return accuracy, attacks
 
@@ -280,7 +289,7 @@ def collect(out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows = []
     for result in sorted((out / "runs").glob("*/*/result.json")):
         fix = f"remove the run folder {result.parent} to train it again"
-        rows.append({**read_json(result, fix=fix), "setting": result.parent.parent.name})
+        rows.append({**run_row(read_json(result, fix=fix)), "setting": result.parent.parent.name})
     accuracy = pd.DataFrame(rows)
     attacks = pd.DataFrame([read_json(f, fix="remove it to redo it") for f in sorted((out / "attacks").glob("*/*.json"))])
     return accuracy, attacks

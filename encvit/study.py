@@ -8,7 +8,6 @@ studied, the colour ones (``cfashion5k``, ``cmnist5k``) included.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import time
 from dataclasses import dataclass, replace
@@ -23,6 +22,7 @@ import pandas as pd
 from .atomic import fresh_folder, output_lock, save_figure, write_text
 from .backbones import create_backbone, describe, weights_hash
 from .cipher import Key
+from .cluster import check_engine, cluster_address, connected
 from .compare import paired_interval
 from .data import Splits, load_dataset, stratified_subset
 from .errors import (ConfigError, IncompleteResultsError, check_options, check_output_path, each, integer, number,
@@ -45,7 +45,7 @@ RUN_KEY = ["dataset", "size", "seed", "arm"]
 @dataclass
 class StudyConfig:
     """What the data-size study runs beyond the TrainConfig: datasets x sizes x seeds x arms, where, and how
-    many runs at a time."""
+    many runs at a time (on this machine, or on the Ray cluster at `address` with `threads` torch threads a run)."""
 
     datasets: tuple = option(("fashion5k", "mnist5k"), each(dataset_name()))
     sizes: tuple = option((500, 1000, 2000, 3600), each(integer(1)))
@@ -53,30 +53,35 @@ class StudyConfig:
     patch_lrs: tuple = option((), each(number(0, low_open=True), empty=True))
     out: str | None = option(None, optional(path()))
     jobs: int = option(1, jobs_allowed())
+    address: str | None = option(None, optional(cluster_address()))
+    threads: int | None = option(None, optional(integer(1)))
 
     def __post_init__(self):
         self.datasets, self.sizes, self.patch_lrs = tuple(self.datasets), tuple(self.sizes), tuple(self.patch_lrs)
         check_options(self)
+        check_engine(self.jobs, self.address, self.threads)
 
 
 def data_size_study(base: TrainConfig, datasets=("fashion5k", "mnist5k"), sizes=(500, 1000, 2000, 3600),
                     seeds: int = 3, patch_lrs=(), out: str | Path | None = None, log=print,
-                    jobs: int = 1) -> pd.DataFrame:
-    """Train MeLo, proposed (with each patch lr) and full on encrypted subsets, `jobs` runs at a time; one row
-    per run.
+                    jobs: int = 1, address: str | None = None, threads: int | None = None) -> pd.DataFrame:
+    """Train MeLo, proposed (with each patch lr) and full on encrypted subsets, `jobs` runs at a time, or each as a
+    task on the Ray cluster at `address` (`threads` torch threads a run); one row per run.
 
     With `out` (locked while it runs), study.csv is rewritten after every run, and runs already in it are skipped:
     an interrupted study resumes where it stopped, if every setting is the same (saved in config.json).
     `base.overwrite` starts afresh, beside the old study, which the new one replaces when complete.
     """
-    plan = StudyConfig(datasets, sizes, seeds, patch_lrs, str(out) if out else None, jobs)
+    plan = StudyConfig(datasets, sizes, seeds, patch_lrs, str(out) if out else None, jobs, address, threads)
     if base.seed + seeds - 1 > MAX_SEED:
         raise ConfigError(f"--seed + --seeds must stay below {MAX_SEED + 1}, got {base.seed} + {seeds}")
     out = check_output_path(out, "--out", folder=True) if out else None
     if not out:
-        return _data_size_study(base, plan, None, log)
-    with output_lock(out), fresh_folder(out, base.overwrite) as folder:
-        return _data_size_study(base, plan, folder, log)
+        with connected(plan.address, plan.threads) as cluster:
+            return _data_size_study(base, plan, None, log, cluster)
+    with output_lock(out), connected(plan.address, plan.threads) as cluster, \
+            fresh_folder(out, base.overwrite) as folder:
+        return _data_size_study(base, plan, folder, log, cluster)
 
 
 def study_settings(base: TrainConfig, plan: StudyConfig, key_fingerprint: str, backbone_hash: str) -> dict:
@@ -88,7 +93,7 @@ def study_settings(base: TrainConfig, plan: StudyConfig, key_fingerprint: str, b
             "patch_lrs": list(plan.patch_lrs)}
 
 
-def _data_size_study(base: TrainConfig, plan: StudyConfig, out: Path | None, log) -> pd.DataFrame:
+def _data_size_study(base: TrainConfig, plan: StudyConfig, out: Path | None, log, cluster) -> pd.DataFrame:
     backbone = create_backbone(base.backbone, pretrained=base.pretrained, weights=base.weights)
     geometry = describe(backbone, base.backbone)
     passphrase = base.passphrase or DEMO_PASSPHRASE
@@ -130,19 +135,22 @@ def _data_size_study(base: TrainConfig, plan: StudyConfig, out: Path | None, log
         return pd.DataFrame(rows + [new_rows[i] for i in sorted(new_rows)])  # the sequential order, whatever jobs
 
     def finished(index: int, result: dict) -> None:
+        ran_on = result.get("ran_on") or {}
         row = {**todo[index][0], "val_acc": result["val_acc"], "test_acc": result["test_acc"],
-               "seconds": result["seconds"], "backbone": base.backbone, "epochs": base.epochs}
+               "seconds": result["seconds"], "backbone": base.backbone, "epochs": base.epochs,
+               "engine": ran_on.get("engine"), "node": ran_on.get("node")}
         new_rows[index] = row
         log(f"{row['dataset']} n={row['size']} seed {row['seed']} {row['arm']}: test {row['test_acc']:.2f}%")
         if out:
             write_text(out / "study.csv", table_so_far().to_csv(index=False))
 
     start = time.perf_counter()
-    train_runs(((config, splits, copy.deepcopy(backbone)) for _, config, splits in todo), plan.jobs, finished)
+    train_runs(((config, splits, backbone) for _, config, splits in todo), plan.jobs, finished, cluster)
     table = table_so_far()
     if out:
         write_study(table, out, {"backbone": base.backbone, "epochs": base.epochs, "seeds": plan.seeds,
-                                 "jobs": plan.jobs, "seconds_this_session": round(time.perf_counter() - start, 1),
+                                 "jobs": plan.jobs, "address": plan.address,
+                                 "seconds_this_session": round(time.perf_counter() - start, 1),
                                  "training_seconds": round(float(table["seconds"].sum()), 1),
                                  "settings": settings})
     return table

@@ -3,7 +3,7 @@
     runs/NAME/config.json          the TrainConfig and what was derived from it (lr, classes, key fingerprint)
     runs/NAME/metrics.csv          per epoch: train loss, validation and test accuracy, seconds
     runs/NAME/adapter.safetensors  what the method trained, with metadata (see encvit.adapters)
-    runs/NAME/result.json          final accuracies, trainable parameters, time, adapter size
+    runs/NAME/result.json          final accuracies, trainable parameters, time, adapter size, where it ran
     runs/NAME/versions.json        python, torch, timm, encvit
 
 The key itself is never written; only its fingerprint.
@@ -158,6 +158,15 @@ def colour_backbone_note(datasets, backbone: str, pretrained: bool = True, weigh
             f"colour ones{missing}")
 
 
+def ran_on() -> dict:
+    """Where this process trains: the engine (ray in a task sent to a Ray cluster, else local), the machine and
+    its torch threads."""
+    from .cluster import inside_task
+
+    return {"engine": "ray" if inside_task() else "local", "node": platform.node(),
+            "threads": torch.get_num_threads()}
+
+
 def versions() -> dict:
     """Library versions recorded with every run."""
     from . import __version__
@@ -255,7 +264,7 @@ def _fit_and_write(config, model, splits, key, geometry, backbone_hash, preproce
               "key_fingerprint": fingerprint_of(key), "val_acc": rows[-1]["val_acc"] if rows else float("nan"),
               "test_acc": rows[-1]["test_acc"] if rows else float("nan"), "trainable": count_trainable(model),
               "seconds": seconds, "threads": torch.get_num_threads(), "lr": config.learning_rate, "seed": config.seed,
-              "train_images": len(splits.train), "epochs": config.epochs}
+              "train_images": len(splits.train), "epochs": config.epochs, "ran_on": ran_on()}
     if staging:
         adapter = save_adapter(staging / "adapter.safetensors", model, info)
         result["adapter_bytes"] = adapter.stat().st_size

@@ -46,6 +46,7 @@ def test_compare_with_two_jobs_gives_the_sequential_results(tmp_path, threads_of
     parallel = compare(toy(), out=tmp_path / "jobs2", log=lambda *_: None, jobs=2)
     sequential = compare(toy(), out=tmp_path / "jobs1", log=lambda *_: None, jobs=1)
     assert len(parallel) == 6 and (parallel.threads == threads_per_job(2)).all()
+    assert (parallel.engine == "local").all() and (sequential.engine == "local").all()  # where each ran (result.json)
     pd.testing.assert_frame_equal(parallel[RESULTS], sequential[RESULTS])  # same rows, same order, same numbers
     for run in parallel.run:
         a, b = (load_file(tmp_path / out / run / "adapter.safetensors") for out in ("jobs2", "jobs1"))
