@@ -42,6 +42,8 @@ def test_fhe_train_on_a_features_file_writes_the_head_of_the_numpy_twin(tmp_path
     config, result = (json.loads((out / name).read_text()) for name in ("config.json", "result.json"))
     assert config["derived"]["backbone_adapter"] is None and result["backbone_adapter"] is None
     assert config["derived"]["features_sha256"] == sha256_of(path) and config["features"] == str(path)
+    assert result["features_sha256"] == sha256_of(path) and result["features_file"] == str(path)
+    assert result["machine_at_end"]["cores"] >= 1 and len(result["machine_at_end"]["load_avg"]) == 3
     assert result["feature_dim"] == 12 and config["derived"]["classes"] == ["a", "b", "c"]
     # The decrypted head, folded onto the file's raw features, is the numpy twin's up to CKKS noise.
     features = read_features_file(path)

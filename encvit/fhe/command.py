@@ -32,6 +32,7 @@ from ..backbones import create_backbone, describe
 from ..data import DATASET_HELP
 from ..errors import ConfigError, check_output_path
 from ..methods import prepare
+from ..timing import machine
 from .components import choose
 from .features import check_splits, dataset_features, read_features_file, sha256_of, write_features_file
 from .head import FeatureSplits
@@ -178,7 +179,9 @@ def _fhe_train(config: FHEConfig, run_dir: Path | None, progress: bool, start: f
     if model is not None:
         head_model(features, encrypted, model)
     result = {**summary(encrypted, reference, time.perf_counter() - start), "components": chosen,
-              "feature_dim": features.dim, "backbone_adapter": source["backbone_adapter"]}
+              "feature_dim": features.dim, "backbone_adapter": source["backbone_adapter"],
+              **{k: source[k] for k in ("features_file", "features_sha256") if k in source},
+              "machine_at_end": machine()}  # the wall time is this machine's: cores, load average, clock
     derived = {**source, "components_requested": config.components, "components": chosen,
                "components_selection": selection}
     if run_dir is not None:
