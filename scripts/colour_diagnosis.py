@@ -44,6 +44,9 @@ def candidates(base: TrainConfig) -> dict[str, tuple[TrainConfig, bool]]:
         "full (default: lr 2e-3)": (TrainConfig(**{**base.__dict__, "method": "full", **enc}), False),
         "full, lr 5e-4": (TrainConfig(**{**base.__dict__, "method": "full", "lr": 5e-4, **enc}), False),
         "full, 12 epochs": (TrainConfig(**{**base.__dict__, "method": "full", "epochs": 12, **enc}), False),
+        # Plain full fine-tuning falls short of 80% on colour: is it the recipe or the backbone?
+        "full, plain images, lr 5e-4": (TrainConfig(**{**base.__dict__, "method": "full", "lr": 5e-4}), False),
+        "full, plain images, 12 epochs": (TrainConfig(**{**base.__dict__, "method": "full", "epochs": 12}), False),
     }
 
 
