@@ -33,7 +33,9 @@ from .train import TrainConfig, train, versions
 
 EXTRA = "cluster"
 MAX_RETRIES = 3  # a run whose worker or node died is run again at most this often
-CANCEL_GRACE = 5.0  # seconds a cancelled run gets to stop by itself (and remove its scratch folder) before it is killed
+# Seconds a cancelled run gets to stop by itself (and remove its scratch folder) before it is killed; a run stops
+# within a second or two on an idle machine, but 5 s were too few at a load average of 6.
+CANCEL_GRACE = 20.0
 SCRATCH = "encvit-ray"  # a task's run folder, in its node's temporary folder, until its files are sent back
 HOST_PORT = re.compile(r"[A-Za-z0-9._-]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5}")
 

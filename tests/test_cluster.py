@@ -123,7 +123,7 @@ def test_a_grid_on_the_cluster_survives_a_killed_worker_and_gives_the_local_numb
     grid = encvit("compare", *SMALL, "--address", address, "--threads", THREADS, "--out", out)
     killed, trained_by = None, {}  # the (pid, run) killed; run -> the worker processes seen training it
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 900  # watch until the grid ends: its retry must be seen (slow under load)
         while grid.poll() is None and time.monotonic() < deadline:
             for pid, run in busy_workers(head_process).items():
                 trained_by.setdefault(run, set()).add(pid)
