@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from .atomic import output_lock, replace_folder, staging_of, write_bytes
-from .errors import Allowed, ConfigError, one_line_of
+from .errors import Allowed, ConfigError, OutputInUseError, one_line_of
 from .train import TrainConfig, train, versions
 
 EXTRA = "cluster"
@@ -174,7 +174,7 @@ class Cluster:
                         on_result(index, result)
                     bar.update()
         except BaseException:
-            self._cancel(list(pending))
+            self._cancel(list(pending), [scratch_name(configs[i]) for i in pending.values()])
             raise
 
     def _result(self, ref, config: TrainConfig) -> dict:
@@ -196,17 +196,26 @@ class Cluster:
                                f"out ({type(error).__name__}: {one_line_of(error)}); the runs already finished are "
                                "kept: run the same command again to go on") from None
 
-    def _cancel(self, refs: list) -> None:
+    def _cancel(self, refs: list, scratches: list[str]) -> None:
         """Stop the runs of `refs`: those waiting are dropped; a running one gets KeyboardInterrupt (it removes its
-        scratch folder) and is killed if it has not stopped after CANCEL_GRACE seconds."""
+        scratch folder) and is killed if it has not stopped after CANCEL_GRACE seconds. Then every machine removes
+        the scratch folders `scratches` that no attempt holds any more: a killed task cannot clean up after itself."""
         ray = self.ray
         if not refs:
             return
-        for ref in refs:
+        for ref in reversed(refs):  # the waiting ones first, so that none starts on a core a cancelled run frees
             ray.cancel(ref)
         _, running = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE)
         for ref in running:
             ray.cancel(ref, force=True)
+        if running:
+            ray.wait(running, num_returns=len(running), timeout=CANCEL_GRACE)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        sweep = ray.remote(num_cpus=0, max_retries=0)(sweep_scratch)
+        sweeps = [sweep.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+                  .remote(scratches) for node in ray.nodes() if node["Alive"]]
+        ray.wait(sweeps, num_returns=len(sweeps), timeout=CANCEL_GRACE)
 
 
 def label(config: TrainConfig) -> str:
@@ -233,6 +242,24 @@ def software() -> dict:
         digest.update(str(source.relative_to(package)).encode() + b"\0" + source.read_bytes())
     found = versions()
     return {"torch": found["torch"], "timm": found["timm"], "encvit code": digest.hexdigest()[:12]}
+
+
+def sweep_scratch(names: list[str]) -> int:
+    """On one machine: remove the scratch folders `names` whose run lock nobody holds (the lock dies with the
+    process that held it, so a killed attempt's folder goes and a running attempt's stays); how many went."""
+    removed = 0
+    for name in names:
+        folder = Path(tempfile.gettempdir()) / SCRATCH / name
+        if not folder.is_dir():
+            continue
+        try:
+            with output_lock(folder / "run"):
+                pass
+        except OutputInUseError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    return removed
 
 
 def run_task(config: TrainConfig, splits, backbone: torch.nn.Module, key: bytes | None, threads: int,

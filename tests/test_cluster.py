@@ -281,3 +281,22 @@ def test_cluster_options_that_cannot_work_are_refused_in_one_line(argv, message,
     status, err = quiet_run("compare", *argv, "--out", tmp_path / "out")
     assert status == 2 and len(err.strip().splitlines()) == 1 and message in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_sweep_after_a_cancel_removes_the_scratch_of_killed_runs_only(tmp_path, monkeypatch):
+    from encvit.atomic import lock_file_of, output_lock
+    from encvit.cluster import SCRATCH, sweep_scratch
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    killed, running = tmp_path / SCRATCH / "killed", tmp_path / SCRATCH / "running"
+    def half_written(folder):
+        (folder / "run.partial").mkdir(parents=True)
+        (folder / "run.partial" / "metrics.csv").write_text("epoch\n1\n")
+
+    half_written(killed)
+    lock_file_of(killed / "run").write_text("4242\n")  # the lock file a SIGKILLed attempt leaves: nobody holds it
+    running.mkdir()
+    with output_lock(running / "run"):  # an attempt still training there
+        half_written(running)
+        assert sweep_scratch(["killed", "running", "never-made"]) == 1
+    assert not killed.exists() and (running / "run.partial" / "metrics.csv").exists()
