@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -48,6 +49,16 @@ def write_bytes(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None
     """Write `data` to `path` atomically."""
     with atomic_path(path, mode) as tmp:
         tmp.write_bytes(data)
+
+
+def begin_result_set(folder: str | os.PathLike, settings: dict | None = None) -> None:
+    """Mark a results folder (a comparison, a study) incomplete until its meta.json is written again, last: remove
+    meta.json, then write `settings`, if given, as its config.json (what a resume is compared with)."""
+    folder = Path(folder)
+    with contextlib.suppress(FileNotFoundError):
+        (folder / "meta.json").unlink()
+    if settings is not None:
+        write_text(folder / "config.json", json.dumps(settings, indent=1, default=str))
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 90) -> None:

@@ -5,7 +5,6 @@ Writes, in the output folder: one run directory per (method, setting, seed), ``r
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import dataclass, replace
@@ -19,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .atomic import fresh_folder, output_lock, save_figure, write_text
+from .atomic import begin_result_set, fresh_folder, output_lock, save_figure, write_text
 from .backbones import create_backbone, describe, weights_hash
 from .cluster import check_engine, cluster_address, connected
 from .data import load_dataset
@@ -116,9 +115,7 @@ def _compare(base: TrainConfig, grid: CompareConfig, out: Path | None, log, clus
     if out:
         if done:
             log(f"resuming: {len(done)} of {len(names)} runs already complete in {out}")
-        with contextlib.suppress(FileNotFoundError):
-            (out / "meta.json").unlink()  # the set is incomplete until meta.json is written again, last
-        write_text(out / "config.json", json.dumps(plan, indent=1, default=str))
+        begin_result_set(out, plan)
     todo = [i for i, row in enumerate(rows) if row is None]
 
     def finished(index: int, result: dict) -> None:
@@ -296,8 +293,7 @@ def write_results(table: pd.DataFrame, out: Path, meta: dict) -> None:
     """results.csv, summary.csv, differences.csv, results.md, results.png, then meta.json in `out`, each
     atomically: meta.json is removed first and written last, so that the tables count only as a whole set."""
     out.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        (out / "meta.json").unlink()
+    begin_result_set(out)
     summary = summarise(table)
     write_text(out / "results.csv", table.to_csv(index=False))
     write_text(out / "summary.csv", summary.to_csv(index=False))

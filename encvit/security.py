@@ -18,7 +18,6 @@ and pieces started on the same OUT with different --settings merge by constructi
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import dataclass, replace
@@ -28,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .atomic import fresh_folder, output_lock, save_figure, write_text
+from .atomic import begin_result_set, fresh_folder, output_lock, save_figure, write_text
 from .cipher import Key, PerImageKeys
 from .cluster import check_engine, cluster_address, connected
 from .compare import paired_interval, run_row
@@ -179,9 +178,7 @@ def _security_study(base: TrainConfig, plan: SecurityConfig, out: Path, log,
         # before any work: a run made with other settings is refused here, not after the attacks
         if not finished_run(run, result_settings(config, keys[run.parent.name].fingerprint, backbone_hash)):
             configs[run] = config
-    with contextlib.suppress(FileNotFoundError):
-        (out / "meta.json").unlink()  # the tables are incomplete until meta.json is written again, last
-    write_text(out / "config.json", json.dumps(settings, indent=1, default=str))
+    begin_result_set(out, settings)
     for setting, file in key_files.items():
         keys[setting].save(file)
     started = time.perf_counter()
@@ -421,8 +418,7 @@ def plot(accuracy: pd.DataFrame, attacks: pd.DataFrame, path: Path) -> None:
 def write_summary(accuracy: pd.DataFrame, attacks: pd.DataFrame, out: Path, meta: dict) -> None:
     """accuracy.csv, attacks.csv, adapter_leaks.csv, security.md, security.png, then meta.json of a study folder:
     meta.json is removed first and written last, so that the tables count only as a whole set."""
-    with contextlib.suppress(FileNotFoundError):
-        (out / "meta.json").unlink()
+    begin_result_set(out)
     write_text(out / "accuracy.csv", accuracy.to_csv(index=False))
     write_text(out / "attacks.csv", attacks.to_csv(index=False))
     leaks = collect_adapter_leaks(out)

@@ -7,7 +7,6 @@ studied, the colour ones (``cfashion5k``, ``cmnist5k``) included.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import dataclass, replace
@@ -19,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from .atomic import fresh_folder, output_lock, save_figure, write_text
+from .atomic import begin_result_set, fresh_folder, output_lock, save_figure, write_text
 from .backbones import create_backbone, describe, weights_hash
 from .cipher import Key
 from .cluster import check_engine, cluster_address, connected
@@ -126,9 +125,7 @@ def _data_size_study(base: TrainConfig, plan: StudyConfig, out: Path | None, log
     if out:
         if done:
             log(f"resuming: {len(done)} runs already in {out / 'study.csv'}")
-        with contextlib.suppress(FileNotFoundError):
-            (out / "meta.json").unlink()  # the study is incomplete until meta.json is written again, last
-        write_text(out / "config.json", json.dumps(settings, indent=1, default=str))
+        begin_result_set(out, settings)
     new_rows: dict[int, dict] = {}
 
     def table_so_far() -> pd.DataFrame:
@@ -331,8 +328,7 @@ def write_study(table: pd.DataFrame, out: Path, meta: dict) -> None:
     patch_lr_choices.csv, study.png, then meta.json, each atomically: meta.json is removed first and written last,
     so that the tables count only as a whole set."""
     out.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        (out / "meta.json").unlink()
+    begin_result_set(out)
     summary = gaps(table)
     write_text(out / "study.csv", table.to_csv(index=False))
     write_text(out / "gaps.csv", summary.to_csv(index=False))
