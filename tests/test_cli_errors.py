@@ -1,7 +1,5 @@
 """A user's mistake is refused in one line with exit status 2 and nothing written; the Python API refuses the same
 values with the same message; a failure after work has started removes the half-written run and says so."""
-import contextlib
-import io
 import os
 import signal
 import subprocess
@@ -11,12 +9,13 @@ import time
 import pytest
 
 import encvit.train
-from encvit.cli import main
 from encvit.compare import CompareConfig
 from encvit.errors import ConfigError
 from encvit.pretrain import PretrainConfig
 from encvit.study import StudyConfig
 from encvit.train import TrainConfig
+
+from cli_runner import run_in_process as run
 
 
 def hear_ctrl_c() -> None:
@@ -26,17 +25,6 @@ def hear_ctrl_c() -> None:
 
 
 LIMIT = int(os.environ.get("ENCVIT_TEST_LIMIT", "96"))
-
-
-def run(*argv) -> tuple[int, str]:
-    """`encvit ARGV` in this process: (exit status, stderr)."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            status = main([str(a) for a in argv])
-        except SystemExit as exc:
-            status = exc.code
-    return status, err.getvalue()
 
 
 @pytest.mark.parametrize("option, value, api", [

@@ -5,7 +5,6 @@ skips the complete runs; without Ray, --address is refused naming the extra.
 One Ray head (2 CPUs) is started for the module in a process of its own and stopped at the end, even on failure.
 """
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -23,12 +22,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from encvit.cli import main
 from encvit.compare import compare
 from encvit.errors import ConfigError
 from encvit.parallel import threads_per_job
 from encvit.study import data_size_study
 from encvit.train import TrainConfig
+
+from cli_runner import run_in_process as quiet_run
 
 ROOT = Path(__file__).parent.parent
 THREADS = threads_per_job(2)  # what each of 2 local workers gets: the runs on the cluster use as many
@@ -47,14 +47,6 @@ def free_port() -> int:
 def hear_ctrl_c() -> None:
     """In the child before exec: a runner in the background of a script ignores SIGINT, and children inherit it."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def quiet_run(*argv) -> tuple[int, str]:
-    """`encvit ARGV` in this process: (exit status, stderr)."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        status = main([str(a) for a in argv])
-    return status, err.getvalue()
 
 
 @pytest.fixture(scope="module")

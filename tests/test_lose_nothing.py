@@ -17,12 +17,13 @@ import encvit.atomic as atomic
 import encvit.parallel as parallel
 from encvit.adapters import read_adapter
 from encvit.atomic import lock_file_of, output_lock, replace_folder
-from encvit.cli import main
 from encvit.compare import compare, load_results
 from encvit.errors import ConfigError, IncompleteResultsError, OutputInUseError
 from encvit.parallel import cpu_cores
 from encvit.study import data_size_study, load_study, merge_studies
 from encvit.train import TrainConfig, train
+
+from cli_runner import run_in_process as quiet_run
 
 LIMIT = int(os.environ.get("ENCVIT_TEST_LIMIT", "96"))
 ROOT = Path(__file__).parent.parent
@@ -33,17 +34,6 @@ def python(code: str, *args, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-
-
-def quiet_run(*argv) -> tuple[int, str]:
-    """`encvit ARGV` in this process: (exit status, stderr)."""
-    import contextlib
-    import io
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        status = main([str(a) for a in argv])
-    return status, err.getvalue()
 
 
 HOLD_LOCK = """

@@ -1,9 +1,7 @@
 """Adapters in PEFT's format: PEFT loads an export with encvit's logits (also merged), the tensor names are PEFT's own,
 export and import round-trip unchanged, and what is not an encvit q/v LoRA is refused in one line, writing nothing."""
-import contextlib
 import copy
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -18,25 +16,15 @@ from safetensors.torch import load_file, save_file
 
 from encvit.adapters import AdapterInfo, load_classifier, read_adapter, save_adapter
 from encvit.backbones import create_backbone, weights_hash
-from encvit.cli import main
 from encvit.methods import prepare
 from encvit.peft_format import peft_base
 from encvit.train import TrainConfig, train
 
+from cli_runner import run_in_process as run_cli
+
 IMAGES_PER_CLASS = int(os.environ.get("ENCVIT_TEST_PEFT_IMAGES", "20"))
 RANK, ALPHA = 3, 5.0  # not the defaults (4, 8): a swapped or doubled rank or alpha would show
 CLASSES = ("red", "green", "blue")  # not the backbone's 10: the base's head must be resized
-
-
-def run_cli(*argv) -> tuple[int, str]:
-    """`encvit ARGV` in this process: (exit status, stderr)."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            status = main([str(a) for a in argv])
-        except SystemExit as exc:
-            status = exc.code
-    return status, err.getvalue()
 
 
 def snapshot(root) -> dict[str, str]:
