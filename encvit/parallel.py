@@ -73,13 +73,28 @@ def end_with_parent(parent: int | None = None, interval: float = 1.0) -> None:
 
 def _watch_parent(parent: int, interval: float) -> None:
     # Needed beside prctl, which exists on Linux only. An orphan is adopted by another process: its parent pid
-    # changes (fork, spawn, and forkserver, whose server ends with the parent).
+    # changes (fork, spawn, and forkserver, whose server ends with the parent). The signal is repeated until the
+    # process ends: code that ignores exceptions (a __del__, a C extension's callback) can swallow the first exit.
     while os.getppid() == parent:
         time.sleep(interval)
-    os.kill(os.getpid(), signal.SIGTERM)
+    while True:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(interval)
+
+
+EXIT_GRACE = 10.0  # seconds a worker's clean-up may take before a repeated SIGTERM interrupts it
+_exit_started: float | None = None
 
 
 def _exit(*_) -> None:
+    """SIGTERM: exit through Python, so that the run's clean-up (removing RUN.partial) runs. Both prctl and the
+    watchdog signal a worker whose parent died: a second SIGTERM during the clean-up must not cut it short, so
+    repeats are ignored for EXIT_GRACE seconds; after that the first exit was evidently lost, and it is raised again."""
+    global _exit_started
+    now = time.monotonic()
+    if _exit_started is not None and now - _exit_started < EXIT_GRACE:
+        return
+    _exit_started = now
     raise SystemExit(1)
 
 

@@ -291,6 +291,69 @@ def test_the_watchdog_ends_a_worker_whose_parent_died_without_prctl(tmp_path):
     assert wait_until(lambda: not alive(worker), 30)
 
 
+SIGNALLED_TWICE = """
+    import os, shutil, signal, sys, time
+    from pathlib import Path
+    from encvit.parallel import _exit
+    signal.signal(signal.SIGTERM, _exit)
+    run = Path(sys.argv[1])
+    (run / "metrics.csv").write_text("epoch")
+    try:
+        print("training", flush=True)
+        time.sleep(60)
+    except BaseException:
+        os.kill(os.getpid(), signal.SIGTERM)  # the watchdog's signal, after prctl's, while the clean-up runs
+        time.sleep(0.5)
+        shutil.rmtree(run)
+        raise
+"""
+
+
+def test_a_second_sigterm_does_not_cut_a_workers_clean_up_short(tmp_path):
+    # A worker whose parent dies is signalled twice (prctl and the watchdog); the second came, once in CI, while the
+    # first one's clean-up removed RUN.partial, and left it half-removed.
+    run = tmp_path / "melo-plain.partial"
+    run.mkdir()
+    worker = python(SIGNALLED_TWICE, run)
+    assert worker.stdout.readline() == "training\n"
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(60) == 1, worker.stderr.read()
+    assert not run.exists()
+
+
+def test_a_repeated_sigterm_ends_a_worker_whose_first_exit_was_lost(monkeypatch):
+    monkeypatch.setattr(parallel, "_exit_started", None)
+    with pytest.raises(SystemExit):
+        parallel._exit()
+    assert parallel._exit() is None  # within the grace: the clean-up goes on
+    monkeypatch.setattr(parallel, "_exit_started", time.monotonic() - parallel.EXIT_GRACE - 1)
+    with pytest.raises(SystemExit):  # after it: the first exit was swallowed somewhere, so it comes again
+        parallel._exit()
+
+
+SWALLOWS_FIRST = """
+    import os, signal, subprocess, sys, time
+    child = subprocess.Popen([sys.executable, "-c", "import os, signal, sys, time, threading; "
+                              "from encvit.parallel import _watch_parent; "
+                              "seen = []; signal.signal(signal.SIGTERM, lambda *_: seen.append(1) or "
+                              "(len(seen) > 1 and sys.exit(3))); "
+                              "threading.Thread(target=_watch_parent, args=(os.getppid(), 0.1), daemon=True).start(); "
+                              "print('watching', flush=True); "
+                              "[time.sleep(0.05) for _ in range(2400)]"], stdout=subprocess.PIPE, text=True)
+    child.stdout.readline()
+    print(child.pid, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_the_watchdog_signals_again_until_the_worker_has_ended(tmp_path):
+    parent = python(SWALLOWS_FIRST)
+    worker = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    assert wait_until(lambda: not alive(worker), 30)  # the first SIGTERM was ignored, the second one ended it
+
+
 # ---- a results folder counts only with its meta.json ------------------------------------------------------
 def toy(**kw) -> TrainConfig:
     return TrainConfig(**{"limit": LIMIT, "epochs": 1, "batch_size": 32, "progress": False, **kw})
