@@ -294,7 +294,8 @@ def _training_args(p: argparse.ArgumentParser, with_method: bool = True) -> None
     _key_args(p)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--lr", type=float, help="learning rate (default per method: full 2e-3, melo/proposed 1e-2)")
-    p.add_argument("--patch-lr", type=float, help="separate learning rate for the patch embedding (proposed)")
+    p.add_argument("--patch-lr", type=float,
+                   help="separate learning rate for the patch embedding (train: full or proposed; compare: proposed)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup-epochs", type=float, default=1.0)

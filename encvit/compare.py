@@ -75,6 +75,9 @@ def compare(base: TrainConfig, methods=METHODS, settings=SETTINGS, seeds: int = 
     new comparison is written beside the old one and swapped in when complete."""
     grid = CompareConfig(methods, settings, seeds, str(out) if out else None, overwrite, jobs, address, threads)
     grid.check_seeds(base.seed)
+    if base.patch_lr is not None and "proposed" not in grid.methods:
+        raise ConfigError(f"--patch-lr sets the proposed method's patch-embedding learning rate; "
+                          f"--methods {','.join(grid.methods)} has no proposed")
     if not grid.out:
         with connected(grid.address, grid.threads) as cluster:
             return _compare(base, grid, None, log, cluster)
@@ -97,7 +100,9 @@ def _compare(base: TrainConfig, grid: CompareConfig, out: Path | None, log, clus
         for setting in grid.settings:
             for method in grid.methods:
                 name = run_name(method, setting, seed, base.seed)
+                # --patch-lr is the proposed method's: full fine-tuning keeps its one, lower, learning rate
                 configs[name] = replace(base, method=method, seed=seed, lr=base.lr, test_every_epoch=False,
+                                        patch_lr=base.patch_lr if method == "proposed" else None,
                                         key=base.key if setting == "encrypted" else None,
                                         passphrase=passphrase if setting == "encrypted" and not base.key else None,
                                         out=str(out / name) if out else None, overwrite=True,
@@ -242,8 +247,10 @@ def markdown(summary: pd.DataFrame, meta: dict) -> str:
     """The summary as a Markdown table: one row per method, one accuracy column per setting."""
     many = summary.seeds.max() > 1
     settings = [s for s in SETTINGS if s in set(summary.setting)]
+    patch_lr = (meta.get("settings") or {}).get("patch_lr")
     lines = [f"Backbone `{meta['backbone']}`, dataset `{meta['dataset']}`, {meta['epochs']} epochs, "
-             f"{int(summary.seeds.max())} seed(s); test accuracy in %"
+             + (f"proposed's patch embedding at learning rate {patch_lr:g}, " if patch_lr is not None else "")
+             + f"{int(summary.seeds.max())} seed(s); test accuracy in %"
              + (", mean ± sd [95% interval]" if many else "") + "; seconds of training per run.", "",
              "| method | trainable | % of full | " + " | ".join(settings) + " | seconds | adapter |",
              "|---|---|---|" + "---|" * len(settings) + "---|---|"]

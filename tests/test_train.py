@@ -200,6 +200,20 @@ def test_compare_writes_the_grid(tmp_path):
         compare(quick(epochs=1), out=tmp_path / "cmp")
 
 
+def test_compare_patch_lr_is_the_proposed_methods(tmp_path):
+    """--patch-lr in a comparison sets the proposed method's patch embedding apart; full and MeLo runs are the ones
+    a comparison without it makes, so the two share their runs."""
+    out = tmp_path / "recipe"
+    compare(quick(epochs=1, patch_lr=3e-3), settings=("plain",), out=out, log=lambda *_: None)
+    patch_lrs = {m: json.loads((out / f"{m}-plain" / "config.json").read_text())["patch_lr"]
+                 for m in ("full", "melo", "proposed")}
+    assert patch_lrs == {"full": None, "melo": None, "proposed": 3e-3}
+    assert "proposed's patch embedding at learning rate 0.003" in (out / "results.md").read_text()
+    with pytest.raises(ConfigError, match="--methods melo,full has no proposed"):
+        compare(quick(epochs=1, patch_lr=3e-3), methods=("melo", "full"), out=tmp_path / "none")
+    assert not (tmp_path / "none").exists()
+
+
 def test_training_under_torchrun_with_two_processes(tmp_path):
     run = tmp_path / "ddp"
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
