@@ -57,10 +57,14 @@ this machine, or on the Ray cluster at `address` with `threads` torch threads a 
         check_options(self)
         check_engine(self.jobs, self.address, self.threads)
 
-    def check_seeds(self, first_seed: int) -> None:
-        """Refuse seeds past the largest a run accepts."""
-        if first_seed + self.seeds - 1 > MAX_SEED:
-            raise ConfigError(f"--seed + --seeds must stay below {MAX_SEED + 1}, got {first_seed} + {self.seeds}")
+    def check_base(self, base: TrainConfig) -> None:
+        """Refuse what the grid and its runs' settings cannot do together: seeds past the largest a run accepts,
+        a --patch-lr (the proposed method's) in a grid without the proposed method."""
+        if base.seed + self.seeds - 1 > MAX_SEED:
+            raise ConfigError(f"--seed + --seeds must stay below {MAX_SEED + 1}, got {base.seed} + {self.seeds}")
+        if base.patch_lr is not None and "proposed" not in self.methods:
+            raise ConfigError(f"--patch-lr sets the proposed method's patch-embedding learning rate; "
+                              f"--methods {','.join(self.methods)} has no proposed")
 
 
 def compare(base: TrainConfig, methods=METHODS, settings=SETTINGS, seeds: int = 1, out: str | Path | None = None,
@@ -74,10 +78,7 @@ def compare(base: TrainConfig, methods=METHODS, settings=SETTINGS, seeds: int = 
     kept if they were made with the same settings, and refused naming the setting otherwise. With `overwrite`, the
     new comparison is written beside the old one and swapped in when complete."""
     grid = CompareConfig(methods, settings, seeds, str(out) if out else None, overwrite, jobs, address, threads)
-    grid.check_seeds(base.seed)
-    if base.patch_lr is not None and "proposed" not in grid.methods:
-        raise ConfigError(f"--patch-lr sets the proposed method's patch-embedding learning rate; "
-                          f"--methods {','.join(grid.methods)} has no proposed")
+    grid.check_base(base)
     if not grid.out:
         with connected(grid.address, grid.threads) as cluster:
             return _compare(base, grid, None, log, cluster)
