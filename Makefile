@@ -16,8 +16,9 @@ demo: setup
 	STREAMLIT_BROWSER_GATHER_USAGE_STATS=false $(VENV)/bin/streamlit run app/Home.py --server.headless true \
 		--server.address $(ADDRESS) -- --runs $(RUNS)
 
+# ruff (lint and format) first: a style slip fails in a second, before the suite's minutes
 test: setup
-	$(PY) -m pytest
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(PY) -m pytest
 
 figures: setup
 	$(PY) scripts/cipher_figure.py

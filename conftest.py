@@ -1,4 +1,5 @@
 """Test-suite settings shared by tests/ and the notebooks run under nbval."""
+
 import os
 
 # Notebooks and slow studies take their sizes from the environment: the test suite runs them small.

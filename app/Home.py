@@ -2,17 +2,18 @@
 
 Run with `streamlit run app/Home.py`. This script only lays out widgets; the work is in `encvit.demo`.
 """
+
 from pathlib import Path
 
 import streamlit as st
 import torch
 
-from encvit import demo
-from encvit.access import app_access
 from encvit.cipher import Key
-from encvit.errors import EncvitError
-from encvit.predict import load_runs, shipped_comparison
-from encvit.samples import DEMO_PASSPHRASE, list_samples
+from encvit.common.errors import EncvitError
+from encvit.common.shipped import DEMO_PASSPHRASE, list_samples
+from encvit.demo import home as demo
+from encvit.demo.access import app_access
+from encvit.models import load_runs, shipped_comparison
 
 st.set_page_config(page_title="encvit demo", page_icon="🔐", layout="wide")
 # A few images through a small ViT: a second thread saves little, and on a busy machine its synchronisation
@@ -39,8 +40,10 @@ def passphrase_key(passphrase: str, block_size: int, channels: int) -> Key:
 
 
 st.title("Classifying encrypted images")
-st.caption("An image is encrypted block by block with a secret key; ViTs fine-tuned on images encrypted with that "
-           "key classify it without seeing the plain image. Try another key and watch the predictions go wrong.")
+st.caption(
+    "An image is encrypted block by block with a secret key; ViTs fine-tuned on images encrypted with that "
+    "key classify it without seeing the plain image. Try another key and watch the predictions go wrong."
+)
 
 # ---- adapters ----------------------------------------------------------------------------------------
 sidebar = st.sidebar
@@ -53,10 +56,12 @@ except EncvitError as exc:
     show_error(exc)
     st.stop()
 if source != "Shipped comparison (fashion5k)":
-    folder = sidebar.text_input("Folder holding run directories", key="runs_folder",
-                                placeholder="e.g. runs/compare-fashion",
-                                help="This app reads only these folders and those inside them: "
-                                     f"{demo.escape_markdown(access.describe())}.")
+    folder = sidebar.text_input(
+        "Folder holding run directories",
+        key="runs_folder",
+        placeholder="e.g. runs/compare-fashion",
+        help=f"This app reads only these folders and those inside them: {demo.escape_markdown(access.describe())}.",
+    )
     if not folder:
         st.info("Name a folder holding run directories (each with adapter.safetensors) in the sidebar.")
         st.stop()
@@ -75,8 +80,12 @@ infos = {name: info for name, (_, info) in models.items()}
 if st.session_state.get("runs_of") != folder or "runs" not in st.session_state:
     # Another folder (or back from the other page): start from its default runs, not from an empty choice.
     st.session_state.runs, st.session_state.runs_of = demo.default_runs(infos), folder
-chosen = sidebar.multiselect("Runs to compare", sorted(infos), key="runs",
-                             help="Encrypted runs see the encrypted image, plain runs the plain one.")
+chosen = sidebar.multiselect(
+    "Runs to compare",
+    sorted(infos),
+    key="runs",
+    help="Encrypted runs see the encrypted image, plain runs the plain one.",
+)
 chosen_models = {name: models[name] for name in chosen}
 try:
     shape = demo.geometry({name: infos[name] for name in chosen} or infos)
@@ -89,8 +98,12 @@ sidebar.header("Key")
 key_source = sidebar.radio("Key from", ["Passphrase", "Key file", "New random key"], key="key_source")
 key = None
 if key_source == "Passphrase":
-    passphrase = sidebar.text_input("Passphrase", value=DEMO_PASSPHRASE, key="passphrase",
-                                    help=f"The shipped encrypted adapters were trained with {DEMO_PASSPHRASE!r}.")
+    passphrase = sidebar.text_input(
+        "Passphrase",
+        value=DEMO_PASSPHRASE,
+        key="passphrase",
+        help=f"The shipped encrypted adapters were trained with {DEMO_PASSPHRASE!r}.",
+    )
     if passphrase:
         key = passphrase_key(passphrase, shape.patch_size, shape.channels)
     else:
@@ -122,11 +135,16 @@ grid = sidebar.checkbox("Show the block grid", value=False, key="grid")
 # ---- images ------------------------------------------------------------------------------------------
 st.header("Images")
 samples = {s.path.name + (f" ({s.label})" if s.label else ""): s for s in list_samples()}
-picked = st.multiselect("Shipped samples", list(samples), key="samples",
-                        default=[n for n, s in samples.items() if s.label in shape.class_names][:3],
-                        help="cfashion-N.png is fashion-N.png in colour, as in the dataset cfashion5k.")
-uploads = st.file_uploader("Or upload PNG / JPEG images", type=["png", "jpg", "jpeg"], accept_multiple_files=True,
-                           key="uploads")
+picked = st.multiselect(
+    "Shipped samples",
+    list(samples),
+    key="samples",
+    default=[n for n, s in samples.items() if s.label in shape.class_names][:3],
+    help="cfashion-N.png is fashion-N.png in colour, as in the dataset cfashion5k.",
+)
+uploads = st.file_uploader(
+    "Or upload PNG / JPEG images", type=["png", "jpg", "jpeg"], accept_multiple_files=True, key="uploads"
+)
 images = demo.sample_images([samples[n] for n in picked], shape)
 uploaded, errors = demo.read_uploads(((u.name, u.getvalue()) for u in uploads or []), shape)
 for message in errors:
@@ -144,25 +162,38 @@ if mismatch:
 name, data, mime = demo.encrypted_download(images, key)
 key_name, key_data = demo.key_download(key)
 left, right, _ = st.columns([2, 1, 2])
-left.download_button("Download encrypted " + ("image" if len(images) == 1 else f"images (zip of {len(images)})"),
-                     data, file_name=name, mime=mime, key="download_images", on_click="ignore")
-right.download_button("Download key file", key_data, file_name=key_name, mime="application/json",
-                      key="download_key", on_click="ignore")
+left.download_button(
+    "Download encrypted " + ("image" if len(images) == 1 else f"images (zip of {len(images)})"),
+    data,
+    file_name=name,
+    mime=mime,
+    key="download_images",
+    on_click="ignore",
+)
+right.download_button(
+    "Download key file", key_data, file_name=key_name, mime="application/json", key="download_key", on_click="ignore"
+)
 
 # ---- predictions -------------------------------------------------------------------------------------
 predictions = demo.classify(chosen_models, images, key)
 factor = demo.display_factor(shape.image_size)
 st.header("Predictions")
-st.caption(f"Models take {shape.image_size}x{shape.image_size} images; the key permutes every "
-           f"{key.block_size}x{key.block_size} block. Shown enlarged {factor}x (nearest neighbour).")
+st.caption(
+    f"Models take {shape.image_size}x{shape.image_size} images; the key permutes every "
+    f"{key.block_size}x{key.block_size} block. Shown enlarged {factor}x (nearest neighbour)."
+)
 for index, image in enumerate(images):
     with st.container(border=True):
         original, encrypted, table = st.columns([1, 1, 3])
         # PNG, not Streamlit's default JPEG, whose colour subsampling would blur a block's pixels into each other
-        original.image(demo.enlarge(image.array, factor, key.block_size if grid else None), caption=image.name,
-                       output_format="PNG")
-        encrypted.image(demo.enlarge(key.encrypt(image.array), factor, key.block_size if grid else None),
-                        caption=f"encrypted with {key.fingerprint}", output_format="PNG")
+        original.image(
+            demo.enlarge(image.array, factor, key.block_size if grid else None), caption=image.name, output_format="PNG"
+        )
+        encrypted.image(
+            demo.enlarge(key.encrypt(image.array), factor, key.block_size if grid else None),
+            caption=f"encrypted with {key.fingerprint}",
+            output_format="PNG",
+        )
         if image.label:
             table.markdown(f"True label: **{demo.escape_markdown(image.label)}**")
         note = demo.grey_runs_note(image, {name: infos[name] for name in chosen})

@@ -2,10 +2,11 @@
 
 A user error (bad file, wrong key, unknown name, an option value that cannot work) prints one line to stderr and
 exits with status 2, before any data is loaded or anything is written: each subcommand first builds the config
-dataclass that holds its options (which checks them, see ``encvit.errors.option``) and checks its files. A failure
-after work has started (an error, Ctrl-C) removes what was half-written and says so in one line; only a bug shows a
-traceback.
+dataclass that holds its options (which checks them, see ``encvit.common.errors.option``) and checks its files.
+A failure after work has started (an error, Ctrl-C) removes what was half-written and says so in one line; only a bug
+shows a traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,19 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import (ConfigError, EncvitError, ImageError, check_options, check_output_path, integer, number, option,
-                     split_list, text)
+from .common.errors import (
+    ConfigError,
+    EncvitError,
+    ImageError,
+    check_options,
+    check_output_path,
+    integer,
+    number,
+    option,
+    split_list,
+    text,
+)
+from .common.extras import missing_extra
 
 
 def one_line(message: str) -> str:
@@ -50,20 +62,21 @@ def _key_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
 
 # ---- cipher ------------------------------------------------------------------------------------------
 def cmd_keygen(args) -> int:
-    from .cipher import Key
+    from .cipher.key import Key
 
     check_output_path(args.output, "--output", folder=False)
     if Path(args.output).exists() and not args.force:
         raise EncvitError(f"{args.output} exists; pass --force to replace it")
-    key = Key.generate(args.block_size, args.channels, passphrase=args.passphrase,
-                       scramble=args.scramble, neg_pos=args.neg_pos)
+    key = Key.generate(
+        args.block_size, args.channels, passphrase=args.passphrase, scramble=args.scramble, neg_pos=args.neg_pos
+    )
     key.save(args.output)
     print(f"wrote {args.output}: {key.describe()}")
     return 0
 
 
 def cmd_key_info(args) -> int:
-    from .cipher import Key
+    from .cipher.key import Key
 
     key = Key.load(args.key_file)
     print(key.describe())
@@ -72,8 +85,8 @@ def cmd_key_info(args) -> int:
 
 
 def _convert_images(args, decrypt: bool) -> int:
-    from .cipher import Key
-    from .images import MAX_PIXELS, is_grey, open_image, parse_size, png_set, to_array
+    from .cipher.images import MAX_PIXELS, is_grey, open_image, parse_size, png_set, to_array
+    from .cipher.key import Key
 
     out_dir = check_output_path(args.output, "--output", folder=True)
     key = Key.load(args.key)
@@ -86,8 +99,10 @@ def _convert_images(args, decrypt: bool) -> int:
         for name in args.images:
             image = open_image(name)
             if key.channels == 3 and is_grey(image):
-                print(f"note: {name} is greyscale; its grey channel is repeated to {key.channels} channels",
-                      file=sys.stderr)
+                print(
+                    f"note: {name} is greyscale; its grey channel is repeated to {key.channels} channels",
+                    file=sys.stderr,
+                )
             elif key.channels == 1 and not is_grey(image):
                 print(f"note: {name} has colour; it is converted to grey for a 1-channel key", file=sys.stderr)
             array = to_array(image, key.channels, resize)
@@ -129,35 +144,55 @@ class ParamsConfig:
 
 
 def cmd_params(args) -> int:
-    from .report import parameter_table
+    from .models.methods import parameter_table
 
     ParamsConfig(args.backbone, args.num_classes, args.rank, args.alpha)
     table = parameter_table(args.backbone, args.num_classes, args.rank, args.alpha)
     if args.json:
-        print(json.dumps({**{m: row["trainable"] for m, row in table.items()},
-                          "details": table, "backbone": args.backbone, "num_classes": args.num_classes,
-                          "rank": args.rank, "alpha": args.alpha}))
+        print(
+            json.dumps(
+                {
+                    **{m: row["trainable"] for m, row in table.items()},
+                    "details": table,
+                    "backbone": args.backbone,
+                    "num_classes": args.num_classes,
+                    "rank": args.rank,
+                    "alpha": args.alpha,
+                }
+            )
+        )
         return 0
-    print(f"trainable parameters, {args.backbone}, {args.num_classes} classes, LoRA rank {args.rank}, alpha {args.alpha}")
+    print(
+        f"trainable parameters, {args.backbone}, {args.num_classes} classes, LoRA rank {args.rank}, alpha {args.alpha}"
+    )
     print(f"{'method':<10}{'exact':>14}{'10^6':>10}{'2^20 (paper)':>14}{'% of full':>11}")
     for method, row in table.items():
-        print(f"{method:<10}{row['trainable']:>14,}{row['millions']:>10.3f}{row['paper_m']:>14.3f}"
-              f"{row['percent_of_full']:>10.2f}%")
+        print(
+            f"{method:<10}{row['trainable']:>14,}{row['millions']:>10.3f}{row['paper_m']:>14.3f}"
+            f"{row['percent_of_full']:>10.2f}%"
+        )
     return 0
 
 
 def cmd_pretrain(args) -> int:
-    from .pretrain import PretrainConfig, pretrain
+    from .training.pretrain import PretrainConfig, pretrain
 
-    config = PretrainConfig(name=args.name, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                            limit=args.limit, seed=args.seed, out=args.out)
+    config = PretrainConfig(
+        name=args.name,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        seed=args.seed,
+        out=args.out,
+    )
     result = pretrain(config)
     print(f"test accuracy {result['test_acc']:.2f}% after {args.epochs} epochs, {result['seconds'] / 60:.1f} min")
     return 0
 
 
 def _config_from(args, **overrides):
-    from .train import TrainConfig
+    from .training.run import TrainConfig
 
     fields = TrainConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
@@ -166,7 +201,7 @@ def _config_from(args, **overrides):
 
 def _note_colour_backbone(config, datasets=None) -> None:
     """Suggest the colour backbone on stderr when colour data meets the grey-pretrained default."""
-    from .train import colour_backbone_note
+    from .training.run import colour_backbone_note
 
     note = colour_backbone_note(datasets or config.dataset, config.backbone, config.pretrained, config.weights)
     if note:
@@ -174,26 +209,34 @@ def _note_colour_backbone(config, datasets=None) -> None:
 
 
 def cmd_train(args) -> int:
-    from .train import train
+    from .training.run import train
 
     config = _config_from(args)
     _note_colour_backbone(config)
     result = train(config)
-    print(f"{result['method']} on {result['dataset']} ({result['setting']}, key {result['key_fingerprint']}): "
-          f"test accuracy {result['test_acc']:.2f}%, validation {result['val_acc']:.2f}%, "
-          f"{result['trainable']:,} trainable parameters, {result['seconds']:.0f} s"
-          + (f"; run written to {args.out}" if args.out else ""))
+    print(
+        f"{result['method']} on {result['dataset']} ({result['setting']}, key {result['key_fingerprint']}): "
+        f"test accuracy {result['test_acc']:.2f}%, validation {result['val_acc']:.2f}%, "
+        f"{result['trainable']:,} trainable parameters, {result['seconds']:.0f} s"
+        + (f"; run written to {args.out}" if args.out else "")
+    )
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from .train import evaluate_run
+    from .training.run import evaluate_run
 
-    r = evaluate_run(args.run, args.dataset, args.key, args.passphrase, args.allow_key_mismatch, args.limit,
-                     args.weights, args.split)
-    warning = "" if r["given_key"] == r["trained_key"] else \
-        f"  (WRONG KEY: trained with {r['trained_key']}, evaluated with {r['given_key']})"
-    print(f"{r['method']} on {r['dataset']} {r['split']} ({r['images']} images): accuracy {r['accuracy']:.2f}%{warning}")
+    r = evaluate_run(
+        args.run, args.dataset, args.key, args.passphrase, args.allow_key_mismatch, args.limit, args.weights, args.split
+    )
+    warning = (
+        ""
+        if r["given_key"] == r["trained_key"]
+        else f"  (WRONG KEY: trained with {r['trained_key']}, evaluated with {r['given_key']})"
+    )
+    print(
+        f"{r['method']} on {r['dataset']} {r['split']} ({r['images']} images): accuracy {r['accuracy']:.2f}%{warning}"
+    )
     return 0
 
 
@@ -208,15 +251,24 @@ def _address(args) -> str | None:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare
+    from .experiments.compare import compare
 
     base = _config_from(args, out=None)
     methods = split_list(args.methods, str, "--methods")
     settings = split_list(args.settings, str, "--settings")
     _note_colour_backbone(base)
     start = time.perf_counter()
-    compare(base, methods, settings, args.seeds, args.out, args.overwrite, jobs=args.jobs, address=_address(args),
-            threads=args.threads)
+    compare(
+        base,
+        methods,
+        settings,
+        args.seeds,
+        args.out,
+        args.overwrite,
+        jobs=args.jobs,
+        address=_address(args),
+        threads=args.threads,
+    )
     print(f"results in {args.out}: results.md, results.csv, results.png ({_wall(start, args)})")
     return 0
 
@@ -235,7 +287,7 @@ def _one_from_env_or(option_value: str, env: str, flag: str) -> int:
 
 
 def cmd_study(args) -> int:
-    from .study import data_size_study, merge_studies
+    from .experiments.data_size import data_size_study, merge_studies
 
     base = _config_from(args, out=None)
     if args.kind == "security":
@@ -254,14 +306,15 @@ def cmd_study(args) -> int:
     datasets = split_list(args.datasets, str, "--datasets")
     _note_colour_backbone(base, datasets)
     start = time.perf_counter()
-    data_size_study(base, datasets, sizes, seeds, patch_lrs, args.out, jobs=args.jobs, address=_address(args),
-                    threads=args.threads)
+    data_size_study(
+        base, datasets, sizes, seeds, patch_lrs, args.out, jobs=args.jobs, address=_address(args), threads=args.threads
+    )
     print(f"study written to {args.out}: study.csv, gaps.csv, study.png ({_wall(start, args)})")
     return 0
 
 
 def _security_study(args, base) -> int:
-    from .security import SETTINGS, security_study
+    from .experiments.security import SETTINGS, security_study
 
     if args.folders:
         raise ConfigError("study security takes no folders: pieces share one --out")
@@ -272,21 +325,32 @@ def _security_study(args, base) -> int:
     methods = split_list(args.methods, str, "--methods")
     out = args.out if args.out != "runs/study" else "runs/security"
     start = time.perf_counter()
-    security_study(base, settings, methods, counts, seeds, draws, out, jobs=args.jobs, address=_address(args),
-                   threads=args.threads)
-    print(f"study written to {out}: accuracy.csv, attacks.csv, adapter_leaks.csv, security.md, security.png "
-          f"({_wall(start, args)})")
+    security_study(
+        base, settings, methods, counts, seeds, draws, out, jobs=args.jobs, address=_address(args), threads=args.threads
+    )
+    print(
+        f"study written to {out}: accuracy.csv, attacks.csv, adapter_leaks.csv, security.md, security.png "
+        f"({_wall(start, args)})"
+    )
     return 0
 
 
 def _training_args(p: argparse.ArgumentParser, with_method: bool = True) -> None:
-    from .data import DATASET_HELP
+    from .data.names import DATASET_HELP
 
-    p.add_argument("--backbone", default="encvit-tiny", help="encvit-tiny (shipped, pretrained on grey images), "
-                   "encvit-tiny-colour (pretrained on colour ones, for colour datasets) or a timm ViT name")
+    p.add_argument(
+        "--backbone",
+        default="encvit-tiny",
+        help="encvit-tiny (shipped, pretrained on grey images), "
+        "encvit-tiny-colour (pretrained on colour ones, for colour datasets) or a timm ViT name",
+    )
     p.add_argument("--weights", help="local backbone weights (safetensors or torch state dict)")
-    p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
-                   help="random backbone weights (for tests and offline paper-scale dry runs)")
+    p.add_argument(
+        "--no-pretrained",
+        dest="pretrained",
+        action="store_false",
+        help="random backbone weights (for tests and offline paper-scale dry runs)",
+    )
     p.add_argument("--image-size", type=int, help="input size for timm backbones (default: the model's)")
     p.add_argument("--dataset", default="fashion5k", help=DATASET_HELP)
     if with_method:
@@ -294,8 +358,11 @@ def _training_args(p: argparse.ArgumentParser, with_method: bool = True) -> None
     _key_args(p)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--lr", type=float, help="learning rate (default per method: full 2e-3, melo/proposed 1e-2)")
-    p.add_argument("--patch-lr", type=float,
-                   help="separate learning rate for the patch embedding (train: full or proposed; compare: proposed)")
+    p.add_argument(
+        "--patch-lr",
+        type=float,
+        help="separate learning rate for the patch embedding (train: full or proposed; compare: proposed)",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
@@ -304,26 +371,83 @@ def _training_args(p: argparse.ArgumentParser, with_method: bool = True) -> None
     p.add_argument("--alpha", type=float, default=8.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="at most this many images per split (quick runs)")
-    p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"],
-                   help="mixed precision: auto = bf16/fp16 on CUDA, off on CPU")
+    p.add_argument(
+        "--amp",
+        default="auto",
+        choices=["auto", "off", "bf16"],
+        help="mixed precision: auto = bf16/fp16 on CUDA, off on CPU",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
 
 
 def _jobs_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process with the CPU cores "
-                   "split between them (default 1: one run after another, all cores each)")
-    p.add_argument("--address", metavar="HOST:PORT", help="run every run as a task on the Ray cluster at this "
-                   "address (default: RAY_ADDRESS when set); needs the cluster extra, see docs/cluster.md")
-    p.add_argument("--threads", type=int, help="with --address: torch threads of each run, and the CPUs it asks "
-                   "of the cluster (default 1)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time, each in its own process with the CPU cores "
+        "split between them (default 1: one run after another, all cores each)",
+    )
+    p.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="run every run as a task on the Ray cluster at this "
+        "address (default: RAY_ADDRESS when set); needs the cluster extra, see docs/cluster.md",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="with --address: torch threads of each run, and the CPUs it asks of the cluster (default 1)",
+    )
+
+
+def cmd_export(args) -> int:
+    """`encvit export ADAPTER --format peft --out DIR`."""
+    from .models.peft_format import CONFIG_FILE, WEIGHTS_FILE, export_peft
+
+    out = export_peft(args.adapter, args.out, args.overwrite)
+    print(f"wrote {out}: {CONFIG_FILE}, {WEIGHTS_FILE}, README.md (load with peft.PeftModel.from_pretrained)")
+    return 0
+
+
+def cmd_import(args) -> int:
+    """`encvit import DIR --out ADAPTER.safetensors`."""
+    from .models.peft_format import import_peft
+
+    out = import_peft(args.folder, args.out, args.force)
+    print(f"wrote {out} from the PEFT folder {args.folder}")
+    return 0
+
+
+def _peft_commands(subparsers) -> None:
+    """The `export` and `import` subcommands: an adapter to and from Hugging Face PEFT's format."""
+    p = subparsers.add_parser("export", help="write a MeLo or proposed adapter in Hugging Face PEFT's format")
+    p.add_argument("adapter", metavar="ADAPTER", help="a run directory or an adapter file")
+    p.add_argument(
+        "--format",
+        default="peft",
+        choices=["peft"],
+        help="peft: adapter_config.json + adapter_model.safetensors (default)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    p.set_defaults(func=cmd_export)
+    p = subparsers.add_parser("import", help="turn a PEFT folder written by `encvit export` back into an adapter")
+    p.add_argument("folder", metavar="DIR", help="a folder with adapter_config.json and adapter_model.safetensors")
+    p.add_argument("--out", required=True, metavar="ADAPTER.safetensors", help="adapter file to write")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(func=cmd_import)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    from .data import DATASET_HELP
+    from .data.names import DATASET_HELP
 
-    parser = Parser(prog="encvit", description="Privacy-preserving fine-tuning of ViTs: "
-                    "block-wise image encryption, LoRA methods and encrypted head training.")
+    parser = Parser(
+        prog="encvit",
+        description="Privacy-preserving fine-tuning of ViTs: "
+        "block-wise image encryption, LoRA methods and encrypted head training.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("keygen", help="make a secret key file")
@@ -341,8 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--key", required=True, metavar="KEY.json")
         p.add_argument("images", nargs="+", metavar="IMAGE")
         p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
-        p.add_argument("--resize", metavar="WxH", help="resize before encrypting (default: refuse sizes "
-                       "that are not multiples of the block size)")
+        p.add_argument(
+            "--resize",
+            metavar="WxH",
+            help="resize before encrypting (default: refuse sizes that are not multiples of the block size)",
+        )
         p.set_defaults(func=func)
 
     p = sub.add_parser("key-info", help="describe a key file (never prints the key itself)")
@@ -354,12 +481,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--rank", type=int, default=4)
     p.add_argument("--alpha", type=float, default=8.0)
-    p.add_argument("--json", action="store_true", help="one JSON object: {\"full\": n, \"melo\": n, \"proposed\": n, ...}")
+    p.add_argument("--json", action="store_true", help='one JSON object: {"full": n, "melo": n, "proposed": n, ...}')
     p.set_defaults(func=cmd_params)
 
-    p = sub.add_parser("pretrain", help="pretrain a shipped backbone (encvit-tiny, encvit-tiny-colour) on Fashion-MNIST")
-    p.add_argument("--name", default="encvit-tiny", help="encvit-tiny (grey images) or encvit-tiny-colour "
-                   "(colour-tinted ones)")
+    p = sub.add_parser(
+        "pretrain", help="pretrain a shipped backbone (encvit-tiny, encvit-tiny-colour) on Fashion-MNIST"
+    )
+    p.add_argument(
+        "--name", default="encvit-tiny", help="encvit-tiny (grey images) or encvit-tiny-colour (colour-tinted ones)"
+    )
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-size", type=int, default=128)
@@ -370,9 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune a backbone with one method, on plain or encrypted images")
     _training_args(p)
-    p.add_argument("--per-image-keys", action="store_true",
-                   help="encrypt every image with a fresh key of its own (no shared key: the security study's "
-                        "reference point)")
+    p.add_argument(
+        "--per-image-keys",
+        action="store_true",
+        help="encrypt every image with a fresh key of its own (no shared key: the security study's reference point)",
+    )
     p.add_argument("--out", metavar="RUN", help="run directory to write")
     p.set_defaults(func=cmd_train)
 
@@ -396,9 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("study", help="gaps between methods on encrypted images vs training-set size and domain")
-    p.add_argument("kind", choices=["data-size", "merge", "security"],
-                   help="data-size: run the study (resumes in --out); merge: join study folders into --out; "
-                        "security: attacks and accuracy per cipher setting (resumes in --out, default runs/security)")
+    p.add_argument(
+        "kind",
+        choices=["data-size", "merge", "security"],
+        help="data-size: run the study (resumes in --out); merge: join study folders into --out; "
+        "security: attacks and accuracy per cipher setting (resumes in --out, default runs/security)",
+    )
     p.add_argument("folders", nargs="*", help="study folders to merge")
     _training_args(p, with_method=False)
     p.add_argument("--datasets", default="fashion5k,mnist5k", help=f"comma-separated, each one of {DATASET_HELP}")
@@ -406,20 +541,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="3", help="seeds per cell (env ENCVIT_STUDY_SEEDS)")
     _jobs_arg(p)
     p.add_argument("--patch-lrs", default="", help="extra proposed arms with these patch-embedding learning rates")
-    p.add_argument("--cipher-settings", dest="settings_security", default="",
-                   help="security: shuffle, neg-pos, scramble, both, per-image (default: all)")
+    p.add_argument(
+        "--cipher-settings",
+        dest="settings_security",
+        default="",
+        help="security: shuffle, neg-pos, scramble, both, per-image (default: all)",
+    )
     p.add_argument("--methods", default="melo,proposed,full", help="security: methods trained per setting")
-    p.add_argument("--counts", default="10,50,200,1000",
-                   help="security: encrypted images the attacker holds (env ENCVIT_SECURITY_COUNTS)")
+    p.add_argument(
+        "--counts",
+        default="10,50,200,1000",
+        help="security: encrypted images the attacker holds (env ENCVIT_SECURITY_COUNTS)",
+    )
     p.add_argument("--draws", default="3", help="security: attacks per count (env ENCVIT_SECURITY_DRAWS)")
     p.add_argument("--out", default="runs/study", help="output folder (security: default runs/security)")
     p.set_defaults(func=cmd_study)
     from .fhe.command import register as register_fhe
+
     register_fhe(sub)
     from .attacks.command import register as register_attacks
+
     register_attacks(sub)
-    from .peft_format import register as register_peft
-    register_peft(sub)
+    _peft_commands(sub)
     return parser
 
 
@@ -430,7 +573,13 @@ def main(argv: list[str] | None = None) -> int:
     name = f"encvit {args.command}"
     previous = _stop_on_sigterm()
     try:
-        return args.func(args)
+        try:
+            return args.func(args)
+        except ImportError as exc:  # an optional package that is not installed: name its extra
+            missing = missing_extra(exc, args.command)
+            if missing is None:
+                raise
+            raise missing from None
     except EncvitError as exc:
         print(f"{name}: error: {type(exc).__name__}: {one_line(str(exc))}", file=sys.stderr)
         return 2
@@ -438,13 +587,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: interrupted; what was half-written has been removed", file=sys.stderr)
         return 130
     except (OSError, MemoryError) as exc:  # the machine's limits (disk full, permissions, memory), not a bug
-        print(f"{name}: failed: {type(exc).__name__}: {one_line(str(exc))}; what was half-written has been removed",
-              file=sys.stderr)
+        print(
+            f"{name}: failed: {type(exc).__name__}: {one_line(str(exc))}; what was half-written has been removed",
+            file=sys.stderr,
+        )
         return 1
     except Exception:
         traceback.print_exc()
-        print(f"{name}: failed with an unexpected error (a bug: the traceback above shows where); what was "
-              f"half-written has been removed", file=sys.stderr)
+        print(
+            f"{name}: failed with an unexpected error (a bug: the traceback above shows where); what was "
+            f"half-written has been removed",
+            file=sys.stderr,
+        )
         return 1
     finally:
         if previous is not None:

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -30,7 +30,8 @@
 # 7. on a colour image the shuffle moves values between truly different channels; on a grey one it cannot, and
 #    the effective key is smaller.
 #
-# Everything is done by the package (`encvit.cipher.Key`, `encvit.adapt`, `encvit.viz`); the cells only call it.
+# Everything is done by the package (`encvit.cipher.Key`, `encvit.models.adapt`, `encvit.demo.viz`); the cells only
+# call it.
 # Sizes come from the environment: `ENCVIT_QUICK=1` (set by the test suite) makes the run smaller.
 
 # %%
@@ -46,16 +47,13 @@ import torch
 from IPython.display import display
 from PIL import Image
 
-from encvit import viz
-from encvit.adapt import adapt_to_key
 from encvit.attacks.leaks import log2_factorial
-from encvit.backbones import create_backbone, describe
-from encvit.cipher import Key
+from encvit.cipher import Key, load_image, to_array
+from encvit.common.errors import KeyMismatchError
+from encvit.common.shipped import list_samples
 from encvit.data import load_dataset
-from encvit.errors import KeyMismatchError
-from encvit.images import load_image, to_array
-from encvit.preprocess import BatchPreprocess
-from encvit.samples import list_samples
+from encvit.demo import viz
+from encvit.models import BatchPreprocess, adapt_to_key, create_backbone, describe
 
 QUICK = os.environ.get("ENCVIT_QUICK") == "1"
 N_TOKEN_IMAGES = 64 if QUICK else 512  # Fashion-MNIST test images for the token-similarity statistics
@@ -72,11 +70,12 @@ print(f"quick mode: {QUICK}; {N_TOKEN_IMAGES} images for the token statistics")
 # Two colour photographs that scikit-image ships (`skimage.data.chelsea()` and `coffee()`), resized to
 # 336 x 224 pixels (width x height) so that both sides are multiples of 16, the patch size of ViT-B/16.
 # For the shipped backbone `encvit-tiny` (32 x 32 inputs, 4 x 4 patches) we use the clothes and digits
-# that the package ships (`encvit.samples.list_samples()`), at 32 x 32.
+# that the package ships (`encvit.common.shipped.list_samples()`), at 32 x 32.
 
 # %%
-photos = {name: to_array(Image.fromarray(getattr(skimage.data, name)()), resize=(336, 224))
-          for name in ("chelsea", "coffee")}
+photos = {
+    name: to_array(Image.fromarray(getattr(skimage.data, name)()), resize=(336, 224)) for name in ("chelsea", "coffee")
+}
 clothes = {s.label: load_image(s.path, channels=3, resize=(32, 32)) for s in list_samples("fashion5k")}
 digits = {s.label: load_image(s.path, channels=3, resize=(32, 32)) for s in list_samples("mnist5k")}
 for name, image in photos.items():
@@ -96,9 +95,14 @@ print(key.describe())
 cat, coffee = photos["chelsea"], photos["coffee"]
 grid_h, grid_w = cat.shape[0] // key.block_size, cat.shape[1] // key.block_size
 chosen = [2 * grid_w + 8, 5 * grid_w + 12, 9 * grid_w + 5, 11 * grid_w + 15]  # blocks we follow below
-fig = viz.plot_block_grid([cat], ["chelsea"], key.block_size,
-                          f"Cut into {key.block_size} x {key.block_size} blocks: "
-                          f"{grid_h} x {grid_w} = {grid_h * grid_w} blocks", highlight=chosen, size=4.6)
+fig = viz.plot_block_grid(
+    [cat],
+    ["chelsea"],
+    key.block_size,
+    f"Cut into {key.block_size} x {key.block_size} blocks: {grid_h} x {grid_w} = {grid_h * grid_w} blocks",
+    highlight=chosen,
+    size=4.6,
+)
 
 # %% [markdown]
 # *Figure 1. The photograph with the block grid drawn over it. Each cell is one 16 x 16 block, i.e. what becomes
@@ -133,24 +137,31 @@ encrypted_cat = key.encrypt(cat)
 plain_blocks = viz.image_blocks(cat, key.block_size)
 encrypted_blocks = viz.image_blocks(encrypted_cat, key.block_size)
 print("blocks x values per block:", plain_blocks.shape)
-print("every encrypted block == plain block[pixel_permutation]:",
-      np.array_equal(encrypted_blocks, plain_blocks[:, key.pixel_permutation]))
+print(
+    "every encrypted block == plain block[pixel_permutation]:",
+    np.array_equal(encrypted_blocks, plain_blocks[:, key.pixel_permutation]),
+)
 
 # %% [markdown]
 # ## 4 · Blocks before and after
 
 # %%
-fig = viz.plot_block_grid([cat, encrypted_cat], ["plain", f"encrypted with key {key.fingerprint}"],
-                          key.block_size, "The whole image: plain vs encrypted (pixel shuffling only)",
-                          highlight=chosen)
+fig = viz.plot_block_grid(
+    [cat, encrypted_cat],
+    ["plain", f"encrypted with key {key.fingerprint}"],
+    key.block_size,
+    "The whole image: plain vs encrypted (pixel shuffling only)",
+    highlight=chosen,
+)
 
 # %% [markdown]
 # *Figure 3. The photograph and its encryption. The coarse picture survives: every block keeps its own values,
 # so its mean brightness stays, but inside a block the pixels are scrambled and their colours mixed.*
 
 # %%
-fig = viz.plot_blocks_side_by_side(cat, encrypted_cat, key.block_size, chosen,
-                                   "Four blocks enlarged: plain (top) and encrypted (bottom)")
+fig = viz.plot_blocks_side_by_side(
+    cat, encrypted_cat, key.block_size, chosen, "Four blocks enlarged: plain (top) and encrypted (bottom)"
+)
 
 # %% [markdown]
 # *Figure 4. The four outlined blocks of figure 3, enlarged, before (top) and after (bottom) encryption. The
@@ -163,8 +174,14 @@ fig = viz.plot_blocks_side_by_side(cat, encrypted_cat, key.block_size, chosen,
 # channel alone does not: values move between red, green and blue.
 
 # %%
-fig = viz.plot_block_histogram(cat, encrypted_cat, key.block_size, chosen[0], channel=0,
-                               suptitle=f"Block {chosen[0]}: the same values, in other places and channels")
+fig = viz.plot_block_histogram(
+    cat,
+    encrypted_cat,
+    key.block_size,
+    chosen[0],
+    channel=0,
+    suptitle=f"Block {chosen[0]}: the same values, in other places and channels",
+)
 same_values = np.array_equal(np.sort(plain_blocks, axis=1), np.sort(encrypted_blocks, axis=1))
 print(f"all {len(plain_blocks)} blocks keep their values: {same_values}")
 
@@ -191,8 +208,9 @@ for name, k in keys.items():
     print(f"{name:22s} {k.describe()}")
 gallery = [image for photo in photos.values() for image in [photo] + [k.encrypt(photo) for k in keys.values()]]
 titles = [title for _ in photos for title in ["plain", *keys]]
-fig = viz.plot_images(gallery, titles, "Encryption options on the two photographs", ncols=len(keys) + 1,
-                      row_labels=list(photos), size=1.9)
+fig = viz.plot_images(
+    gallery, titles, "Encryption options on the two photographs", ncols=len(keys) + 1, row_labels=list(photos), size=1.9
+)
 
 # %% [markdown]
 # *Figure 6. Each row: the plain photograph, then its encryption with pixel shuffling alone, with block
@@ -211,8 +229,13 @@ for name, k in keys.items():
     for photo_name, photo in photos.items():
         checks.append({"image": photo_name, "key": name, "exact": bool((k.decrypt(k.encrypt(photo)) == photo).all())})
 batch = torch.from_numpy(np.stack([*clothes.values(), *digits.values()])).permute(0, 3, 1, 2)  # N x C x H x W
-checks.append({"image": f"{len(batch)} samples (torch batch)", "key": "4 x 4 pixel shuffling",
-               "exact": bool(torch.equal(tiny_key.decrypt(tiny_key.encrypt(batch)), batch))})
+checks.append(
+    {
+        "image": f"{len(batch)} samples (torch batch)",
+        "key": "4 x 4 pixel shuffling",
+        "exact": bool(torch.equal(tiny_key.decrypt(tiny_key.encrypt(batch)), batch)),
+    }
+)
 checks = pd.DataFrame(checks)
 assert checks.exact.all(), "decryption must be exact"
 checks
@@ -226,11 +249,14 @@ checks
 # %%
 wrong_key = Key.generate(16, passphrase="a wrong guess")
 encrypted_coffee = key.encrypt(coffee)
-attempts = {f"encrypted ({key.fingerprint})": encrypted_coffee,
-            "decrypted, right key": key.decrypt(encrypted_coffee),
-            f"decrypted, wrong key ({wrong_key.fingerprint})": wrong_key.decrypt(encrypted_coffee)}
-fig = viz.plot_images(list(attempts.values()), list(attempts), "Decrypting with the right and with a wrong key",
-                      size=2.3)
+attempts = {
+    f"encrypted ({key.fingerprint})": encrypted_coffee,
+    "decrypted, right key": key.decrypt(encrypted_coffee),
+    f"decrypted, wrong key ({wrong_key.fingerprint})": wrong_key.decrypt(encrypted_coffee),
+}
+fig = viz.plot_images(
+    list(attempts.values()), list(attempts), "Decrypting with the right and with a wrong key", size=2.3
+)
 for name, image in {"plain": coffee, **attempts}.items():
     error = np.abs(image.astype(int) - coffee.astype(int)).mean()
     print(f"{name:40s} mean |difference| from plain: {error:6.2f}   pixels equal: {(image == coffee).mean():.1%}")
@@ -250,9 +276,14 @@ images, titles = [], []
 for group in (clothes, digits):
     images += list(group.values()) + [tiny_key.encrypt(image) for image in group.values()]
     titles += list(group) * 2
-fig = viz.plot_images(images, titles, f"Shipped samples at 32 x 32, plain and encrypted with the 4 x 4 key "
-                      f"{tiny_key.fingerprint}", ncols=len(clothes),
-                      row_labels=["clothes", "encrypted", "digits", "encrypted"], size=1.1)
+fig = viz.plot_images(
+    images,
+    titles,
+    f"Shipped samples at 32 x 32, plain and encrypted with the 4 x 4 key {tiny_key.fingerprint}",
+    ncols=len(clothes),
+    row_labels=["clothes", "encrypted", "digits", "encrypted"],
+    size=1.1,
+)
 
 # %% [markdown]
 # *Figure 8. The shipped clothes (Fashion-MNIST) and digits (MNIST), grey images expanded to three channels,
@@ -277,17 +308,25 @@ fashion = load_dataset("fashion5k", geometry.image_size, geometry.channels, limi
 plain_x = BatchPreprocess(geometry.image_size, geometry.channels)(fashion)
 encrypted_x = BatchPreprocess(geometry.image_size, geometry.channels, key=tiny_key)(fashion)
 tiny_adapted = adapt_to_key(tiny, tiny_key)
-similarity = {"frozen E": viz.patch_token_similarity(tiny, plain_x, encrypted_x),
-              "adapted E P^T": viz.patch_token_similarity(tiny, plain_x, encrypted_x, other=tiny_adapted)}
+similarity = {
+    "frozen E": viz.patch_token_similarity(tiny, plain_x, encrypted_x),
+    "adapted E P^T": viz.patch_token_similarity(tiny, plain_x, encrypted_x, other=tiny_adapted),
+}
 # Blocks of one value (the black background) are unchanged by any permutation: count them apart.
 uniform = viz.uniform_blocks(plain_x, tiny_key.block_size)
 print(f"{uniform.float().mean():.0%} of the blocks are uniform (one value); the histogram shows the others")
-fig = viz.plot_token_similarity(similarity, tuple(tiny.patch_embed.grid_size),
-                                f"encvit-tiny: patch tokens of {len(fashion)} Fashion-MNIST images, "
-                                f"plain vs encrypted (key {tiny_key.fingerprint})", include=~uniform)
+fig = viz.plot_token_similarity(
+    similarity,
+    tuple(tiny.patch_embed.grid_size),
+    f"encvit-tiny: patch tokens of {len(fashion)} Fashion-MNIST images, "
+    f"plain vs encrypted (key {tiny_key.fingerprint})",
+    include=~uniform,
+)
 for name, s in similarity.items():
-    print(f"{name:14s} mean cosine similarity: blocks with content {s[~uniform].mean():.3f}, "
-          f"uniform blocks {s[uniform].mean():.3f}")
+    print(
+        f"{name:14s} mean cosine similarity: blocks with content {s[~uniform].mean():.3f}, "
+        f"uniform blocks {s[uniform].mean():.3f}"
+    )
 
 # %% [markdown]
 # *Figure 9. Left: the cosine similarity between the patch token of a plain block and of the same block
@@ -302,17 +341,24 @@ for name, s in similarity.items():
 
 # %%
 vit_s = create_backbone("vit_small_patch16_224", pretrained=False).eval()
-squares = torch.from_numpy(np.stack([to_array(Image.fromarray(getattr(skimage.data, name)()), resize=(224, 224))
-                                     for name in photos])).permute(0, 3, 1, 2)
+squares = torch.from_numpy(
+    np.stack([to_array(Image.fromarray(getattr(skimage.data, name)()), resize=(224, 224)) for name in photos])
+).permute(0, 3, 1, 2)
 plain_224 = BatchPreprocess(224, 3)(squares)
 encrypted_224 = BatchPreprocess(224, 3, key=key)(squares)
 vit_s_adapted = adapt_to_key(vit_s, key)
 uniform_224 = viz.uniform_blocks(plain_224, key.block_size)
-similarity_224 = {"frozen E": viz.patch_token_similarity(vit_s, plain_224, encrypted_224),
-                  "adapted E P^T": viz.patch_token_similarity(vit_s, plain_224, encrypted_224, other=vit_s_adapted)}
-fig = viz.plot_token_similarity(similarity_224, tuple(vit_s.patch_embed.grid_size),
-                                f"vit_small_patch16_224 (random weights): tokens of the two photographs, "
-                                f"plain vs encrypted (key {key.fingerprint})", include=~uniform_224)
+similarity_224 = {
+    "frozen E": viz.patch_token_similarity(vit_s, plain_224, encrypted_224),
+    "adapted E P^T": viz.patch_token_similarity(vit_s, plain_224, encrypted_224, other=vit_s_adapted),
+}
+fig = viz.plot_token_similarity(
+    similarity_224,
+    tuple(vit_s.patch_embed.grid_size),
+    f"vit_small_patch16_224 (random weights): tokens of the two photographs, "
+    f"plain vs encrypted (key {key.fingerprint})",
+    include=~uniform_224,
+)
 print(f"{int(uniform_224.sum())} of {uniform_224.numel()} blocks are uniform")
 for name, s in similarity_224.items():
     print(f"{name:14s} mean cosine similarity {s.mean():.3f}, min {s.min():.3f}")
@@ -334,16 +380,22 @@ for name, s in similarity_224.items():
 # %%
 weight = tiny.patch_embed.proj.weight.reshape(tiny.embed_dim, -1)
 adapted_weight = tiny_adapted.patch_embed.proj.weight.reshape(tiny.embed_dim, -1)
-print("adapted E == E[:, pixel_permutation]:",
-      torch.equal(adapted_weight, weight[:, torch.from_numpy(tiny_key.pixel_permutation)]))
+print(
+    "adapted E == E[:, pixel_permutation]:",
+    torch.equal(adapted_weight, weight[:, torch.from_numpy(tiny_key.pixel_permutation)]),
+)
 
 # %% [markdown]
 # Now the logits, for every key option, on the shipped backbone (Fashion-MNIST test images) and on ViT-S/16
 # (the two photographs):
 
 # %%
-options = {"pixel shuffling": {}, "+ block scrambling": {"scramble": True}, "+ negative-positive": {"neg_pos": True},
-           "+ both": {"scramble": True, "neg_pos": True}}
+options = {
+    "pixel shuffling": {},
+    "+ block scrambling": {"scramble": True},
+    "+ negative-positive": {"neg_pos": True},
+    "+ both": {"scramble": True, "neg_pos": True},
+}
 rows = []
 with torch.inference_mode():
     for name, model, images in (("encvit-tiny", tiny, fashion[:64]), ("vit_small_patch16_224", vit_s, squares)):
@@ -354,11 +406,17 @@ with torch.inference_mode():
             encrypted = BatchPreprocess(info.image_size, info.channels, key=k)(images)
             adapted_logits = adapt_to_key(model, k).eval()(encrypted)
             frozen_logits = model(encrypted)
-            rows.append({"backbone": name, "key": option, "images": len(images),
-                         "largest |logit|": reference.abs().max().item(),
-                         "max |diff|, adapted": (adapted_logits - reference).abs().max().item(),
-                         "max |diff|, frozen": (frozen_logits - reference).abs().max().item(),
-                         "same top-1, adapted": bool((adapted_logits.argmax(1) == reference.argmax(1)).all())})
+            rows.append(
+                {
+                    "backbone": name,
+                    "key": option,
+                    "images": len(images),
+                    "largest |logit|": reference.abs().max().item(),
+                    "max |diff|, adapted": (adapted_logits - reference).abs().max().item(),
+                    "max |diff|, frozen": (frozen_logits - reference).abs().max().item(),
+                    "same top-1, adapted": bool((adapted_logits.argmax(1) == reference.argmax(1)).all()),
+                }
+            )
 table = pd.DataFrame(rows)
 with pd.option_context("display.float_format", "{:.3g}".format):
     display(table)
@@ -390,7 +448,7 @@ except KeyMismatchError as error:
 # key moves from the red to the blue channel lands on an identical copy of itself: the cross-channel part of the
 # shuffle does nothing. The paper's images (CIFAR-10) are in colour, and so is the kit's colour data: `cfashion5k`
 # holds the images of `fashion5k`, each with a fixed foreground and background colour of its own, drawn without
-# looking at the labels (`encvit.colour`). The shipped samples `cfashion-0.png` ... `cfashion-9.png` are the
+# looking at the labels (`encvit.data.colour`). The shipped samples `cfashion-0.png` ... `cfashion-9.png` are the
 # garments of `fashion-0.png` ... `fashion-9.png` in colour. We encrypt one of them, in grey and in colour, with
 # the 4 x 4 key of figure 2, and follow two blocks: the top-left corner (background) and the block with the most
 # distinct colours (an edge of the garment).
@@ -401,15 +459,22 @@ garment = "Ankle boot"
 grey_image, colour_image = clothes[garment], coloured[garment]
 grey_encrypted, colour_encrypted = tiny_key.encrypt(grey_image), tiny_key.encrypt(colour_image)
 colour_blocks = viz.image_blocks(colour_image, tiny_key.block_size)
-distinct_colours = [len(np.unique(viz.block_image(b, 3, tiny_key.block_size).reshape(-1, 3), axis=0))
-                    for b in colour_blocks]
+distinct_colours = [
+    len(np.unique(viz.block_image(b, 3, tiny_key.block_size).reshape(-1, 3), axis=0)) for b in colour_blocks
+]
 background, edge = 0, int(np.argmax(distinct_colours))
-print(f"{garment}: background block {background}, edge block {edge} ({distinct_colours[edge]} distinct colours "
-      f"among its 16 pixels)")
-fig = viz.plot_block_grid([grey_image, grey_encrypted, colour_image, colour_encrypted],
-                          ["grey (fashion5k)", "grey, encrypted", "colour (cfashion5k)", "colour, encrypted"],
-                          tiny_key.block_size, f"The same {garment.lower()} in grey and in colour, encrypted with the "
-                          f"4 x 4 key {tiny_key.fingerprint}", highlight=[background, edge], size=2.6)
+print(
+    f"{garment}: background block {background}, edge block {edge} ({distinct_colours[edge]} distinct colours "
+    f"among its 16 pixels)"
+)
+fig = viz.plot_block_grid(
+    [grey_image, grey_encrypted, colour_image, colour_encrypted],
+    ["grey (fashion5k)", "grey, encrypted", "colour (cfashion5k)", "colour, encrypted"],
+    tiny_key.block_size,
+    f"The same {garment.lower()} in grey and in colour, encrypted with the 4 x 4 key {tiny_key.fingerprint}",
+    highlight=[background, edge],
+    size=2.6,
+)
 
 # %% [markdown]
 # *Figure 11. The grey sample and its colour version, each plain and encrypted with the same key; the outlines mark
@@ -425,11 +490,13 @@ block_pixels, block_titles = [], []
 for name, plain, encrypted in (("grey", grey_image, grey_encrypted), ("colour", colour_image, colour_encrypted)):
     for index, where in ((background, "background"), (edge, "edge")):
         for state, image in (("plain", plain), ("encrypted", encrypted)):
-            block_pixels.append(viz.block_image(viz.image_blocks(image, tiny_key.block_size)[index], 3,
-                                                tiny_key.block_size))
+            block_pixels.append(
+                viz.block_image(viz.image_blocks(image, tiny_key.block_size)[index], 3, tiny_key.block_size)
+            )
             block_titles.append(f"{name}\n{where}\n{state}")
-fig = viz.plot_images(block_pixels, block_titles, "One block's 48 values as 4 x 4 RGB pixels, before and after the "
-                      "cipher", size=1.3)
+fig = viz.plot_images(
+    block_pixels, block_titles, "One block's 48 values as 4 x 4 RGB pixels, before and after the cipher", size=1.3
+)
 
 # %% [markdown]
 # *Figure 12. The four grey blocks (left), then the four colour ones. Grey: the background block is 48 zeros and
@@ -442,19 +509,27 @@ fig = viz.plot_images(block_pixels, block_titles, "One block's 48 values as 4 x 
 # encrypted channel's 16 values from:
 
 # %%
-m2 = tiny_key.block_size ** 2
+m2 = tiny_key.block_size**2
 plain_rgb = viz.block_image(colour_blocks[edge], 3, tiny_key.block_size)
 encrypted_rgb = viz.block_image(viz.image_blocks(colour_encrypted, tiny_key.block_size)[edge], 3, tiny_key.block_size)
-triples = pd.concat({state: pd.DataFrame([[", ".join(map(str, pixel)) for pixel in row] for row in rgb])
-                     for state, rgb in (("plain", plain_rgb), ("encrypted", encrypted_rgb))}, axis=1)
+triples = pd.concat(
+    {
+        state: pd.DataFrame([[", ".join(map(str, pixel)) for pixel in row] for row in rgb])
+        for state, rgb in (("plain", plain_rgb), ("encrypted", encrypted_rgb))
+    },
+    axis=1,
+)
 display(triples)
 source_channel = tiny_key.pixel_permutation // m2  # the plain channel of the value each encrypted position takes
 target_channel = np.arange(tiny_key.block_length) // m2
-flow = pd.crosstab(pd.Series(target_channel, name="encrypted channel"),
-                   pd.Series(source_channel, name="from plain channel"))
+flow = pd.crosstab(
+    pd.Series(target_channel, name="encrypted channel"), pd.Series(source_channel, name="from plain channel")
+)
 display(flow.rename(index=dict(enumerate("RGB")), columns=dict(enumerate("RGB"))))
-print(f"{(source_channel != target_channel).sum()} of the key's {tiny_key.block_length} positions take their value "
-      f"from another channel")
+print(
+    f"{(source_channel != target_channel).sum()} of the key's {tiny_key.block_length} positions take their value "
+    f"from another channel"
+)
 
 # %% [markdown]
 # The same happens in every block of every image. Over the ten shipped clothes, how many blocks does the cipher
@@ -478,11 +553,19 @@ pd.DataFrame(unchanged).T
 # channel swaps within pixels and encrypting both samples with each:
 
 # %%
-counts = {"colour, 4 x 4 x 3 (48! orderings)": log2_factorial(tiny_key.block_length),
-          "grey in three channels (48! / (3!)^16)": log2_factorial(tiny_key.block_length) - m2 * log2_factorial(3),
-          "grey in one channel, 4 x 4 x 1 key (16!)": log2_factorial(m2)}
-display(pd.DataFrame({"distinct encryptions": {k: f"{2 ** bits:.2e}" for k, bits in counts.items()},
-                      "bits": {k: round(bits, 1) for k, bits in counts.items()}}))
+counts = {
+    "colour, 4 x 4 x 3 (48! orderings)": log2_factorial(tiny_key.block_length),
+    "grey in three channels (48! / (3!)^16)": log2_factorial(tiny_key.block_length) - m2 * log2_factorial(3),
+    "grey in one channel, 4 x 4 x 1 key (16!)": log2_factorial(m2),
+}
+display(
+    pd.DataFrame(
+        {
+            "distinct encryptions": {k: f"{2**bits:.2e}" for k, bits in counts.items()},
+            "bits": {k: round(bits, 1) for k, bits in counts.items()},
+        }
+    )
+)
 rng = np.random.default_rng(0)
 pixel, channel = np.arange(tiny_key.block_length) % m2, np.arange(tiny_key.block_length) // m2
 equivalent = []
@@ -493,20 +576,26 @@ for _ in range(N_EQUIVALENT_KEYS):
 same_pixels = all(np.array_equal(k.pixel_permutation % m2, tiny_key.pixel_permutation % m2) for k in equivalent)
 grey_ciphertexts = {k.encrypt(grey_image).tobytes() for k in equivalent}
 colour_ciphertexts = {k.encrypt(colour_image).tobytes() for k in equivalent}
-print(f"{len({k.fingerprint for k in equivalent})} distinct keys, each reading the same pixels as "
-      f"{tiny_key.fingerprint}: {same_pixels}")
-print(f"distinct encryptions of the grey {garment.lower()}: {len(grey_ciphertexts)}; "
-      f"of the colour one: {len(colour_ciphertexts)}")
+print(
+    f"{len({k.fingerprint for k in equivalent})} distinct keys, each reading the same pixels as "
+    f"{tiny_key.fingerprint}: {same_pixels}"
+)
+print(
+    f"distinct encryptions of the grey {garment.lower()}: {len(grey_ciphertexts)}; "
+    f"of the colour one: {len(colour_ciphertexts)}"
+)
 invisible = m2 * log2_factorial(3)
-print(f"(3!)^16 = {2 ** invisible:.2e} keys per grey encryption: {invisible:.1f} of the key's "
-      f"{log2_factorial(tiny_key.block_length):.1f} bits are invisible on grey images")
+print(
+    f"(3!)^16 = {2**invisible:.2e} keys per grey encryption: {invisible:.1f} of the key's "
+    f"{log2_factorial(tiny_key.block_length):.1f} bits are invisible on grey images"
+)
 
 # %% [markdown]
 # On grey images 41 of the key's 203 bits are invisible: every key above encrypts the grey ankle boot the same way,
 # while each encrypts the colour one differently. An attacker of grey images only has to find which pixel each
 # position reads (the "same pixel" score of notebook 04, "right pixel" in the app's Attacker's view); on colour
-# images the channel too. For a model the difference is what the patch embedding must undo: on colour images the key mixes
-# the red, green and blue of different pixels into one token, and a flat coloured background becomes texture,
+# images the channel too. For a model the difference is what the patch embedding must undo: on colour images the key
+# mixes the red, green and blue of different pixels into one token, and a flat coloured background becomes texture,
 # while E' = E Pᵀ (section 11) still undoes it exactly.
 
 # %% [markdown]

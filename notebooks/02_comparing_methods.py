@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -28,7 +28,7 @@
 # trainable one can learn E Pᵀ and see them as the plain blocks again. Here we look at what `encvit compare` measured:
 # every method on plain and on encrypted images, with the shipped backbone `encvit-tiny` on Fashion-MNIST.
 #
-# By default the notebook **loads the shipped results** (`encvit.predict.shipped_comparison()`). Set
+# By default the notebook **loads the shipped results** (`encvit.models.predict.shipped_comparison()`). Set
 # `ENCVIT_RERUN=1` to rerun the comparison at a small size instead (a few minutes on a laptop CPU;
 # `ENCVIT_QUICK=1`, set by the test suite, makes every size smaller still).
 
@@ -45,15 +45,14 @@ import pandas as pd
 import torch
 from IPython.display import Image, Markdown, display
 
-from encvit import viz
-from encvit.backbones import create_skeleton
-from encvit.compare import chart, compare, load_results, markdown
-from encvit.predict import shipped_comparison
-from encvit.report import PAPER_COUNTS_M, PAPER_UNIT, parameter_table
-from encvit.samples import DEMO_PASSPHRASE
-from encvit.train import TrainConfig, evaluate_run
+from encvit.common.shipped import DEMO_PASSPHRASE
+from encvit.demo import viz
+from encvit.experiments.compare import chart, compare, load_results, markdown
+from encvit.models import create_skeleton, shipped_comparison
+from encvit.models.methods import PAPER_COUNTS_M, PAPER_UNIT, parameter_table
+from encvit.training import TrainConfig, evaluate_run
 
-# encvit.compare selects matplotlib's file-only backend (Agg): return to figures shown in the notebook
+# encvit.experiments.compare selects matplotlib's file-only backend (Agg): return to figures shown in the notebook
 # %matplotlib inline
 
 QUICK = os.environ.get("ENCVIT_QUICK") == "1"
@@ -76,9 +75,11 @@ if RERUN:
 else:
     folder = shipped_comparison()
 runs, summary, meta = load_results(folder)
-print(f"results from {'a rerun in ' + str(folder) if RERUN else 'the shipped comparison'}: "
-      f"backbone {meta['backbone']}, dataset {meta['dataset']}, {meta['epochs']} epoch(s), {meta['seeds']} seed(s), "
-      f"{int(runs.train_images.iloc[0]):,} training images per run")
+print(
+    f"results from {'a rerun in ' + str(folder) if RERUN else 'the shipped comparison'}: "
+    f"backbone {meta['backbone']}, dataset {meta['dataset']}, {meta['epochs']} epoch(s), {meta['seeds']} seed(s), "
+    f"{int(runs.train_images.iloc[0]):,} training images per run"
+)
 display(Markdown(markdown(summary, meta)))
 
 # %% [markdown]
@@ -97,8 +98,8 @@ with tempfile.TemporaryDirectory() as scratch:
 
 # %% [markdown]
 # *Figure 1. Test accuracy of each method, trained and tested on plain (blue) and on encrypted (orange) images,
-# drawn by `encvit.compare.chart` (the same figure `encvit compare` writes as `results.png`). With several seeds
-# the error bars are 95% intervals.*
+# drawn by `encvit.experiments.compare.chart` (the same figure `encvit compare` writes as `results.png`). With several
+# seeds the error bars are 95% intervals.*
 
 # %% [markdown]
 # ## 3 · Parameter counts at paper scale: ViT-B/16 in 10⁶ and in 2²⁰
@@ -111,9 +112,17 @@ with tempfile.TemporaryDirectory() as scratch:
 table = pd.DataFrame(parameter_table("vit_base_patch16_224", num_classes=10)).T
 table["paper (M)"] = pd.Series(PAPER_COUNTS_M)
 table.index.name = "method"
-print(table.to_string(formatters={"trainable": "{:,.0f}".format, "millions": "{:.3f}".format,
-                                  "paper_m": "{:.3f}".format, "percent_of_full": "{:.2f}".format,
-                                  "paper (M)": "{:.2f}".format}))
+print(
+    table.to_string(
+        formatters={
+            "trainable": "{:,.0f}".format,
+            "millions": "{:.3f}".format,
+            "paper_m": "{:.3f}".format,
+            "percent_of_full": "{:.2f}".format,
+            "paper (M)": "{:.2f}".format,
+        }
+    )
+)
 
 # %% [markdown]
 # Columns: *trainable* exact, *millions* = trainable / 10⁶, *paper_m* = trainable / 2²⁰, *percent_of_full*, and the
@@ -139,7 +148,8 @@ print(f"  / 2^20 = {stock / PAPER_UNIT:.2f}   (the paper's 82.56)")
 
 # %%
 accuracy = summary.pivot(index="method", columns="setting", values="test_acc").loc[
-    list(dict.fromkeys(summary.method)), ["plain", "encrypted"]]
+    list(dict.fromkeys(summary.method)), ["plain", "encrypted"]
+]
 accuracy["encrypted - plain"] = accuracy.encrypted - accuracy.plain
 accuracy.round(2)
 
@@ -150,8 +160,9 @@ accuracy.round(2)
 # and the study of section 6 asks how that depends on the data.
 
 # %%
-fig = viz.plot_training_curves(folder, runs, f"{meta['backbone']} on {meta['dataset']}: "
-                                             f"validation accuracy after each epoch, plain vs encrypted")
+fig = viz.plot_training_curves(
+    folder, runs, f"{meta['backbone']} on {meta['dataset']}: validation accuracy after each epoch, plain vs encrypted"
+)
 
 # %% [markdown]
 # *Figure 2. Validation accuracy after each epoch of every shipped run, one panel per method; blue: trained and
@@ -168,12 +179,22 @@ fig = viz.plot_training_curves(folder, runs, f"{meta['backbone']} on {meta['data
 # %%
 rows = []
 for run_name in ("melo-encrypted", "proposed-encrypted"):
-    for label, passphrase in (("right key", DEMO_PASSPHRASE), ("wrong key", "some other passphrase"),
-                              ("no key (plain images)", None)):
+    for label, passphrase in (
+        ("right key", DEMO_PASSPHRASE),
+        ("wrong key", "some other passphrase"),
+        ("no key (plain images)", None),
+    ):
         result = evaluate_run(folder / run_name, passphrase=passphrase, allow_key_mismatch=True, limit=EVAL_LIMIT)
-        rows.append({"run": run_name, "evaluated with": label, "key": result["given_key"],
-                     "trained with": result["trained_key"], "test images": result["images"],
-                     "accuracy (%)": round(result["accuracy"], 2)})
+        rows.append(
+            {
+                "run": run_name,
+                "evaluated with": label,
+                "key": result["given_key"],
+                "trained with": result["trained_key"],
+                "test images": result["images"],
+                "accuracy (%)": round(result["accuracy"], 2),
+            }
+        )
 wrong_key = pd.DataFrame(rows)
 wrong_key
 
@@ -197,7 +218,7 @@ if RERUN:
 # with a 95% interval, and it is called a difference only when the interval excludes zero (paired t-test, p < 0.05).
 
 # %%
-from encvit.compare import paired_differences
+from encvit.experiments.compare import paired_differences
 
 differences = paired_differences(runs)
 display(differences.round(3))
@@ -217,18 +238,33 @@ display(differences.round(3))
 # time); with `ENCVIT_RERUN=1` it runs a toy-sized study instead.
 
 # %%
-from encvit.study import SHIPPED_STUDY, arm_accuracy, data_size_study, gap_table, load_study, patch_lr_choices
+from encvit.common.shipped import SHIPPED_STUDY
+from encvit.experiments.data_size import (
+    arm_accuracy,
+    data_size_study,
+    gap_table,
+    load_study,
+    patch_lr_choices,
+)
 
 if RERUN:
     study_dir = Path(tempfile.mkdtemp(prefix="encvit-study-"))
-    data_size_study(TrainConfig(epochs=1, limit=64 if QUICK else 400, progress=False),
-                    datasets=("fashion5k", "mnist5k"), sizes=(32,) if QUICK else (100, 400), seeds=2,
-                    patch_lrs=(3e-3,), out=study_dir, log=lambda *_: None)
+    data_size_study(
+        TrainConfig(epochs=1, limit=64 if QUICK else 400, progress=False),
+        datasets=("fashion5k", "mnist5k"),
+        sizes=(32,) if QUICK else (100, 400),
+        seeds=2,
+        patch_lrs=(3e-3,),
+        out=study_dir,
+        log=lambda *_: None,
+    )
 else:
     study_dir = SHIPPED_STUDY
 study_runs, study_gaps, study_meta = load_study(study_dir)
-print(f"{'toy rerun' if RERUN else 'shipped study'}: backbone {study_meta['backbone']}, {study_meta['epochs']} epochs, "
-      f"{study_meta['seeds']} seeds, {len(study_runs)} runs, {study_runs.seconds.sum() / 60:.0f} min of training")
+print(
+    f"{'toy rerun' if RERUN else 'shipped study'}: backbone {study_meta['backbone']}, {study_meta['epochs']} epochs, "
+    f"{study_meta['seeds']} seeds, {len(study_runs)} runs, {study_runs.seconds.sum() / 60:.0f} min of training"
+)
 display(gap_table(study_gaps))
 
 # %% [markdown]
@@ -252,13 +288,14 @@ if RERUN:
 # learning rate ("same as lr": the method's learning rate, 1e-2).*
 
 # %%
-from encvit.study import CHOSEN_ON_VAL, gaps
+from encvit.experiments.data_size import CHOSEN_ON_VAL, gaps
 
 to_full = gaps(study_runs, baseline="full")
 display(gap_table(to_full[to_full.gap.isin([f"{CHOSEN_ON_VAL} - full", "melo - full"])]))
 
 # %% [markdown]
-# *The same seed-paired gaps, now to full fine-tuning: does the proposed method (patch lr chosen on validation) match it?*
+# *The same seed-paired gaps, now to full fine-tuning: does the proposed method (patch lr chosen on validation) match
+# it?*
 #
 # **What this means for the paper's claim.** The paper says that training the patch embedding on top of MeLo
 # recovers what MeLo loses on encrypted images, up to full fine-tuning's accuracy. In the shipped study (read the
@@ -287,11 +324,9 @@ import json
 
 from safetensors import safe_open
 
-from encvit.adapters import load_classifier
 from encvit.cipher import Key
 from encvit.data import load_dataset
-from encvit.peft_format import export_peft, peft_base
-from encvit.preprocess import BatchPreprocess
+from encvit.models import BatchPreprocess, export_peft, load_classifier, peft_base
 
 shipped_run = shipped_comparison() / "proposed-encrypted"
 peft_dir = export_peft(shipped_run, Path(tempfile.mkdtemp(prefix="encvit-peft-")) / "proposed-encrypted")
@@ -321,11 +356,15 @@ else:
     model = PeftModel.from_pretrained(peft_base(peft_dir), str(peft_dir)).eval()
     with torch.no_grad():
         expected = reference(x)
-        print(f"PEFT vs encvit on {len(x)} encrypted test images: largest logit difference "
-              f"{(model(x) - expected).abs().max():.1e}")
+        print(
+            f"PEFT vs encvit on {len(x)} encrypted test images: largest logit difference "
+            f"{(model(x) - expected).abs().max():.1e}"
+        )
         merged = model.merge_and_unload()
-        print(f"after merge_and_unload(): {(merged(x) - expected).abs().max():.1e}; same predictions: "
-              f"{(merged(x).argmax(1) == expected.argmax(1)).float().mean():.0%}")
+        print(
+            f"after merge_and_unload(): {(merged(x) - expected).abs().max():.1e}; same predictions: "
+            f"{(merged(x).argmax(1) == expected.argmax(1)).float().mean():.0%}"
+        )
 shutil.rmtree(peft_dir.parent)
 
 # %% [markdown]
@@ -338,7 +377,7 @@ shutil.rmtree(peft_dir.parent)
 #
 # Every result above is on grey images copied into three channels, where the key's shuffle across channels moves a
 # value between three identical copies. `cfashion5k` is the same 5,000 images, each with a fixed foreground and
-# background colour of its own (drawn without the labels: `encvit.colour`), and `encvit-tiny-colour` a backbone
+# background colour of its own (drawn without the labels: `encvit.data.colour`), and `encvit-tiny-colour` a backbone
 # pretrained on colour-tinted Fashion-MNIST. The shipped colour comparison (`encvit compare --dataset cfashion5k
 # --backbone encvit-tiny-colour --patch-lr 3e-3 --seeds 3`, in `encvit/results/cfashion5k`; the proposed method's
 # patch embedding learns at 3e-3, the rest at the default rates) beside the grey one: what encryption costs each
@@ -353,17 +392,24 @@ both = []
 for name, table in (("grey (fashion5k)", grey_summary), ("colour (cfashion5k)", colour_summary)):
     pivot = table.pivot(index="method", columns="setting", values="test_acc")
     for method in ("full", "melo", "proposed"):
-        both.append({"images": name, "method": method, "plain": pivot.loc[method, "plain"],
-                     "encrypted": pivot.loc[method, "encrypted"],
-                     "encrypted - plain": pivot.loc[method, "encrypted"] - pivot.loc[method, "plain"]})
+        both.append(
+            {
+                "images": name,
+                "method": method,
+                "plain": pivot.loc[method, "plain"],
+                "encrypted": pivot.loc[method, "encrypted"],
+                "encrypted - plain": pivot.loc[method, "encrypted"] - pivot.loc[method, "plain"],
+            }
+        )
 pd.DataFrame(both).set_index(["images", "method"]).round(2)
 
 # %%
 rows = []
 for run_name in ("melo-encrypted", "proposed-encrypted", "full-encrypted"):
     for label, passphrase in (("right key", DEMO_PASSPHRASE), ("wrong key", "some other passphrase")):
-        result = evaluate_run(colour_folder / run_name, passphrase=passphrase, allow_key_mismatch=True,
-                              limit=EVAL_LIMIT)
+        result = evaluate_run(
+            colour_folder / run_name, passphrase=passphrase, allow_key_mismatch=True, limit=EVAL_LIMIT
+        )
         rows.append({"run": run_name, "evaluated with": label, "accuracy (%)": round(result["accuracy"], 2)})
 pd.DataFrame(rows)
 

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -54,14 +54,15 @@ import torch
 from IPython.display import display
 from tenseal import sealapi
 
-from encvit import viz
-from encvit.backbones import create_backbone
+from encvit.demo import viz
 from encvit.fhe import ckks
-from encvit.fhe.command import compare, head_model
 from encvit.fhe.components import choose
+from encvit.fhe.config import FHEConfig
 from encvit.fhe.features import dataset_features
+from encvit.fhe.pipeline import compare, head_model
 from encvit.fhe.report import key_table, plot_training_curves, runs_table, shipped_runs, wire_table
-from encvit.fhe.train import FHEConfig, Protocol, setup, train_reference
+from encvit.fhe.train import Protocol, setup, train_reference
+from encvit.models import create_backbone
 
 QUICK = os.environ.get("ENCVIT_QUICK") == "1"
 LIMIT = 64 if QUICK else None  # images per split; None: all of fashion5k (4,500 train, 500 val, 10,000 test)
@@ -93,8 +94,10 @@ components, selection = choose(features, config)  # on validation only
 display(pd.DataFrame(selection).set_index("components").round(3))
 config = replace(config, components=components)
 prepared = setup(features, config)
-print(f"train {prepared.x.shape[0]} samples x {prepared.x.shape[1]} scaled features (incl. bias), "
-      f"{len(features.classes)} classes; val {len(features.val[1])}, test {len(features.test[1])}")
+print(
+    f"train {prepared.x.shape[0]} samples x {prepared.x.shape[1]} scaled features (incl. bias), "
+    f"{len(features.classes)} classes; val {len(features.val[1])}, test {len(features.test[1])}"
+)
 print(f"|x| after scaling: mean {np.linalg.norm(prepared.x[:, :-1], axis=1).mean():.2f}")
 display(pd.Series(prepared.poly.describe(), name="polynomial softmax").to_frame())
 
@@ -114,10 +117,12 @@ display(pd.Series(prepared.poly.describe(), name="polynomial softmax").to_frame(
 protocol = Protocol(prepared, config)
 protocol.exchange_keys()
 params = prepared.params.describe()
-print(f"CKKS: ring degree {params['poly_modulus_degree']} ({params['slots']} slots), coefficient moduli "
-      f"{params['coeff_mod_bit_sizes']} = {params['total_modulus_bits']} bits, scale 2^{params['scale_bits']}, "
-      f"{params['levels']} levels -> {params['security_bits']}-bit security "
-      f"(the HE standard allows at most {params['max_bits_for_128']} bits for 128-bit at this ring degree)")
+print(
+    f"CKKS: ring degree {params['poly_modulus_degree']} ({params['slots']} slots), coefficient moduli "
+    f"{params['coeff_mod_bit_sizes']} = {params['total_modulus_bits']} bits, scale 2^{params['scale_bits']}, "
+    f"{params['levels']} levels -> {params['security_bits']}-bit security "
+    f"(the HE standard allows at most {params['max_bits_for_128']} bits for 128-bit at this ring degree)"
+)
 print(f"rotation steps the server can do: {prepared.layout.rotation_steps()}")
 display(key_table(protocol.client, protocol.server))
 
@@ -135,10 +140,12 @@ display(key_table(protocol.client, protocol.server))
 # %%
 protocol.upload()
 layout = prepared.layout.describe()
-print(f"a block: {layout['samples_per_block']} samples x {layout['phases']} phases; {layout['features']} columns "
-      f"padded to {layout['padded_features']}: {layout['offsets']} offsets ({layout['baby_steps']} baby x "
-      f"{layout['giant_steps']} giant steps); {layout['classes']} classes in {layout['class_pairs']} complex "
-      f"ciphertexts; {layout['data_ciphertexts_per_block']} ciphertexts per block")
+print(
+    f"a block: {layout['samples_per_block']} samples x {layout['phases']} phases; {layout['features']} columns "
+    f"padded to {layout['padded_features']}: {layout['offsets']} offsets ({layout['baby_steps']} baby x "
+    f"{layout['giant_steps']} giant steps); {layout['classes']} classes in {layout['class_pairs']} complex "
+    f"ciphertexts; {layout['data_ciphertexts_per_block']} ciphertexts per block"
+)
 one = protocol.client.encrypt(np.zeros(prepared.params.slots))
 print(f"one fresh ciphertext on the wire: {len(one):,} bytes (seeded symmetric encryption, compressed)")
 display(wire_table({"bytes": protocol.wire.summary()}).style.format({"MB": "{:.1f}"}).hide(axis="index"))
@@ -151,8 +158,10 @@ display(wire_table({"bytes": protocol.wire.summary()}).style.format({"MB": "{:.1
 
 # %%
 ciphertext = ckks.ciphertext_from_bytes(protocol.server.context, one)
-print(f"the server reads a ciphertext of {ciphertext.coeff_modulus_size()} primes x {ciphertext.poly_modulus_degree()} "
-      f"coefficients x {ciphertext.size()} polynomials")
+print(
+    f"the server reads a ciphertext of {ciphertext.coeff_modulus_size()} primes x {ciphertext.poly_modulus_degree()} "
+    f"coefficients x {ciphertext.size()} polynomials"
+)
 try:
     sealapi.Decryptor(protocol.server.context.seal_context().data, ckks.secret_key(protocol.server.context))
 except ckks.SecretKeyError as error:
@@ -176,8 +185,12 @@ exact = train_reference(features, config, exact=True)  # what the polynomial cos
 display(pd.DataFrame(encrypted.rows).round(4))
 
 # %%
-fig = plot_training_curves(encrypted.rows, twin.rows, f"{len(features.train[1]):,} encrypted fashion5k feature "
-                           f"vectors, {EPOCHS} epochs at most", exact=exact.rows)
+fig = plot_training_curves(
+    encrypted.rows,
+    twin.rows,
+    f"{len(features.train[1]):,} encrypted fashion5k feature vectors, {EPOCHS} epochs at most",
+    exact=exact.rows,
+)
 
 # %% [markdown]
 # *Figure 1. Validation accuracy after each epoch: from the encrypted validation logits that the client decrypted
@@ -196,13 +209,17 @@ fig = plot_training_curves(encrypted.rows, twin.rows, f"{len(features.train[1]):
 # %%
 gap = compare(encrypted, twin)
 stats = encrypted.stats
-print(f"kept epoch {gap['encrypted_best_epoch']} (numpy twin: {gap['plain_best_epoch']}); test accuracy: encrypted "
-      f"{gap['encrypted_test_acc']:.2f}%, twin {gap['plain_test_acc']:.2f}%; weights differ by at most "
-      f"{gap['max_abs_weight_diff']:.1e} ({100 * gap['max_relative_weight_diff']:.4f}% of the largest weight)")
+print(
+    f"kept epoch {gap['encrypted_best_epoch']} (numpy twin: {gap['plain_best_epoch']}); test accuracy: encrypted "
+    f"{gap['encrypted_test_acc']:.2f}%, twin {gap['plain_test_acc']:.2f}%; weights differ by at most "
+    f"{gap['max_abs_weight_diff']:.1e} ({100 * gap['max_relative_weight_diff']:.4f}% of the largest weight)"
+)
 ops = stats["operations"]
-print(f"{stats['iterations']} iterations, {stats['seconds_per_iteration']:.2f} s each on this machine; "
-      f"{stats['refreshes']} refreshes; rotations {ops['rotate'] + ops.get('conjugate', 0):,}, ciphertext products "
-      f"{ops['multiply']:,}, relinearisations {ops['relinearize']:,}")
+print(
+    f"{stats['iterations']} iterations, {stats['seconds_per_iteration']:.2f} s each on this machine; "
+    f"{stats['refreshes']} refreshes; rotations {ops['rotate'] + ops.get('conjugate', 0):,}, ciphertext products "
+    f"{ops['multiply']:,}, relinearisations {ops['relinearize']:,}"
+)
 display(pd.Series(stats["timings"], name="seconds").to_frame())
 display(wire_table(stats).style.format({"MB": "{:.1f}"}).hide(axis="index"))
 
@@ -222,7 +239,7 @@ runs = shipped_runs()
 assert runs, "no shipped runs in encvit/fhe/runs (make them with the commands in docs/fhe.md)"
 display(runs_table(runs).style.format(precision=2, thousands=","))
 fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 3.4), squeeze=False)
-for ax, (name, run) in zip(axes[0], runs.items()):
+for ax, (name, run) in zip(axes[0], runs.items(), strict=False):
     rows = run["metrics"].to_dict("records")
     twin_rows = [{"epoch": r["epoch"], "val_acc": r["plain_val_acc"]} for r in rows]
     plot_training_curves(rows, twin_rows, f"{name}: reference {run['result']['reference_test_acc']:.2f}% test", ax=ax)
@@ -244,8 +261,10 @@ model = head_model(features, encrypted, backbone)
 with torch.no_grad():
     logits = model.head(torch.from_numpy(features.test[0]))
 correct = logits.argmax(1).numpy() == features.test[1]
-print(f"backbone + folded head on raw test features: {100 * correct.mean():.2f}% "
-      f"(decrypted head on scaled features: {encrypted.best['test_acc']:.2f}%)")
+print(
+    f"backbone + folded head on raw test features: {100 * correct.mean():.2f}% "
+    f"(decrypted head on scaled features: {encrypted.best['test_acc']:.2f}%)"
+)
 
 # %% [markdown]
 # ## 8 · The paper's width: 768 features, and the client's projection
@@ -266,4 +285,4 @@ import encvit.fhe
 projection = Path(encvit.fhe.__file__).parent / "runs" / "projection-tokens768.csv"
 display(pd.read_csv(projection).round(2))
 plt.imshow(plt.imread(projection.with_suffix(".png")))
-plt.axis("off");
+plt.axis("off")

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -52,24 +52,41 @@ import pandas as pd
 import torch
 from IPython.display import Image, Markdown, display
 
-from encvit import viz
-from encvit.adapt import adapt_to_key
-from encvit.attacks import (best_pose_quality, block_histograms, block_mean_thumbnail, block_symmetries,
-                            chosen_plaintext, ciphertext_only, decryption_quality, key_agreement, key_from_adapter,
-                            key_from_weights, key_space_bits, known_plaintext, make_probes)
-from encvit.attacks.blocks import to_blocks
-from encvit.attacks.datasets import crop_to_blocks, fashion_attack_sets, public_photographs
-from encvit.backbones import create_backbone
-from encvit.cipher import Key
-from encvit.errors import AttackError
-from encvit.predict import shipped_comparison
-from encvit.samples import DEMO_PASSPHRASE
-from encvit.security import SETTINGS, SHIPPED_SECURITY, collect, collect_adapter_leaks, markdown, plot, security_study
-from encvit.train import TrainConfig
-
-# encvit.security selects matplotlib's file-only backend (Agg): return to figures shown in the notebook
+# encvit.experiments.security selects matplotlib's file-only backend (Agg): return to figures shown in the notebook
 # %matplotlib inline
 from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+from encvit.attacks import (
+    best_pose_quality,
+    block_histograms,
+    block_mean_thumbnail,
+    block_symmetries,
+    chosen_plaintext,
+    ciphertext_only,
+    decryption_quality,
+    key_agreement,
+    key_from_adapter,
+    key_from_weights,
+    key_space_bits,
+    known_plaintext,
+    make_probes,
+)
+from encvit.attacks.blocks import to_blocks
+from encvit.attacks.datasets import crop_to_blocks, fashion_attack_sets, public_photographs
+from encvit.cipher import Key
+from encvit.common.errors import AttackError
+from encvit.common.shipped import DEMO_PASSPHRASE, SHIPPED_SECURITY
+from encvit.demo import viz
+from encvit.experiments.security import (
+    SETTINGS,
+    collect,
+    collect_adapter_leaks,
+    markdown,
+    plot,
+    security_study,
+)
+from encvit.models import adapt_to_key, create_backbone, shipped_comparison
+from encvit.training import TrainConfig
 
 set_matplotlib_formats("jpeg", pil_kwargs={"quality": 75})  # encrypted images are noise: JPEG keeps them ~5x smaller
 
@@ -90,6 +107,7 @@ def gallery(*args, **kwargs):
     fig.set_layout_engine("constrained")
     return fig
 
+
 # %% [markdown]
 # The images: colour photographs that scikit-image and scikit-learn ship (cropped to multiples of 16), and
 # Fashion-MNIST at 32 x 32 x 3 as the shipped backbone sees it. The data owner's Fashion-MNIST images are
@@ -101,8 +119,10 @@ def gallery(*args, **kwargs):
 photos = public_photographs(16)
 victims, labels, public = fashion_attack_sets(CIPHERTEXTS, REFERENCES)
 print(", ".join(f"{name} {p.shape[1]}x{p.shape[0]}" for name, p in photos.items()))
-print(f"Fashion-MNIST: {len(victims)} images of the owner's classes, {len(public)} public images of other classes, "
-      f"each {victims.shape[1]}x{victims.shape[2]}x{victims.shape[3]}")
+print(
+    f"Fashion-MNIST: {len(victims)} images of the owner's classes, {len(public)} public images of other classes, "
+    f"each {victims.shape[1]}x{victims.shape[2]}x{victims.shape[3]}"
+)
 
 # %% [markdown]
 # ## 1 · Leaks by construction, and the key space
@@ -118,11 +138,17 @@ astronaut = photos["astronaut"]
 encrypted = owner_key.encrypt(astronaut)
 thumbnail = np.rint(block_mean_thumbnail(encrypted, 16)).astype(np.uint8)
 scrambled_thumbnail = np.rint(block_mean_thumbnail(scrambling_key.encrypt(astronaut), 16)).astype(np.uint8)
-fig = gallery([astronaut, encrypted, thumbnail, scrambled_thumbnail],
-              ["plain (never shared)", "encrypted, M = 16 (shared)",
-               f"its block means ({thumbnail.shape[1]}x{thumbnail.shape[0]})",
-               "the same with block scrambling"],
-              "What every encrypted image shows, whatever the key", size=2.6)
+fig = gallery(
+    [astronaut, encrypted, thumbnail, scrambled_thumbnail],
+    [
+        "plain (never shared)",
+        "encrypted, M = 16 (shared)",
+        f"its block means ({thumbnail.shape[1]}x{thumbnail.shape[0]})",
+        "the same with block scrambling",
+    ],
+    "What every encrypted image shows, whatever the key",
+    size=2.6,
+)
 
 # %% [markdown]
 # *Figure 1. A photograph, its encryption at M = 16, the mean of each encrypted 16 x 16 x 3 block (one grey value
@@ -139,8 +165,10 @@ same = np.array_equal(block_histograms(astronaut[None], 16), block_histograms(en
 print(f"per-block histograms of plain and encrypted image identical: {same}")
 owner_grey_key = Key.generate(4, 3, passphrase=PASSPHRASE)
 grey_encrypted = owner_grey_key.encrypt(victims)
-print("block means identical, Fashion-MNIST at M = 4:",
-      np.allclose(block_mean_thumbnail(victims, 4), block_mean_thumbnail(grey_encrypted, 4)))
+print(
+    "block means identical, Fashion-MNIST at M = 4:",
+    np.allclose(block_mean_thumbnail(victims, 4), block_mean_thumbnail(grey_encrypted, 4)),
+)
 
 # %% [markdown]
 # A key is large. `key_space_bits` gives the size of each part in bits: (C·M·M)! pixel permutations, (number of
@@ -149,14 +177,22 @@ print("block means identical, Fashion-MNIST at M = 4:",
 
 # %%
 # NBVAL_CHECK_OUTPUT
-space = pd.DataFrame({label: key_space_bits(m, 3, grid, scramble=True, neg_pos=True)
-                      for label, m, grid in (("M = 4, 32x32 (bits)", 4, (8, 8)),
-                                             ("M = 16, 224x224 (bits)", 16, (14, 14)))}).round(0).astype(int)
+space = (
+    pd.DataFrame(
+        {
+            label: key_space_bits(m, 3, grid, scramble=True, neg_pos=True)
+            for label, m, grid in (("M = 4, 32x32 (bits)", 4, (8, 8)), ("M = 16, 224x224 (bits)", 16, (14, 14)))
+        }
+    )
+    .round(0)
+    .astype(int)
+)
 space["what the attacks below need"] = {
     "pixel shuffling": "1 known plain/encrypted pair, or 2 chosen images, or ciphertexts alone (section 4)",
     "block scrambling": "the 2 chosen images also give it; ciphertexts alone: a jigsaw over all images",
     "negative-positive": "the 2 chosen images also give it; ciphertexts alone: the signs of correlations",
-    "total": "not a brute-force search: each part is read off separately"}
+    "total": "not a brute-force search: each part is read off separately",
+}
 print(space.to_string())
 
 # %% [markdown]
@@ -182,8 +218,10 @@ print("report:", report)
 print("recovered key:", recovered.describe())
 print("key agreement with the owner's key:", key_agreement(owner_key, recovered))
 plain_blocks, encrypted_blocks = to_blocks(astronaut[None], 16)[0], to_blocks(encrypted[None], 16)[0]
-print("every encrypted position k holds plain position pixel_permutation[k] in all 1,024 blocks:",
-      np.array_equal(encrypted_blocks, plain_blocks[:, recovered.pixel_permutation]))
+print(
+    "every encrypted position k holds plain position pixel_permutation[k] in all 1,024 blocks:",
+    np.array_equal(encrypted_blocks, plain_blocks[:, recovered.pixel_permutation]),
+)
 
 # %% [markdown]
 # The key decrypts *other* images encrypted with it: the owner encrypts every image with the same key.
@@ -193,13 +231,18 @@ print("every encrypted position k holds plain position pixel_permutation[k] in a
 coffee = photos["coffee"]
 coffee_encrypted = owner_key.encrypt(coffee)
 coffee_decrypted = recovered.decrypt(coffee_encrypted)
-print(f"another photograph ({coffee.shape[1]}x{coffee.shape[0]}) decrypted exactly: "
-      f"{np.array_equal(coffee_decrypted, coffee)}")
+print(
+    f"another photograph ({coffee.shape[1]}x{coffee.shape[0]}) decrypted exactly: "
+    f"{np.array_equal(coffee_decrypted, coffee)}"
+)
 
 # %%
-fig = gallery([astronaut, encrypted, coffee_encrypted, coffee_decrypted],
-              ["known: plain", "known: encrypted", "another ciphertext", "decrypted with the recovered key"],
-              "Known-plaintext attack at M = 16: one pair, the whole key", size=2.6)
+fig = gallery(
+    [astronaut, encrypted, coffee_encrypted, coffee_decrypted],
+    ["known: plain", "known: encrypted", "another ciphertext", "decrypted with the recovered key"],
+    "Known-plaintext attack at M = 16: one pair, the whole key",
+    size=2.6,
+)
 
 # %% [markdown]
 # *Figure 2. Left: the one pair the attacker knows. Right: another photograph encrypted with the same key, and the
@@ -216,13 +259,18 @@ grey_report = {}
 grey_recovered = known_plaintext(victims[:1], grey_encrypted[:1], block_size=4, report=grey_report)
 print("report:", grey_report, f"(of {owner_grey_key.block_length} positions)")
 print("key agreement:", key_agreement(owner_grey_key, grey_recovered))
-print(f"all {len(victims)} grey images decrypted exactly:",
-      np.array_equal(grey_recovered.decrypt(grey_encrypted), victims))
+print(
+    f"all {len(victims)} grey images decrypted exactly:",
+    np.array_equal(grey_recovered.decrypt(grey_encrypted), victims),
+)
 colour = crop_to_blocks(astronaut[::16, ::16], 4)  # a 32 x 32 colour image
-print("a colour image encrypted with the same key, decrypted exactly:",
-      np.array_equal(grey_recovered.decrypt(owner_grey_key.encrypt(colour)), colour))
-colour_recovered = known_plaintext([victims[0], colour], [grey_encrypted[0], owner_grey_key.encrypt(colour)],
-                                   block_size=4)
+print(
+    "a colour image encrypted with the same key, decrypted exactly:",
+    np.array_equal(grey_recovered.decrypt(owner_grey_key.encrypt(colour)), colour),
+)
+colour_recovered = known_plaintext(
+    [victims[0], colour], [grey_encrypted[0], owner_grey_key.encrypt(colour)], block_size=4
+)
 print("with the colour pair added, key agreement:", key_agreement(owner_grey_key, colour_recovered))
 
 # %% [markdown]
@@ -248,8 +296,12 @@ full_key = Key.generate(16, 3, passphrase=PASSPHRASE, neg_pos=True, scramble=Tru
 size = (astronaut.shape[1], astronaut.shape[0])  # the block order depends on the grid: probes of the victims' size
 probes = make_probes(16, 3, size=size)
 encrypted_probes = [full_key.encrypt(p) for p in probes]
-fig = gallery(probes + encrypted_probes, ["probe A", "probe B", "probe A encrypted", "probe B encrypted"],
-              f"The two chosen images at M = 16 ({size[0]}x{size[1]}), before and after encryption", size=2.6)
+fig = gallery(
+    probes + encrypted_probes,
+    ["probe A", "probe B", "probe A encrypted", "probe B encrypted"],
+    f"The two chosen images at M = 16 ({size[0]}x{size[1]}), before and after encryption",
+    size=2.6,
+)
 
 # %% [markdown]
 # *Figure 3. Probe A is dark except for its first two blocks (top left: the position indices); its other blocks
@@ -263,8 +315,10 @@ probe_key = chosen_plaintext(encrypted_probes)
 grid = (astronaut.shape[0] // 16, astronaut.shape[1] // 16)
 print("recovered key:", probe_key.describe())
 print("key agreement:", key_agreement(full_key, probe_key, grid))
-print("the photograph encrypted with the full key, decrypted exactly:",
-      np.array_equal(probe_key.decrypt(full_key.encrypt(astronaut)), astronaut))
+print(
+    "the photograph encrypted with the full key, decrypted exactly:",
+    np.array_equal(probe_key.decrypt(full_key.encrypt(astronaut)), astronaut),
+)
 
 # %% [markdown]
 # Both options are read off with the permutation, from the same two images: they add key space, not work.
@@ -298,11 +352,14 @@ def plot_correlation_matching(report: dict, recovered: Key, title: str):
     """Reference correlations, encrypted correlations in encrypted order, and reordered by the recovered key."""
     encrypted_corr = report["encrypted_correlations"]
     order = np.argsort(recovered.pixel_permutation)  # order[i]: the encrypted position the key puts at plain i
-    panels = [(report["reference_correlations"], "public images"), (encrypted_corr, "encrypted, as they come"),
-              (encrypted_corr[np.ix_(order, order)], "encrypted, reordered by the key found")]
+    panels = [
+        (report["reference_correlations"], "public images"),
+        (encrypted_corr, "encrypted, as they come"),
+        (encrypted_corr[np.ix_(order, order)], "encrypted, reordered by the key found"),
+    ]
     lowest = min(matrix.min() for matrix, _ in panels)
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.9), layout="constrained")
-    for ax, (matrix, label) in zip(axes, panels):
+    for ax, (matrix, label) in zip(axes, panels, strict=False):
         shown = ax.imshow(matrix, cmap="viridis", vmin=lowest, vmax=1, interpolation="nearest")
         ax.set(title=label, xlabel="block position")
     axes[0].set_ylabel("block position")
@@ -311,9 +368,12 @@ def plot_correlation_matching(report: dict, recovered: Key, title: str):
     return fig
 
 
-fig = plot_correlation_matching(grey_attack_report, cto_key,
-                                f"Correlations of the 48 positions of a 4x4x3 block, over {len(victims):,} "
-                                f"encrypted and {len(public):,} public images")
+fig = plot_correlation_matching(
+    grey_attack_report,
+    cto_key,
+    f"Correlations of the 48 positions of a 4x4x3 block, over {len(victims):,} "
+    f"encrypted and {len(public):,} public images",
+)
 
 # %% [markdown]
 # *Figure 4. Left: how the 48 positions of a block correlate in public images (positions in (channel, row, column)
@@ -324,9 +384,14 @@ fig = plot_correlation_matching(grey_attack_report, cto_key,
 
 # %%
 shown = list(range(6))
-fig = gallery([*victims[shown], *grey_encrypted[shown], *grey_decrypted[shown]],
-              [""] * 18, f"Ciphertext-only attack at M = 4 from {len(victims)} encrypted images",
-              ncols=6, row_labels=["plain", "encrypted", "attacker's"], size=1.4)
+fig = gallery(
+    [*victims[shown], *grey_encrypted[shown], *grey_decrypted[shown]],
+    [""] * 18,
+    f"Ciphertext-only attack at M = 4 from {len(victims)} encrypted images",
+    ncols=6,
+    row_labels=["plain", "encrypted", "attacker's"],
+    size=1.4,
+)
 
 # %% [markdown]
 # *Figure 5. Six of the owner's images, their encryptions (all the attacker has of them) and the attacker's
@@ -343,10 +408,15 @@ photo_8_encrypted = key_8.encrypt(photo_8)
 report_8 = {}
 cto_key_8 = ciphertext_only(photo_8_encrypted[None], references_8, 8, report=report_8)
 print("key agreement:", {k: round(v, 3) for k, v in key_agreement(key_8, cto_key_8).items()})
-print("decryption:", {k: round(v, 3) for k, v in
-                      decryption_quality(photo_8[None], cto_key_8.decrypt(photo_8_encrypted)[None]).items()})
-fig = plot_correlation_matching(report_8, cto_key_8, "Correlations of the 192 positions of an 8x8x3 block, "
-                                                     "one encrypted photograph against three public ones")
+print(
+    "decryption:",
+    {k: round(v, 3) for k, v in decryption_quality(photo_8[None], cto_key_8.decrypt(photo_8_encrypted)[None]).items()},
+)
+fig = plot_correlation_matching(
+    report_8,
+    cto_key_8,
+    "Correlations of the 192 positions of an 8x8x3 block, one encrypted photograph against three public ones",
+)
 
 # %% [markdown]
 # *Figure 6. As figure 4 for a colour photograph: three squares for the three channels, which now differ, so the
@@ -364,8 +434,9 @@ best = int(np.argmin(report_8["roughness"]))
 matched = np.argsort(symmetries[best])[cto_key_8.pixel_permutation]  # the permutation before the symmetry step
 candidates = [Key(8, 3, symmetry[matched]).decrypt(photo_8_encrypted)[:96, :96] for symmetry in symmetries]
 titles = [f"{'chosen: ' if i == best else ''}roughness {r:.1f}" for i, r in enumerate(report_8["roughness"])]
-fig = gallery(candidates, titles, "The 8 orientations of the block (top-left 96x96 of each decryption)",
-              ncols=4, size=2.2)
+fig = gallery(
+    candidates, titles, "The 8 orientations of the block (top-left 96x96 of each decryption)", ncols=4, size=2.2
+)
 
 # %% [markdown]
 # *Figure 7. The 8 candidate decryptions; the title gives each one's roughness across block boundaries (mean
@@ -384,11 +455,16 @@ else:
     decrypted_16 = cto_key_16.decrypt(encrypted)
     print("key agreement:", {k: round(v, 3) for k, v in key_agreement(owner_key, cto_key_16).items()})
     print("decryption:", {k: round(v, 3) for k, v in decryption_quality(astronaut[None], decrypted_16[None]).items()})
-    print("the ciphertext itself:", {k: round(v, 3) for k, v in
-                                     decryption_quality(astronaut[None], encrypted[None]).items()})
-    fig = gallery([astronaut, encrypted, decrypted_16],
-                  ["plain", "the one ciphertext", "attacker's decryption"],
-                  "Ciphertext-only attack at M = 16 from one encrypted photograph", size=2.8)
+    print(
+        "the ciphertext itself:",
+        {k: round(v, 3) for k, v in decryption_quality(astronaut[None], encrypted[None]).items()},
+    )
+    fig = gallery(
+        [astronaut, encrypted, decrypted_16],
+        ["plain", "the one ciphertext", "attacker's decryption"],
+        "Ciphertext-only attack at M = 16 from one encrypted photograph",
+        size=2.8,
+    )
 
 # %% [markdown]
 # *Figure 8 (full mode). At 16 x 16 x 3 one photograph gives only 1,024 blocks to estimate the correlations of 768
@@ -412,15 +488,26 @@ toy = RERUN or not (SHIPPED_SECURITY / "meta.json").exists()
 if toy:
     study_dir = Path(tempfile.mkdtemp(prefix="encvit-04-security-"))
     with contextlib.redirect_stderr(io.StringIO()):  # the study's progress bars
-        security_study(TrainConfig(limit=60, epochs=1, batch_size=32, progress=False), TOY_SETTINGS, ("melo",),
-                       (10,), seeds=1, draws=1, out=study_dir, references=300, log=lambda *_: None)
+        security_study(
+            TrainConfig(limit=60, epochs=1, batch_size=32, progress=False),
+            TOY_SETTINGS,
+            ("melo",),
+            (10,),
+            seeds=1,
+            draws=1,
+            out=study_dir,
+            references=300,
+            log=lambda *_: None,
+        )
 else:
     study_dir = SHIPPED_SECURITY
 study_accuracy, study_attacks = collect(study_dir)
 study_meta = json.loads((study_dir / "meta.json").read_text())
-print(f"shown: {'a toy study (not the shipped one) in ' + str(study_dir) if toy else 'the shipped study'}; "
-      f"{len(study_attacks)} attacks, {len(study_accuracy)} training runs, {study_meta['epochs']} epoch(s), "
-      f"ciphertexts {study_meta['counts']}, {study_meta['draws']} draw(s), {study_meta['seeds']} seed(s)")
+print(
+    f"shown: {'a toy study (not the shipped one) in ' + str(study_dir) if toy else 'the shipped study'}; "
+    f"{len(study_attacks)} attacks, {len(study_accuracy)} training runs, {study_meta['epochs']} epoch(s), "
+    f"ciphertexts {study_meta['counts']}, {study_meta['draws']} draw(s), {study_meta['seeds']} seed(s)"
+)
 display(Markdown(markdown(study_accuracy, study_attacks, study_meta, collect_adapter_leaks(study_dir))))
 
 # %%
@@ -450,12 +537,19 @@ scrambling_grey_key = Key.generate(4, 3, passphrase=PASSPHRASE, scramble=True)
 scrambled_grey = scrambling_grey_key.encrypt(victims)
 jigsawed = ciphertext_only(scrambled_grey, list(public), 4, scramble=True).decrypt(scrambled_grey)
 upright, posed = decryption_quality(victims, jigsawed), best_pose_quality(victims, jigsawed, 4)
-print(f"block scrambling, {len(victims)} ciphertexts: against the upright images {upright['images_exact']:.0%} "
-      f"exact, PSNR {upright['psnr_db']:.1f} dB; in the pose {posed['pose']}: "
-      f"{posed['images_exact_any_pose']:.0%} exact")
-fig = gallery([*victims[shown], *scrambled_grey[shown], *jigsawed[shown]], [""] * 18,
-              f"Ciphertext-only attack with block scrambling, M = 4, {len(victims)} encrypted images",
-              ncols=6, row_labels=["plain", "encrypted", "attacker's"], size=1.4)
+print(
+    f"block scrambling, {len(victims)} ciphertexts: against the upright images {upright['images_exact']:.0%} "
+    f"exact, PSNR {upright['psnr_db']:.1f} dB; in the pose {posed['pose']}: "
+    f"{posed['images_exact_any_pose']:.0%} exact"
+)
+fig = gallery(
+    [*victims[shown], *scrambled_grey[shown], *jigsawed[shown]],
+    [""] * 18,
+    f"Ciphertext-only attack with block scrambling, M = 4, {len(victims)} encrypted images",
+    ncols=6,
+    row_labels=["plain", "encrypted", "attacker's"],
+    size=1.4,
+)
 
 # %% [markdown]
 # *Figure 10. As figure 5 with a key that also scrambles the blocks: the attacker's decryptions are the owner's
@@ -477,9 +571,11 @@ backbone = create_backbone("encvit-tiny")
 demo_key = Key.generate(4, 3, passphrase=DEMO_PASSPHRASE)
 demo_encrypted = demo_key.encrypt(victims)
 exact_model = adapt_to_key(backbone, demo_key)
-readings = {"exactly adapted (adapt_to_key)":
-            key_from_weights(exact_model.patch_embed.proj.weight.detach().numpy(),
-                             backbone.patch_embed.proj.weight.detach().numpy(), 4, 3)}
+readings = {
+    "exactly adapted (adapt_to_key)": key_from_weights(
+        exact_model.patch_embed.proj.weight.detach().numpy(), backbone.patch_embed.proj.weight.detach().numpy(), 4, 3
+    )
+}
 shipped = shipped_comparison()  # encvit/results/fashion5k
 for run in ("proposed-encrypted", "full-encrypted"):
     readings[f"shipped {run}"] = key_from_adapter(shipped / run, backbone, reference=public)
@@ -487,9 +583,12 @@ rows = {}
 for source, reading in readings.items():
     agreement = key_agreement(demo_key, reading)
     quality = decryption_quality(victims, reading.decrypt(demo_encrypted))
-    rows[source] = {"key exact": agreement["positions_exact"], "key, same pixel": agreement["positions_same_pixel"],
-                    f"of {len(victims)} images decrypted exactly": quality["images_exact"],
-                    "PSNR (dB)": quality["psnr_db"]}
+    rows[source] = {
+        "key exact": agreement["positions_exact"],
+        "key, same pixel": agreement["positions_same_pixel"],
+        f"of {len(victims)} images decrypted exactly": quality["images_exact"],
+        "PSNR (dB)": quality["psnr_db"],
+    }
 display(pd.DataFrame(rows).T.round(3))
 try:
     key_from_adapter(shipped / "melo-encrypted", backbone)

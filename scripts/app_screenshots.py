@@ -5,6 +5,7 @@
 Serves app/Home.py on a free port of 127.0.0.1 and takes the pictures with the code the browser tests use
 (tests/browser/), in Debian's Chromium (or the one ENCVIT_CHROMIUM names). Pictures are 256-colour PNGs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the browser tooling lives with the te
 from browser import VIEWPORT, ChromiumNotFound, launch_options, serve_app  # noqa: E402
 from browser.screenshots import looks_rendered, take_attackers_view_screenshot, take_screenshots  # noqa: E402
 
-from encvit.atomic import atomic_path  # noqa: E402
+from encvit.common.atomic import atomic_path  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ attack used, with public images of other classes as references. Bottom: a colour
 paper's setting), attacked alone with three other photographs as references. Fresh random keys; the titles
 give what the attack recovered.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,10 +18,10 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from encvit.atomic import save_figure  # noqa: E402
 from encvit.attacks import block_mean_thumbnail, ciphertext_only, decryption_quality, key_agreement  # noqa: E402
 from encvit.attacks.datasets import fashion_attack_sets, public_photographs  # noqa: E402
-from encvit.cipher import Key  # noqa: E402
+from encvit.cipher.key import Key  # noqa: E402
+from encvit.common.atomic import save_figure  # noqa: E402
 
 
 def row(axes, plain, encrypted, recovered, block_size, label):
@@ -28,11 +29,14 @@ def row(axes, plain, encrypted, recovered, block_size, label):
     decrypted = recovered.decrypt(encrypted)
     quality = decryption_quality(plain[None], decrypted[None])
     exact = "exact" if quality["images_exact"] == 1 else f"PSNR {quality['psnr_db']:.1f} dB"
-    panels = [(plain, f"{label}: original"), (encrypted, "encrypted (what is shared)"),
-              (thumbnail, "block-mean thumbnail (leaked)"), (decrypted, f"attacker's decryption ({exact})")]
-    for ax, (image, title) in zip(axes, panels):
-        ax.imshow(image if image.ndim == 3 and image.shape[-1] == 3 else image, cmap="gray",
-                  interpolation="nearest")
+    panels = [
+        (plain, f"{label}: original"),
+        (encrypted, "encrypted (what is shared)"),
+        (thumbnail, "block-mean thumbnail (leaked)"),
+        (decrypted, f"attacker's decryption ({exact})"),
+    ]
+    for ax, (image, title) in zip(axes, panels, strict=False):
+        ax.imshow(image if image.ndim == 3 and image.shape[-1] == 3 else image, cmap="gray", interpolation="nearest")
         ax.set_title(title, fontsize=9)
         ax.axis("off")
 
@@ -51,8 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     encrypted = key.encrypt(victims)
     recovered = ciphertext_only(encrypted, list(references), 4)
     share = key_agreement(key, recovered)["positions_same_pixel"]
-    row(axes[0], victims[0], encrypted[0], recovered, 4,
-        f"M = 4, {args.images} ciphertexts, key {share:.0%}")
+    row(axes[0], victims[0], encrypted[0], recovered, 4, f"M = 4, {args.images} ciphertexts, key {share:.0%}")
     photos = public_photographs(16)
     photo = photos.pop(args.photo)
     key = Key.generate(16, 3)

@@ -10,6 +10,7 @@ validation and test accuracy; logistic regression (scikit-learn, C chosen on val
 and the seconds per encrypted iteration that `benchmarks/bench_fhe.py --dim K1,K2,...` measured at width k. Writes
 OUT.csv and OUT.png (accuracy and time against k).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,19 +20,21 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from encvit.atomic import save_figure, write_text
+from encvit.common.atomic import save_figure, write_text
 from encvit.fhe.components import candidates
+from encvit.fhe.config import FHEConfig
 from encvit.fhe.features import read_features_file
 from encvit.fhe.head import FeatureScaler, FeatureSplits
 from encvit.fhe.reference import logistic_reference
-from encvit.fhe.train import FHEConfig, train_reference
+from encvit.fhe.train import train_reference
 
 
 def projected(features: FeatureSplits, k: int | None) -> FeatureSplits:
     """The splits on k PCA components of the training features (whitened), for the logistic reference."""
     scaler = FeatureScaler.fit(features.train[0], whiten_ridge=0.01, components=k)
-    parts = [(scaler.transform(x)[:, :-1].astype(np.float32), y) for x, y in (features.train, features.val,
-                                                                             features.test)]
+    parts = [
+        (scaler.transform(x)[:, :-1].astype(np.float32), y) for x, y in (features.train, features.val, features.test)
+    ]
     return FeatureSplits(*parts, classes=features.classes, backbone="", backbone_hash="", dataset=features.dataset)
 
 
@@ -49,18 +52,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--features", required=True, help="a features file (.npz)")
     parser.add_argument("--bench", help="a bench_fhe.py --json report with the widths of the candidates")
     parser.add_argument("--out", default="encvit/fhe/runs/projection", help="OUT.csv and OUT.png")
-    parser.add_argument("--accuracy-from", metavar="CSV",
-                        help="take the accuracy columns from an earlier OUT.csv of the same features instead of "
-                             "training again (the fits take about half an hour at 768 features on 2 cores); the "
-                             "seconds come from --bench")
+    parser.add_argument(
+        "--accuracy-from",
+        metavar="CSV",
+        help="take the accuracy columns from an earlier OUT.csv of the same features instead of "
+        "training again (the fits take about half an hour at 768 features on 2 cores); the "
+        "seconds come from --bench",
+    )
     args = parser.parse_args(argv)
     features = read_features_file(args.features)
     seconds = bench_seconds(args.bench)
     if args.accuracy_from:
         table = pd.read_csv(args.accuracy_from)
         if sorted(table.components) != sorted(features.dim if v == "all" else int(v) for v in candidates(features.dim)):
-            parser.error(f"--accuracy-from {args.accuracy_from}: its components {list(table.components)} are not "
-                         f"the candidates at {features.dim} features")
+            parser.error(
+                f"--accuracy-from {args.accuracy_from}: its components {list(table.components)} are not "
+                f"the candidates at {features.dim} features"
+            )
         reference_acc = float(table.logistic_on_all_test_acc.iloc[0])
     else:
         reference_acc = logistic_reference(features)["test_acc"]
@@ -70,9 +78,16 @@ def main(argv: list[str] | None = None) -> None:
             k = features.dim if value == "all" else int(value)
             twin = train_reference(features, replace(config, components=value))
             probe = logistic_reference(projected(features, None if value == "all" else k))
-            rows.append({"components": k, "twin_val_acc": twin.best["val_acc"], "twin_test_acc": twin.best["test_acc"],
-                         "twin_epochs": len(twin.rows), "logistic_on_components_test_acc": probe["test_acc"],
-                         "logistic_on_all_test_acc": reference_acc})
+            rows.append(
+                {
+                    "components": k,
+                    "twin_val_acc": twin.best["val_acc"],
+                    "twin_test_acc": twin.best["test_acc"],
+                    "twin_epochs": len(twin.rows),
+                    "logistic_on_components_test_acc": probe["test_acc"],
+                    "logistic_on_all_test_acc": reference_acc,
+                }
+            )
             print(rows[-1], flush=True)
         table = pd.DataFrame(rows)
     for column, key in (("seconds_per_iteration", "median"), ("seconds_min", "min"), ("seconds_max", "max")):

@@ -1,8 +1,9 @@
 """Write the shipped sample images (encvit/samples/): Fashion-MNIST and MNIST test images, the colour versions of
-the Fashion-MNIST ones (cfashion5k, encvit.colour) and two photographs.
+the Fashion-MNIST ones (cfashion5k, encvit.data.colour) and two photographs.
 
 Run once; the outputs are committed. Photographs come from scikit-image's data module (public domain / CC0).
 """
+
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 from PIL import Image
 from skimage import data as skdata
 
-from encvit.data import load_dataset
+from encvit.data.datasets import load_dataset
 
 OUT = Path(__file__).resolve().parents[1] / "encvit" / "samples"
 OUT.mkdir(parents=True, exist_ok=True)

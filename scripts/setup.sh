@@ -28,7 +28,7 @@ if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
     *)       quiet "$PIP" install -q torch==2.14.1 torchvision==0.29.1 ;;
   esac
 fi
-EXTRAS=(peft cluster)  # the [project.optional-dependencies] of pyproject.toml to install: add one by its name
+EXTRAS=(all)  # the [project.optional-dependencies] of pyproject.toml to install: all of them
 quiet "$PIP" install -q -e ".[$(IFS=,; echo "${EXTRAS[*]}")]"
 "$VENV/bin/python" -c "import encvit, torch, timm, tenseal, streamlit, nbval, playwright, peft, ray"
 touch "$VENV/.installed"

@@ -8,6 +8,7 @@ DeiT-B, with the strong correlations between features that a real extractor has.
 to write for `encvit fhe-train --features`: numpy.savez of train_x, train_y, val_x, val_y, test_x, test_y (and
 optionally classes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,10 +16,10 @@ import argparse
 import numpy as np
 import torch
 
-from encvit.atomic import atomic_path
-from encvit.backbones import create_backbone
-from encvit.data import load_dataset
-from encvit.preprocess import BatchPreprocess
+from encvit.common.atomic import atomic_path
+from encvit.data.datasets import load_dataset
+from encvit.models.backbones import create_backbone
+from encvit.models.preprocess import BatchPreprocess
 
 
 @torch.inference_mode()
@@ -28,7 +29,7 @@ def pooled_tokens(model, images: torch.Tensor, rows: int, cols: int, batch: int 
     side = model.patch_embed.grid_size[0]
     out = []
     for start in range(0, len(images), batch):
-        tokens = model.forward_features(preprocess(images[start:start + batch]))[:, model.num_prefix_tokens:]
+        tokens = model.forward_features(preprocess(images[start : start + batch]))[:, model.num_prefix_tokens :]
         grid = tokens.reshape(len(tokens), side, side, -1).permute(0, 3, 1, 2)  # N x C x H x W
         pooled = torch.nn.functional.adaptive_avg_pool2d(grid, (rows, cols))  # N x C x rows x cols
         out.append(pooled.flatten(1).float().numpy())
@@ -57,10 +58,18 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or f"runs/tokens{width}-{args.dataset}.npz"
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays, classes=np.array(splits.classes), backbone=np.array(args.backbone),
-                     dataset=np.array(splits.name))
-    print(f"wrote {out}: {width} features ({rows} x {cols} regions x {width // (rows * cols)} channels) of "
-          + ", ".join(f"{len(arrays[f'{n}_y'])} {n}" for n in ("train", "val", "test")) + f" images of {splits.name}")
+            np.savez(
+                handle,
+                **arrays,
+                classes=np.array(splits.classes),
+                backbone=np.array(args.backbone),
+                dataset=np.array(splits.name),
+            )
+    print(
+        f"wrote {out}: {width} features ({rows} x {cols} regions x {width // (rows * cols)} channels) of "
+        + ", ".join(f"{len(arrays[f'{n}_y'])} {n}" for n in ("train", "val", "test"))
+        + f" images of {splits.name}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """`encvit ARGV` run in the test's own process, as the tests of several modules need it."""
+
 import contextlib
 import io
 

@@ -1,16 +1,17 @@
 """Does a shared adapter leak the key? Exactly adapted models give all of it; the shipped fine-tuned adapters give
 what was measured (docs/attacks.md); plain and MeLo adapters are refused, and so is every bad command line."""
+
 import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
-from encvit.adapt import adapt_to_key
 from encvit.attacks import key_agreement, key_from_adapter
 from encvit.attacks.adapter_leak import block_moments, block_prior, key_from_weights
-from encvit.backbones import create_backbone
-from encvit.cipher import Key
+from encvit.cipher.key import Key
 from encvit.cli import main
-from encvit.errors import AdapterError, AttackError
+from encvit.common.errors import AdapterError, AttackError
+from encvit.models.adapt import adapt_to_key
+from encvit.models.backbones import create_backbone
 
 SHIPPED = "encvit/results/fashion5k"
 DEMO_KEY = Key.generate(4, 3, passphrase="encvit-demo")  # the key the shipped encrypted runs were trained with
@@ -31,8 +32,11 @@ def test_an_exactly_adapted_model_gives_the_whole_key(backbone, neg_pos, scrambl
     for _ in range(2):
         key = Key.generate(4, 3, neg_pos=neg_pos, scramble=scramble)
         trained, trained_positions = weights(adapt_to_key(backbone, key))
-        positions = dict(trained_positions=trained_positions, pretrained_positions=pretrained_positions,
-                         grid=(8, 8)) if scramble else {}
+        positions = (
+            dict(trained_positions=trained_positions, pretrained_positions=pretrained_positions, grid=(8, 8))
+            if scramble
+            else {}
+        )
         report = {}
         recovered = key_from_weights(trained, pretrained, 4, 3, neg_pos=neg_pos, report=report, **positions)
         assert report["reading"] == "copy"
@@ -67,7 +71,7 @@ def test_the_shipped_adapters_give_what_was_measured(backbone, run, low, high):
 
 
 def test_the_key_read_off_the_proposed_adapter_decrypts_grey_images_exactly(backbone):
-    from encvit.data import _fashion_arrays
+    from encvit.data.datasets import _fashion_arrays
 
     images = np.repeat(np.pad(_fashion_arrays("test")[0][:20], ((0, 0), (2, 2), (2, 2)))[..., None], 3, axis=3)
     recovered = key_from_adapter(f"{SHIPPED}/proposed-encrypted", backbone, reference=images)
@@ -76,7 +80,7 @@ def test_the_key_read_off_the_proposed_adapter_decrypts_grey_images_exactly(back
 
 def test_block_statistics_by_hand():
     prior = block_prior(2, 1, correlation=0.5)
-    assert np.array_equal(prior, [[1, .5, .5, .25], [.5, 1, .25, .5], [.5, .25, 1, .5], [.25, .5, .5, 1]])
+    assert np.array_equal(prior, [[1, 0.5, 0.5, 0.25], [0.5, 1, 0.25, 0.5], [0.5, 0.25, 1, 0.5], [0.25, 0.5, 0.5, 1]])
     images = [np.full((2, 2, 1), 255, np.uint8), np.zeros((4, 2, 1), np.uint8)]  # two sizes: 3 blocks
     assert np.allclose(block_moments(images, 2), np.ones((4, 4)))
 

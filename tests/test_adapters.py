@@ -1,14 +1,15 @@
 """Adapter files: only what was trained, metadata checked on load, bad files refused by name."""
+
 import copy
 
 import pytest
 import torch
 
-from encvit.adapters import AdapterInfo, adapter_tensors, load_classifier, read_adapter, save_adapter
-from encvit.backbones import create_backbone, weights_hash
-from encvit.errors import AdapterError
-from encvit.lora import lora_state_dict
-from encvit.methods import prepare
+from encvit.common.errors import AdapterError
+from encvit.models.adapters import AdapterInfo, adapter_tensors, load_classifier, read_adapter, save_adapter
+from encvit.models.backbones import create_backbone, weights_hash
+from encvit.models.lora import lora_state_dict
+from encvit.models.methods import prepare
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +24,17 @@ def trained(backbone, method, classes=4, rank=4):
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.01)
-    info = AdapterInfo(method=method, backbone="encvit-tiny", backbone_hash=weights_hash(backbone),
-                       class_names=[f"c{i}" for i in range(classes)], image_size=32, patch_size=4,
-                       rank=rank if method != "full" else 0, alpha=8.0 if method != "full" else 0.0,
-                       key_fingerprint="abc123")
+    info = AdapterInfo(
+        method=method,
+        backbone="encvit-tiny",
+        backbone_hash=weights_hash(backbone),
+        class_names=[f"c{i}" for i in range(classes)],
+        image_size=32,
+        patch_size=4,
+        rank=rank if method != "full" else 0,
+        alpha=8.0 if method != "full" else 0.0,
+        key_fingerprint="abc123",
+    )
     return model, info
 
 
@@ -53,8 +61,9 @@ def test_only_what_was_trained_is_saved(tmp_path, backbone):
     assert set(adapter_tensors(full, "full")) == set(full.state_dict())
 
 
-@pytest.mark.parametrize("field,value", [("method", "proposed"), ("rank", 8), ("num_classes", 10),
-                                         ("backbone", "vit_base_patch16_224")])
+@pytest.mark.parametrize(
+    "field,value", [("method", "proposed"), ("rank", 8), ("num_classes", 10), ("backbone", "vit_base_patch16_224")]
+)
 def test_mismatched_expectations_are_refused_by_field(tmp_path, backbone, field, value):
     model, info = trained(backbone, "melo")
     path = save_adapter(tmp_path / "a.safetensors", model, info)
@@ -92,6 +101,7 @@ def test_tensor_shape_mismatch_is_refused(tmp_path, backbone):
     _, tensors = read_adapter(path)
     tensors["head.bias"] = torch.zeros(5)
     from safetensors.torch import save_file
+
     save_file(tensors, tmp_path / "b.safetensors", metadata=info.to_metadata())
     with pytest.raises(AdapterError, match="head.bias"):
         load_classifier(tmp_path / "b.safetensors", backbone=copy.deepcopy(backbone))
@@ -101,12 +111,21 @@ def test_sizes_of_paper_scale_adapters(tmp_path):
     """For ViT-B/16 the proposed adapter is about 3 MB in fp32 and MeLo's about 0.6 MB."""
     torch.manual_seed(0)
     import timm
+
     base = timm.create_model("vit_base_patch16_224")
     sizes = {}
     for method in ("melo", "proposed"):
         model = prepare(copy.deepcopy(base), method, 10)
-        info = AdapterInfo(method=method, backbone="vit_base_patch16_224", backbone_hash="x",
-                           class_names=[str(i) for i in range(10)], image_size=224, patch_size=16, rank=4, alpha=8)
+        info = AdapterInfo(
+            method=method,
+            backbone="vit_base_patch16_224",
+            backbone_hash="x",
+            class_names=[str(i) for i in range(10)],
+            image_size=224,
+            patch_size=16,
+            rank=4,
+            alpha=8,
+        )
         sizes[method] = save_adapter(tmp_path / f"{method}.safetensors", model, info).stat().st_size
     assert 0.55e6 < sizes["melo"] < 0.7e6
     assert 2.9e6 < sizes["proposed"] < 3.1e6

@@ -3,6 +3,7 @@
 The shipped adapters are retrained from time to time, so these tests check structure (a top-3 for every run,
 a warning present or absent, errors naming files), never particular predictions.
 """
+
 import io
 import json
 import os
@@ -19,13 +20,15 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from encvit import attack_demo, demo
-from encvit.access import NotAllowedError, app_access
-from encvit.adapters import read_adapter, read_adapter_info
-from encvit.cipher import Key
-from encvit.errors import AttackError, ConfigError, KeyFileError
-from encvit.predict import find_runs, shipped_comparison
-from encvit.samples import DEMO_PASSPHRASE, SAMPLES_DIR
+from encvit.cipher.images import colour_images
+from encvit.cipher.key import Key
+from encvit.common.errors import AttackError, ConfigError, KeyFileError
+from encvit.common.shipped import DEMO_PASSPHRASE, SAMPLES_DIR
+from encvit.demo import attackers_view as attack_demo
+from encvit.demo import home as demo
+from encvit.demo.access import NotAllowedError, app_access
+from encvit.models.adapters import read_adapter, read_adapter_info
+from encvit.models.predict import find_runs, shipped_comparison
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "Home.py")
 TIMEOUT = 180  # the first run loads the backbone and adapters; later runs take them from st.cache_resource
@@ -136,13 +139,17 @@ def test_key_file_upload(demo_key):
     assert not at.warning and not at.error
     assert_top3_for_each_method(at, count=3)
     other = Key.generate(demo_key.block_size, demo_key.channels)
-    at.file_uploader(key="key_file").set_value(("other.json", json.dumps(other.to_dict()).encode(),
-                                                "application/json")).run()
+    at.file_uploader(key="key_file").set_value(
+        ("other.json", json.dumps(other.to_dict()).encode(), "application/json")
+    ).run()
     assert len(at.warning) == 1 and other.fingerprint in seen(at.warning)[0]
     assert_top3_for_each_method(at, count=3)
-    for name, data in (("broken.json", b'{"format": "encvit-key", "vers'), ("photo.json", png()),
-                       ("edited.json", json.dumps({**demo_key.to_dict(), "fingerprint": "0" * 12}).encode()),
-                       ("nested.json", b"[" * 100_000 + b"]" * 100_000)):
+    for name, data in (
+        ("broken.json", b'{"format": "encvit-key", "vers'),
+        ("photo.json", png()),
+        ("edited.json", json.dumps({**demo_key.to_dict(), "fingerprint": "0" * 12}).encode()),
+        ("nested.json", b"[" * 100_000 + b"]" * 100_000),
+    ):
         at.file_uploader(key="key_file").set_value((name, data, "application/json")).run()
         assert not at.exception
         assert len(at.error) == 1 and name in seen(at.error)[0]
@@ -156,8 +163,9 @@ def test_messages_show_formulas_and_file_names_as_written(demo_key):
     at = home()
     at.radio(key="key_source").set_value("Key file").run()
     identity_swapped = {**demo_key.to_dict(), "pixel_permutation": list(range(47)) + [0]}
-    at.file_uploader(key="key_file").set_value(("my_key_1.json", json.dumps(identity_swapped).encode(),
-                                                "application/json")).run()
+    at.file_uploader(key="key_file").set_value(
+        ("my_key_1.json", json.dumps(identity_swapped).encode(), "application/json")
+    ).run()
     assert len(at.error) == 1
     # Markdown would show "C*M*M = 3*4*4" as "CMM = 344" and "my_key_1.json" as "mykey1.json" in italics
     assert "my_key_1.json" in seen(at.error)[0] and "(C*M*M = 3*4*4)" in seen(at.error)[0]
@@ -168,8 +176,9 @@ def test_uploaded_images_are_classified():
     at = home()
     at.multiselect(key="samples").set_value([]).run()
     assert at.info and not prediction_tables(at)
-    at.file_uploader(key="uploads").set_value([("photo.png", png((50, 40)), "image/png"),
-                                               ("scan.jpg", png((64, 64), mode="L", fmt="JPEG"), "image/jpeg")]).run()
+    at.file_uploader(key="uploads").set_value(
+        [("photo.png", png((50, 40)), "image/png"), ("scan.jpg", png((64, 64), mode="L", fmt="JPEG"), "image/jpeg")]
+    ).run()
     assert not at.error
     assert_top3_for_each_method(at, count=2)
     assert not any("correct" in t.columns for t in prediction_tables(at))  # no true label for uploads
@@ -181,16 +190,22 @@ def test_uploaded_images_are_classified():
 def test_bad_uploads_show_an_error_naming_the_file_and_the_app_goes_on():
     at = home()
     good = png()
-    at.file_uploader(key="uploads").set_value([
-        ("notes.png", b"these are notes, not an image", "image/png"),
-        ("truncated.png", good[: len(good) // 2], "image/png"),
-        ("huge.png", huge_png(), "image/png"),
-        ("fine.png", good, "image/png")]).run()
+    at.file_uploader(key="uploads").set_value(
+        [
+            ("notes.png", b"these are notes, not an image", "image/png"),
+            ("truncated.png", good[: len(good) // 2], "image/png"),
+            ("huge.png", huge_png(), "image/png"),
+            ("fine.png", good, "image/png"),
+        ]
+    ).run()
     assert not at.exception
     errors = seen(at.error)
     assert len(errors) == 3 and not any("BytesIO" in e for e in errors)  # named by the upload's file name
-    for name, word in (("notes.png", "not a readable image"), ("truncated.png", "not a readable image"),
-                       ("huge.png", "pixels")):
+    for name, word in (
+        ("notes.png", "not a readable image"),
+        ("truncated.png", "not a readable image"),
+        ("huge.png", "pixels"),
+    ):
         assert any(name in e and word in e for e in errors), errors
     assert_top3_for_each_method(at, count=4)  # three samples and the good upload
 
@@ -225,6 +240,7 @@ def shown_images(monkeypatch):
         file = stores[-1].get_file(image.proto.imgs[0].url.rsplit("/", 1)[1])
         assert file.mimetype == "image/png"  # lossless: every pixel as the key made it
         return np.asarray(Image.open(io.BytesIO(file.content)))
+
     return read
 
 
@@ -234,8 +250,9 @@ def test_a_colour_sample_is_encrypted_across_its_three_channels(shown_images, de
     assert not at.exception and not at.error and len(at.main.image) == 4
     assert_top3_for_each_method(at, count=2)
     shape, factor = demo.geometry(infos), demo.display_factor(demo.geometry(infos).image_size)
-    grey, colour = (demo.read_image((SAMPLES_DIR / name).read_bytes(), name, shape)
-                    for name in ("fashion-5.png", "cfashion-5.png"))
+    grey, colour = (
+        demo.read_image((SAMPLES_DIR / name).read_bytes(), name, shape) for name in ("fashion-5.png", "cfashion-5.png")
+    )
     plain, encrypted = (shown_images(image) for image in at.main.image[2:])
     assert (plain[..., 0] != plain[..., 1]).any() and (plain[..., 1] != plain[..., 2]).any()  # kept in colour
     assert np.array_equal(plain, demo.enlarge(colour.array, factor))
@@ -246,8 +263,9 @@ def test_a_colour_sample_is_encrypted_across_its_three_channels(shown_images, de
     notes = [c for c in seen(at.main.caption) if c.startswith("A colour image")]
     assert len(notes) == 1 and "trained on grey images (fashion5k)" in notes[0]  # for cfashion-5.png only
     at.checkbox(key="grid").check().run()  # the block grid drawn over the colour blocks
-    assert np.array_equal(shown_images(at.main.image[3]),
-                          demo.enlarge(demo_key.encrypt(colour.array), factor, demo_key.block_size))
+    assert np.array_equal(
+        shown_images(at.main.image[3]), demo.enlarge(demo_key.encrypt(colour.array), factor, demo_key.block_size)
+    )
 
 
 def test_runs_from_a_folder(tmp_path, monkeypatch):
@@ -277,12 +295,20 @@ def test_folders_outside_the_allowed_ones_are_refused_before_they_are_read(tmp_p
     (allowed / "sideways").symlink_to(other)
     monkeypatch.setenv("ENCVIT_APP_RUNS", str(allowed))
     searched = []
-    monkeypatch.setattr("encvit.access.find_runs", lambda folder: searched.append(folder) or find_runs(folder))
+    monkeypatch.setattr("encvit.demo.access.find_runs", lambda folder: searched.append(folder) or find_runs(folder))
     at = home()
     at.radio(key="runs_source").set_value("Run directories in a folder").run()
     searched.clear()  # the shipped comparison, read before the folder box was chosen
-    for typed in ("/", str(other), str(allowed / ".."), str(allowed / "exp" / ".." / ".." / "other"),
-                  str(allowed / "root"), str(allowed / "root" / "etc"), str(allowed / "sideways"), "runs-elsewhere"):
+    for typed in (
+        "/",
+        str(other),
+        str(allowed / ".."),
+        str(allowed / "exp" / ".." / ".." / "other"),
+        str(allowed / "root"),
+        str(allowed / "root" / "etc"),
+        str(allowed / "sideways"),
+        "runs-elsewhere",
+    ):
         at.text_input(key="runs_folder").input(typed).run()
         assert not at.exception and len(at.error) == 1
         assert seen(at.error)[0].startswith(f"{typed} is outside the allowed folders ({allowed}, the shipped results)")
@@ -316,7 +342,7 @@ def test_a_backbone_outside_the_allowlist_is_refused_before_it_is_built(tmp_path
     adapter_naming(tmp_path / "giant" / "adapter.safetensors", "vit_giant_patch14_224")
     monkeypatch.setenv("ENCVIT_APP_RUNS", str(tmp_path))
     built = []
-    monkeypatch.setattr("encvit.predict.create_backbone", lambda name, **kw: built.append(name))
+    monkeypatch.setattr("encvit.models.predict.create_backbone", lambda name, **kw: built.append(name))
     at = home()
     at.radio(key="runs_source").set_value("Run directories in a folder").run()
     at.text_input(key="runs_folder").input(str(tmp_path)).run()
@@ -446,7 +472,8 @@ def test_attackers_view_reconstructs_the_default_samples_and_scores_them(demo_ke
         "Key recovered (right pixel)": f"{100 * outcome.agreement['positions_same_pixel']:.0f}%",
         "Key recovered (exact)": f"{100 * outcome.agreement['positions_exact']:.0f}%",
         "PSNR of your images": f"{outcome.quality['psnr_db']:.1f} dB",
-        "Your images decrypted exactly": f"{round(3 * outcome.quality['images_exact'])} of 3"}
+        "Your images decrypted exactly": f"{round(3 * outcome.quality['images_exact'])} of 3",
+    }
     assert at.table[0].value.equals(attack_demo.key_rows(outcome))
     assert at.table[1].value.equals(attack_demo.quality_rows(outcome))
     assert "(3 from the main page and 50 collected)" in used_line(at)
@@ -463,8 +490,10 @@ def test_attackers_view_attacks_the_key_and_images_of_the_main_page():
     at = attackers_view(at)
     assert not at.error and not at.info
     assert any(f"key `{key.fingerprint}`, 2 images" in m.value for m in at.markdown)
-    assert [c for c in image_captions(at) if c.endswith(", encrypted")] == ["fashion-3.png, encrypted",
-                                                                             "digit-7.png, encrypted"]
+    assert [c for c in image_captions(at) if c.endswith(", encrypted")] == [
+        "fashion-3.png, encrypted",
+        "digit-7.png, encrypted",
+    ]
     at.slider(key="collected").set_value(0).run()
     assert "**2 encrypted images** (2 from the main page and 0 collected)" in used_line(at)
     at.slider(key="collected").set_value(attack_demo.COLLECTED_MAX).run()
@@ -472,8 +501,10 @@ def test_attackers_view_attacks_the_key_and_images_of_the_main_page():
     assert not at.exception and set(shown_metrics(at)) >= {"Key recovered (exact)", "PSNR of your images"}
 
 
-@pytest.mark.parametrize("option, score, part", [("neg_pos", "neg_pos_mask", "negative-positive mask"),
-                                                  ("scramble", "block_order", "block order")])
+@pytest.mark.parametrize(
+    "option, score, part",
+    [("neg_pos", "neg_pos_mask", "negative-positive mask"), ("scramble", "block_order", "block order")],
+)
 def test_attackers_view_assumes_the_keys_options_and_shows_what_it_recovered(demo_key, option, score, part):
     key = Key.generate(demo_key.block_size, demo_key.channels, passphrase="options", **{option: True})
     at = attackers_view(upload_key(home(), key))
@@ -485,13 +516,17 @@ def test_attackers_view_assumes_the_keys_options_and_shows_what_it_recovered(dem
     outcome = attack_demo.run_attack(key, np.stack([i.array for i in images]), owner_images[:50], reference)
     assert score in outcome.agreement and at.table[0].value.equals(attack_demo.key_rows(outcome))
     shown = at.table[0].value.loc[part, "recovered"]
-    assert any(m.value.endswith(f"{shown} of the flip mask recovered.") or f"put {shown} of the blocks" in m.value
-               for m in at.markdown)
+    assert any(
+        m.value.endswith(f"{shown} of the flip mask recovered.") or f"put {shown} of the blocks" in m.value
+        for m in at.markdown
+    )
     assert at.table[1].value.equals(attack_demo.quality_rows(outcome))
     if option == "scramble":  # the demo's garments come back whole, in another pose (tests/test_attacks.py)
         assert outcome.pose_quality["images_exact_any_pose"] == 1.0
-        assert any(m.value.startswith("Yet turned, mirrored or shifted round as a whole") and "3 of your 3" in m.value
-                   for m in at.markdown)
+        assert any(
+            m.value.startswith("Yet turned, mirrored or shifted round as a whole") and "3 of your 3" in m.value
+            for m in at.markdown
+        )
     else:
         assert outcome.pose_quality is None
 
@@ -526,7 +561,7 @@ def test_block_mean_thumbnails_are_the_plain_images_at_a_lower_resolution(demo_k
     scrambled = Key.generate(m, 3, passphrase="x", scramble=True)
     _, shuffled = attack_demo.holdings(scrambled, plain)
     assert (np.sort(shuffled.reshape(3, -1), axis=1) == np.sort(thumbnails.reshape(3, -1), axis=1)).all()
-    assert attack_demo.colour_images(plain) == 0 and attack_demo.colour_images(plain[..., ::-1] * [1, 0, 1]) == 3
+    assert colour_images(plain) == 0 and colour_images(plain[..., ::-1] * [1, 0, 1]) == 3
     with pytest.raises(AttackError, match="768 values per block"):
         attack_demo.check_attackable(Key.generate(16, 3))
 

@@ -4,21 +4,38 @@ Things are found by role, label and visible text (tests/browser/user.py); the ch
 shipped adapters are retrained from time to time, so predictions are checked for their form, never their values.
 A test of another page opens it with `go_to_page(app, "Its name in the sidebar")`.
 """
+
 import os
 import re
 
 import pytest
+from browser import (
+    ATTACK_MS,
+    VIEWPORT,
+    ChromiumNotFound,
+    caption,
+    find_chromium,
+    go_to_page,
+    launch_options,
+    open_app,
+    pick_sample,
+    prediction_tables,
+    read_table,
+    reconstructions,
+    serve_app,
+    shown_fingerprint,
+    type_passphrase,
+    upload_images,
+    wait_until_idle,
+)
+from browser.screenshots import OTHER_PASSPHRASE, looks_rendered, take_attackers_view_screenshot, take_screenshots
 from playwright.sync_api import Page, expect
 
-from browser import (ATTACK_MS, VIEWPORT, ChromiumNotFound, caption, find_chromium, go_to_page, launch_options,
-                     open_app, pick_sample, prediction_tables, read_table, reconstructions, serve_app,
-                     shown_fingerprint, type_passphrase, upload_images, wait_until_idle)
-from browser.screenshots import OTHER_PASSPHRASE, looks_rendered, take_attackers_view_screenshot, take_screenshots
-from encvit import demo
-from encvit.adapters import read_adapter
-from encvit.cipher import Key
-from encvit.predict import find_runs, shipped_comparison
-from encvit.samples import DEMO_PASSPHRASE, SAMPLES_DIR
+from encvit.cipher.key import Key
+from encvit.common.shipped import DEMO_PASSPHRASE, SAMPLES_DIR
+from encvit.demo import home as demo
+from encvit.models.adapters import read_adapter
+from encvit.models.predict import find_runs, shipped_comparison
 
 # pytest-playwright's own base_url fixture (used when pytest-base-url is not installed) warns about itself.
 pytestmark = pytest.mark.filterwarnings("ignore:Session-scoped fixtures defined as instance methods")
@@ -217,8 +234,9 @@ def test_attackers_view_shows_the_reconstruction_and_its_score(app):
     expect(caption(app, "fashion-5.png, encrypted")).to_be_visible()
     expect(caption(app, "its block means")).to_have_count(4)
     expect(reconstructions(app)).to_have_count(4, timeout=ATTACK_MS)
-    expect(app.get_by_text("The attack used 54 encrypted images (4 from the main page and 50 collected)")).to_be_visible(
-        timeout=ATTACK_MS)
+    expect(
+        app.get_by_text("The attack used 54 encrypted images (4 from the main page and 50 collected)")
+    ).to_be_visible(timeout=ATTACK_MS)
     wait_until_idle(app)
     for caption_text in reconstructions(app).all_inner_texts():
         assert re.fullmatch(r"reconstructed: (decrypted exactly|PSNR \d+\.\d dB)", caption_text), caption_text
@@ -231,7 +249,8 @@ def test_attackers_view_shows_the_reconstruction_and_its_score(app):
     slider.focus()
     slider.press("Home")  # no ciphertexts collected: only the main page's four
     expect(app.get_by_text("The attack used 4 encrypted images (4 from the main page and 0 collected)")).to_be_visible(
-        timeout=ATTACK_MS)
+        timeout=ATTACK_MS
+    )
     expect(reconstructions(app)).to_have_count(4)
 
 

@@ -1,5 +1,6 @@
 """The attacks recover keys they were never shown: ciphertext-only at M = 4 on grey Fashion-MNIST, known- and
 chosen-plaintext at M = 16 in colour with every cipher option; leaks and scores against hand-computed values."""
+
 import math
 
 import numpy as np
@@ -8,20 +9,30 @@ import torch
 from skimage import data
 from torchvision.transforms.v2 import functional as TF
 
-from encvit.attacks import (best_pose_quality, block_mean_thumbnail, chosen_plaintext, ciphertext_only,
-                            decryption_quality, image_poses, key_agreement, key_space_bits, known_plaintext,
-                            make_probes, plain_model_accuracy)
+from encvit.attacks import (
+    best_pose_quality,
+    block_mean_thumbnail,
+    chosen_plaintext,
+    ciphertext_only,
+    decryption_quality,
+    image_poses,
+    key_agreement,
+    key_space_bits,
+    known_plaintext,
+    make_probes,
+    plain_model_accuracy,
+)
 from encvit.attacks.blocks import apply_to_blocks, to_blocks
 from encvit.attacks.jigsaw import edge_dissimilarities, solve_jigsaw
-from encvit.cipher import Key
-from encvit.data import _fashion_arrays
-from encvit.errors import AttackError, ImageError
+from encvit.cipher.key import Key
+from encvit.common.errors import AttackError, ImageError
+from encvit.data.datasets import _fashion_arrays
 
 
 def fashion_32(classes, count: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST test images of `classes` as the backbone sees them: 32 x 32, grey repeated to 3 channels."""
     images, labels = _fashion_arrays("test")
-    index = np.flatnonzero(np.isin(labels, classes))[offset:offset + count]
+    index = np.flatnonzero(np.isin(labels, classes))[offset : offset + count]
     resized = TF.resize(torch.from_numpy(images[index][:, None].copy()), [32, 32], antialias=True)
     return np.repeat(resized.permute(0, 2, 3, 1).numpy(), 3, axis=3), labels[index]
 
@@ -87,7 +98,7 @@ def test_poses_and_the_best_pose_score_by_hand():
     wrong[0, 0, 0, 0] = 0 if wrong[0, 0, 0, 0] else 255  # one value off in one of 3 images: MSE off^2 / 64
     score = best_pose_quality(images, wrong, 4)
     assert score["images_exact_any_pose"] == pytest.approx(2 / 3)
-    assert score["psnr_db_any_pose"] == pytest.approx((200 + 10 * math.log10(255 ** 2 * 64 / off ** 2)) / 3)
+    assert score["psnr_db_any_pose"] == pytest.approx((200 + 10 * math.log10(255**2 * 64 / off**2)) / 3)
 
 
 def test_jigsaw_puts_scrambled_blocks_of_a_photograph_back():
@@ -100,8 +111,11 @@ def test_jigsaw_puts_scrambled_blocks_of_a_photograph_back():
     assert np.mean(order == key.block_permutation(*grid)) >= 0.9
 
 
-@pytest.mark.parametrize("options", [{}, {"neg_pos": True}, {"scramble": True}, {"neg_pos": True, "scramble": True}],
-                         ids=["shuffle", "neg-pos", "scramble", "both"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"neg_pos": True}, {"scramble": True}, {"neg_pos": True, "scramble": True}],
+    ids=["shuffle", "neg-pos", "scramble", "both"],
+)
 def test_known_plaintext_from_one_photograph_at_m16(options):
     key = Key.generate(16, 3, **options)
     report = {}
@@ -134,16 +148,24 @@ def test_known_plaintext_refuses_pairs_no_key_explains():
         known_plaintext([PHOTO], [PHOTO[:256]])
 
 
-@pytest.mark.parametrize("options", [{}, {"neg_pos": True}, {"scramble": True}, {"neg_pos": True, "scramble": True}],
-                         ids=["shuffle", "neg-pos", "scramble", "both"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"neg_pos": True}, {"scramble": True}, {"neg_pos": True, "scramble": True}],
+    ids=["shuffle", "neg-pos", "scramble", "both"],
+)
 @pytest.mark.parametrize("block_size", [4, 16])
 def test_chosen_plaintext_recovers_the_whole_key(block_size, options):
     key = Key.generate(block_size, 3, **options)
     probes = make_probes(block_size, 3, size=(256, 256))
     recovered = chosen_plaintext([key.encrypt(p) for p in reversed(probes)])  # order does not matter
     assert key_agreement(key, recovered, (256 // block_size,) * 2) == pytest.approx(
-        {"positions_exact": 1.0, "positions_same_pixel": 1.0, **({"neg_pos_mask": 1.0} if "neg_pos" in options else {}),
-         "block_order": 1.0})
+        {
+            "positions_exact": 1.0,
+            "positions_same_pixel": 1.0,
+            **({"neg_pos_mask": 1.0} if "neg_pos" in options else {}),
+            "block_order": 1.0,
+        }
+    )
     assert (recovered.decrypt(key.encrypt(PHOTO[:256, :256])) == PHOTO[:256, :256]).all()
 
 
@@ -182,7 +204,7 @@ def test_scores_by_hand():
     off = plain.copy()
     off[0, 0, 0, 0] = 110  # one value off by 10: MSE = 100 / 64, PSNR = 10 log10(255^2 * 64 / 100)
     quality = decryption_quality(plain, off)
-    assert quality["psnr_db"] == pytest.approx(10 * math.log10(255 ** 2 * 64 / 100))
+    assert quality["psnr_db"] == pytest.approx(10 * math.log10(255**2 * 64 / 100))
     assert quality["values_right"] == pytest.approx(63 / 64) and quality["images_exact"] == 0.0
     assert decryption_quality(plain, plain) == {"images_exact": 1.0, "values_right": 1.0, "psnr_db": 100.0, "ssim": 1.0}
 

@@ -1,5 +1,6 @@
 """The benchmark scripts run at tiny sizes; their reports carry medians with spread and ratios that agree with
 the raw per-round times (speed itself is not tested)."""
+
 import importlib.util
 import json
 import subprocess
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from encvit.methods import METHODS
+from encvit.models.methods import METHODS
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # One thread: on a busy machine more threads than free cores make torch's OpenMP workers stall.
@@ -18,8 +19,9 @@ TINY = ["--repeats", "2", "--warmup", "1", "--batch", "2", "--device", "cpu", "-
 
 
 def run(script: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -56,7 +58,7 @@ def assert_consistent(result: dict, repeats: int) -> None:
         summary = result["summary"][name]
         assert summary["median"] == pytest.approx(np.median(values))
         assert (summary["min"], summary["max"], summary["n"]) == (min(values), max(values), repeats)
-        per_round = [a / b for a, b in zip(values, base)]
+        per_round = [a / b for a, b in zip(values, base, strict=False)]
         assert result["ratio_samples"][name] == pytest.approx(per_round)
         ratio = result["ratios"][name]
         assert ratio["median"] == pytest.approx(np.median(per_round))
@@ -64,16 +66,37 @@ def assert_consistent(result: dict, repeats: int) -> None:
 
 
 def test_bench_methods_reports_medians_with_spread_and_per_round_ratios(tmp_path):
-    from encvit.timing import spread_cell
+    from encvit.common.timing import spread_cell
 
     report = tmp_path / "methods.json"
-    out = run("bench_methods.py", "--backbones", "encvit-tiny", "--methods", "full", "proposed",
-              "--memory-repeats", "2", "--json", str(report), *TINY)
+    out = run(
+        "bench_methods.py",
+        "--backbones",
+        "encvit-tiny",
+        "--methods",
+        "full",
+        "proposed",
+        "--memory-repeats",
+        "2",
+        "--json",
+        str(report),
+        *TINY,
+    )
     assert "command: python benchmarks/bench_methods.py --backbones encvit-tiny" in out
     assert "batch 2 (CPU)" in out and " cores, load average " in out and "load average at the end" in out
     (train_header, train_rows), (infer_header, infer_rows) = tables(out)
-    for column in ("step (ms)", "step/full", "peak RSS (MiB)", "peak/full", "RSS increment (MiB)", "incr/full",
-                   "AdamW state", "state/full", "adapter file", "adapter/full"):
+    for column in (
+        "step (ms)",
+        "step/full",
+        "peak RSS (MiB)",
+        "peak/full",
+        "RSS increment (MiB)",
+        "incr/full",
+        "AdamW state",
+        "state/full",
+        "adapter file",
+        "adapter/full",
+    ):
         assert column in train_header, column
     assert [row[:2] for row in train_rows] == [["encvit-tiny", "full"], ["encvit-tiny", "proposed"]]
     assert [row[1] for row in infer_rows] == ["plain", "proposed unmerged", "proposed merged"]
@@ -83,13 +106,13 @@ def test_bench_methods_reports_medians_with_spread_and_per_round_ratios(tmp_path
     (result,) = saved["results"]
     for key, repeats in (("step", 2), ("infer", 2), ("peak", 2), ("increment", 2)):
         assert_consistent(result[key], repeats)
-    proposed = dict(zip(train_header, train_rows[1]))
+    proposed = dict(zip(train_header, train_rows[1], strict=False))
     # the printed cells are the JSON's summaries: median (min–max)
     assert proposed["step/full"] == spread_cell(result["step"]["ratios"]["proposed"], "x")
     assert proposed["peak/full"] == spread_cell(result["peak"]["ratios"]["proposed"], "x")
     assert proposed["step (ms)"] == spread_cell(result["step"]["summary"]["proposed"], digits=0, factor=1e3)
     assert float(proposed["adapter/full"].rstrip("x")) < 0.1  # LoRA adapters are a small part of the model
-    merged = dict(zip(infer_header, infer_rows[2]))
+    merged = dict(zip(infer_header, infer_rows[2], strict=False))
     assert merged["/plain"] == spread_cell(result["infer"]["ratios"]["proposed merged"], "x", digits=3)
     assert result["merge_error"]["proposed"] < 1e-4
     assert "proposed step time" in out and "on the median" in out and "Merge check" in out
@@ -102,61 +125,112 @@ def test_bench_methods_measures_a_timm_vit():
     torch.set_num_threads(1)
     try:
         memory = bench.measure_memory("vit_tiny_patch16_224", "proposed", batch=1)
-        speed = bench.measure_speed("vit_tiny_patch16_224", ["full", "melo", "proposed"], batch=1, repeats=1,
-                                    warmup=0, clock="cpu", references=True)
+        speed = bench.measure_speed(
+            "vit_tiny_patch16_224",
+            ["full", "melo", "proposed"],
+            batch=1,
+            repeats=1,
+            warmup=0,
+            clock="cpu",
+            references=True,
+        )
     finally:
         torch.set_num_threads(threads)
     assert memory["trainable"] == 186_442  # LoRA 36,864 + head 1,930 + patch embedding 147,648
     assert memory["optimizer_bytes"] == 2 * 4 * memory["trainable"]  # fp32 exp_avg and exp_avg_sq
     assert memory["peak_bytes"] >= memory["base_bytes"] > 0 and memory["adapter_bytes"] > 4 * memory["trainable"]
-    assert list(speed["step"]["samples"]) == ["full", "melo", "proposed", "floor", "proposed, summed weight",
-                                              "forward only"]
+    assert list(speed["step"]["samples"]) == [
+        "full",
+        "melo",
+        "proposed",
+        "floor",
+        "proposed, summed weight",
+        "forward only",
+    ]
     assert "| vit_tiny_patch16_224 | floor |" in bench.references_table([speed])
-    assert list(speed["infer"]["samples"]) == ["plain", "melo unmerged", "melo merged", "proposed unmerged",
-                                               "proposed merged"]
+    assert list(speed["infer"]["samples"]) == [
+        "plain",
+        "melo unmerged",
+        "melo merged",
+        "proposed unmerged",
+        "proposed merged",
+    ]
     assert speed["step"]["ratios"]["full"]["median"] == 1.0
     assert max(speed["merge_error"].values()) < 1e-4
 
 
 def test_bench_train_reports_plain_and_encrypted_per_round(tmp_path):
-    from encvit.timing import spread_cell
+    from encvit.common.timing import spread_cell
 
     report = tmp_path / "train.json"
-    out = run("bench_train.py", "--backbones", "encvit-tiny", "vit_tiny_patch16_224", *TINY, "--repeats", "3",
-              "--warmup", "0", "--json", str(report))  # later flags win
+    out = run(
+        "bench_train.py",
+        "--backbones",
+        "encvit-tiny",
+        "vit_tiny_patch16_224",
+        *TINY,
+        "--repeats",
+        "3",
+        "--warmup",
+        "0",
+        "--json",
+        str(report),
+    )  # later flags win
     assert "command: python benchmarks/bench_train.py" in out and " cores, load average " in out
     ((header, rows),) = tables(out)
-    for column in ("plain (img/s)", "encrypted (img/s)", "plain step (ms)", "encrypted step (ms)", "encrypted/plain",
-                   "encrypt alone (ms)", "encrypt/plain step"):
+    for column in (
+        "plain (img/s)",
+        "encrypted (img/s)",
+        "plain step (ms)",
+        "encrypted step (ms)",
+        "encrypted/plain",
+        "encrypt alone (ms)",
+        "encrypt/plain step",
+    ):
         assert column in header, column
-    assert {(row[0], row[1]) for row in rows} == {(b, m) for b in ("encvit-tiny", "vit_tiny_patch16_224")
-                                                  for m in METHODS}
+    assert {(row[0], row[1]) for row in rows} == {
+        (b, m) for b in ("encvit-tiny", "vit_tiny_patch16_224") for m in METHODS
+    }
     saved = json.loads(report.read_text())["results"]
-    for row, result in zip(rows, saved):
+    for row, result in zip(rows, saved, strict=False):
         assert_consistent(result["times"], 3)
-        cells = dict(zip(header, row))
+        cells = dict(zip(header, row, strict=False))
         assert cells["encrypted/plain"] == spread_cell(result["times"]["ratios"]["encrypted"], "x", digits=3)
-        assert cells["encrypt/plain step"] == spread_cell(result["times"]["ratios"]["encrypt alone"], "%",
-                                                          factor=100)
+        assert cells["encrypt/plain step"] == spread_cell(result["times"]["ratios"]["encrypt alone"], "%", factor=100)
         assert cells["goal <= 3%"] in ("met", "NOT met")
 
 
 def test_bench_cipher_reports_copy_encrypt_and_loop_per_round(tmp_path):
-    from encvit.timing import spread_cell
+    from encvit.common.timing import spread_cell
 
     report = tmp_path / "cipher.json"
-    out = run("bench_cipher.py", "--batch", "4", "--size", "32", "--repeats", "3", "--loop-images", "2",
-              "--threads", "1", "--clock", "cpu", "--json", str(report))
+    out = run(
+        "bench_cipher.py",
+        "--batch",
+        "4",
+        "--size",
+        "32",
+        "--repeats",
+        "3",
+        "--loop-images",
+        "2",
+        "--threads",
+        "1",
+        "--clock",
+        "cpu",
+        "--json",
+        str(report),
+    )
     ((header, rows),) = tables(out)
     assert header == ["dtype", "copy (ms)", "encrypt (ms)", "per-block loop (ms)", "encrypt/copy", "loop/encrypt"]
     saved = json.loads(report.read_text())["results"]
     assert [row[0] for row in rows] == [r["dtype"] for r in saved] == ["uint8", "float32"]
-    for row, result in zip(rows, saved):
+    for row, result in zip(rows, saved, strict=False):
         samples = result["samples"]
         for name, values in samples.items():
             assert result["summary"][name]["median"] == pytest.approx(np.median(values)) and len(values) == 3
         for name, (top, base) in {"encrypt/copy": ("encrypt", "copy"), "loop/encrypt": ("loop", "encrypt")}.items():
-            per_round = [a / b for a, b in zip(samples[top], samples[base])]
+            per_round = [a / b for a, b in zip(samples[top], samples[base], strict=False)]
             assert result["ratio_samples"][name] == pytest.approx(per_round)
             assert result["ratios"][name]["median"] == pytest.approx(np.median(per_round))
         assert row[4] == spread_cell(result["ratios"]["encrypt/copy"], "x")
@@ -164,17 +238,30 @@ def test_bench_cipher_reports_copy_encrypt_and_loop_per_round(tmp_path):
 
 
 def test_bench_fhe_reports_encrypted_and_numpy_iterations_per_round(tmp_path):
-    from encvit.timing import spread_cell
+    from encvit.common.timing import spread_cell
 
     report = tmp_path / "fhe.json"
-    out = run("bench_fhe.py", "--dim", "8", "--batch-size", "32", "--repeats", "2", "--warmup", "0",
-              "--clock", "cpu", "--json", str(report))
+    out = run(
+        "bench_fhe.py",
+        "--dim",
+        "8",
+        "--batch-size",
+        "32",
+        "--repeats",
+        "2",
+        "--warmup",
+        "0",
+        "--clock",
+        "cpu",
+        "--json",
+        str(report),
+    )
     assert "command: python benchmarks/bench_fhe.py --dim 8" in out and " cores, load average " in out
     (header, rows), _shares = tables(out)
     (result,) = json.loads(report.read_text())["results"]
     assert_consistent(result["comparison"], 2)
     assert result["comparison"]["baseline"] == "numpy"
-    cells = dict(zip(header, rows[0]))
+    cells = dict(zip(header, rows[0], strict=False))
     assert cells["features"] == "8"
     assert cells["s / iteration"] == spread_cell(result["comparison"]["summary"]["encrypted"], " s")
     assert cells["encrypted / numpy"] == spread_cell(result["comparison"]["ratios"]["encrypted"], "x", digits=0)
@@ -197,24 +284,30 @@ def test_bench_fhe_memory_runs_both_sizes_alternating_and_reports_their_ratio(tm
 def test_benchmarks_refuse_bad_repeats():
     scripts = ("bench_methods.py", "bench_train.py", "bench_cipher.py", "bench_fhe.py", "bench_attack.py")
     # In parallel: each spends its seconds importing torch before argparse refuses.
-    running = {script: subprocess.Popen([sys.executable, str(BENCHMARKS / script), "--repeats", "0"],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for script in scripts}
+    running = {
+        script: subprocess.Popen(
+            [sys.executable, str(BENCHMARKS / script), "--repeats", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for script in scripts
+    }
     for script, process in running.items():
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 2 and "--repeats must be at least 1" in stderr, script
 
 
-# ---- encvit.timing: the interleaved-repetition helpers every benchmark uses -----------------------------
+# ---- encvit.common.timing: the interleaved-repetition helpers every benchmark uses -----------------------------
 
 
 def test_interleave_rotates_the_order_and_drops_warmup_rounds():
-    from encvit.timing import interleave
+    from encvit.common.timing import interleave
 
     calls = []
     candidates = {name: (lambda name=name: calls.append(name)) for name in "abc"}
     samples = interleave(candidates, repeats=3, warmup=1)
-    assert calls == list("abc" "bca" "cab" "abc")  # one warm-up round, then three timed ones, rotated
+    assert calls == list("abcbcacababc")  # one warm-up round, then three timed ones, rotated
     assert {name: len(values) for name, values in samples.items()} == {"a": 3, "b": 3, "c": 3}
     assert all(seconds >= 0 for values in samples.values() for seconds in values)
 
@@ -222,7 +315,7 @@ def test_interleave_rotates_the_order_and_drops_warmup_rounds():
 def test_interleave_on_the_cpu_clock_does_not_count_waiting():
     import time
 
-    from encvit.timing import CLOCKS, interleave
+    from encvit.common.timing import CLOCKS, interleave
 
     sleeps = {"sleep": lambda: time.sleep(0.05)}
     assert min(interleave(sleeps, repeats=2, warmup=0)["sleep"]) >= 0.05
@@ -235,7 +328,7 @@ def test_compare_summarises_samples_and_ratios_per_round():
     import numpy as np
     import pytest
 
-    from encvit.timing import compare, ratios, spread_cell, summarize
+    from encvit.common.timing import compare, ratios, spread_cell, summarize
 
     samples = {"full": [10.0, 20.0, 12.0, 11.0], "lora": [7.0, 16.0, 9.0, 8.0]}
     result = json.loads(json.dumps(compare(samples, baseline="full")))  # survives JSON as it is
@@ -261,7 +354,7 @@ def test_compare_summarises_samples_and_ratios_per_round():
 def test_report_json_and_two_runs_compared(tmp_path, capsys):
     import json
 
-    from encvit.timing import Report, compare, main, markdown_table
+    from encvit.common.timing import Report, compare, main, markdown_table
 
     runs = []
     for i, lora in enumerate(([7.0, 8.0, 9.0], [8.5, 9.5, 10.0])):
@@ -294,9 +387,9 @@ def test_lora_training_forms_no_qkv_weight_gradient_and_matches_the_summed_weigh
     by the summed weight, without the full (3*dim x dim) weight gradient that only A and B would use."""
     from torch.nn import functional as F
 
-    from encvit.backbones import create_backbone
-    from encvit.lora import qkv_layers
-    from encvit.methods import prepare
+    from encvit.models.backbones import create_backbone
+    from encvit.models.lora import qkv_layers
+    from encvit.models.methods import prepare
 
     torch.manual_seed(0)
     model = prepare(create_backbone("vit_tiny_patch16_224", pretrained=False), "proposed", 10)
@@ -331,13 +424,31 @@ def test_lora_training_forms_no_qkv_weight_gradient_and_matches_the_summed_weigh
 
 def test_bench_attack_reports_each_attack_per_round_with_what_it_recovered(tmp_path):
     report = tmp_path / "attack.json"
-    out = run("bench_attack.py", "--images", "12", "--photo", "coffee", "--photo-block", "4", "--crop", "64",
-              "--repeats", "2", "--json", str(report))
+    out = run(
+        "bench_attack.py",
+        "--images",
+        "12",
+        "--photo",
+        "coffee",
+        "--photo-block",
+        "4",
+        "--crop",
+        "64",
+        "--repeats",
+        "2",
+        "--json",
+        str(report),
+    )
     assert "| ciphertext-only, M = 4 |" in out and "| known-plaintext, M = 16 |" in out
     data = json.loads(report.read_text())
     result = data["results"][0]
-    assert set(result["samples"]) == {"encrypt (baseline)", "ciphertext-only, M = 4", "ciphertext-only, M = 16",
-                                      "known-plaintext, M = 16", "chosen-plaintext, M = 16"}
+    assert set(result["samples"]) == {
+        "encrypt (baseline)",
+        "ciphertext-only, M = 4",
+        "ciphertext-only, M = 16",
+        "known-plaintext, M = 16",
+        "chosen-plaintext, M = 16",
+    }
     assert all(len(v) == 2 for v in result["samples"].values())
     for name, ratios in result["ratios"].items():  # per-round ratios to the baseline, from the raw times
         expected = np.median(np.divide(result["samples"][name], result["samples"]["encrypt (baseline)"]))

@@ -1,4 +1,5 @@
 """The block-wise key: exact round trips, the same permutation in every block, key files and bad input."""
+
 import json
 
 import numpy as np
@@ -6,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from encvit.cipher import Key
-from encvit.errors import ConfigError, ImageError, KeyFileError, KeyMismatchError
+from encvit.cipher.key import Key
+from encvit.common.errors import ConfigError, ImageError, KeyFileError
 
 
 def blocks_of(x: torch.Tensor, m: int) -> torch.Tensor:
@@ -138,17 +139,24 @@ def test_key_file_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["k.json"]  # no temporary file left
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda text: text[: len(text) // 2], "not valid JSON"),
-    (lambda text: text.replace('"version": 1', '"version": 2'), "version 2"),
-    (lambda text: text.replace('"format": "encvit-key"', '"format": "other"'), "not an encvit key file"),
-    (lambda text: json.dumps({**json.loads(text), "pixel_permutation": list(range(48))}), "identity"),
-    (lambda text: json.dumps({**json.loads(text), "pixel_permutation": [0] * 48}), "permutation of 0..47"),
-    (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "channels"}), "channels"),
-    (lambda text: json.dumps({**json.loads(text),
-                              "pixel_permutation": json.loads(text)["pixel_permutation"][::-1]}), "edited"),
-    (lambda text: "", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda text: text[: len(text) // 2], "not valid JSON"),
+        (lambda text: text.replace('"version": 1', '"version": 2'), "version 2"),
+        (lambda text: text.replace('"format": "encvit-key"', '"format": "other"'), "not an encvit key file"),
+        (lambda text: json.dumps({**json.loads(text), "pixel_permutation": list(range(48))}), "identity"),
+        (lambda text: json.dumps({**json.loads(text), "pixel_permutation": [0] * 48}), "permutation of 0..47"),
+        (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "channels"}), "channels"),
+        (
+            lambda text: json.dumps(
+                {**json.loads(text), "pixel_permutation": json.loads(text)["pixel_permutation"][::-1]}
+            ),
+            "edited",
+        ),
+        (lambda text: "", "not valid JSON"),
+    ],
+)
 def test_damaged_key_files_are_refused(tmp_path, damage, message):
     path = Key.generate(4, 3).save(tmp_path / "k.json")
     path.write_text(damage(path.read_text()))

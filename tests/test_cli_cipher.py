@@ -1,4 +1,5 @@
 """The cipher's command line: keygen, encrypt, decrypt, key-info, and every bad input refused with exit 2."""
+
 import json
 import os
 import subprocess
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encvit.cipher import Key
+from encvit.cipher.key import Key
 from encvit.cli import main
 
 
@@ -32,8 +33,22 @@ def key_file(tmp_path):
 
 def test_keygen_passphrase_is_deterministic(tmp_path, capsys):
     for name in ("a.json", "b.json"):
-        assert main(["keygen", "-o", str(tmp_path / name), "--passphrase", "pw", "--block-size", "8",
-                     "--scramble", "--neg-pos"]) == 0
+        assert (
+            main(
+                [
+                    "keygen",
+                    "-o",
+                    str(tmp_path / name),
+                    "--passphrase",
+                    "pw",
+                    "--block-size",
+                    "8",
+                    "--scramble",
+                    "--neg-pos",
+                ]
+            )
+            == 0
+        )
     a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
     assert a == b and a["block_size"] == 8 and a["scramble_secret"] and a["neg_pos"]
     assert a["fingerprint"] in capsys.readouterr().out

@@ -4,6 +4,7 @@ skips the complete runs; without Ray, --address is refused naming the extra.
 
 One Ray head (2 CPUs) is started for the module in a process of its own and stopped at the end, even on failure.
 """
+
 import contextlib
 import json
 import os
@@ -20,15 +21,14 @@ import pandas as pd
 import psutil
 import pytest
 import torch
+from cli_runner import run_in_process as quiet_run
 from safetensors.torch import load_file
 
-from encvit.compare import compare
-from encvit.errors import ConfigError
-from encvit.parallel import threads_per_job
-from encvit.study import data_size_study
-from encvit.train import TrainConfig
-
-from cli_runner import run_in_process as quiet_run
+from encvit.common.errors import ConfigError
+from encvit.experiments.compare import compare
+from encvit.experiments.data_size import data_size_study
+from encvit.experiments.parallel import threads_per_job
+from encvit.training.run import TrainConfig
 
 ROOT = Path(__file__).parent.parent
 THREADS = threads_per_job(2)  # what each of 2 local workers gets: the runs on the cluster use as many
@@ -57,16 +57,39 @@ def head():
     (short / "tmp").mkdir()
     # Authentication off even when this machine holds a Ray token, which would turn it on (the commands under test
     # then join in token mode, which such a head accepts).
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(short / "tmp"), "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_AUTH_MODE": "disabled"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TMPDIR": str(short / "tmp"),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+    }
     env.pop("RAY_ADDRESS", None)
     port = free_port()
     log = open(short / "head.log", "w")
-    process = subprocess.Popen([shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray", "start",
-                                "--head", "--num-cpus", str(2 * THREADS), "--port", str(port),
-                                "--include-dashboard=false", "--ray-client-server-port", str(free_port()),
-                                "--dashboard-agent-listen-port", str(free_port()), "--temp-dir", str(short / "ray"),
-                                "--disable-usage-stats", "--block"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray",
+            "start",
+            "--head",
+            "--num-cpus",
+            str(2 * THREADS),
+            "--port",
+            str(port),
+            "--include-dashboard=false",
+            "--ray-client-server-port",
+            str(free_port()),
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--temp-dir",
+            str(short / "ray"),
+            "--disable-usage-stats",
+            "--block",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 240
         while "Ray runtime started" not in (short / "head.log").read_text() and time.monotonic() < deadline:
@@ -93,8 +116,14 @@ def encvit(*argv, **kwargs) -> subprocess.Popen:
     """`encvit ARGV` in a process of its own, with this worktree's encvit."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen([sys.executable, "-m", "encvit.cli", *map(str, argv)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "encvit.cli", *map(str, argv)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def busy_workers(head_process: subprocess.Popen) -> dict[int, str]:
@@ -131,8 +160,13 @@ def test_a_grid_on_the_cluster_survives_a_killed_worker_and_gives_the_local_numb
     assert "results in" in stdout, stdout
     pid, run = killed
     assert trained_by[run] - {pid}, f"the run {run} killed with its worker was not run again"
-    local = compare(TrainConfig(limit=100, epochs=2, progress=False), methods=("melo", "proposed"),
-                    out=tmp_path / "local", log=lambda *_: None, jobs=2)
+    local = compare(
+        TrainConfig(limit=100, epochs=2, progress=False),
+        methods=("melo", "proposed"),
+        out=tmp_path / "local",
+        log=lambda *_: None,
+        jobs=2,
+    )
     on_ray = pd.read_csv(out / "results.csv")
     columns = ["run", "method", "setting", "val_acc", "test_acc", "trainable", "threads"]
     pd.testing.assert_frame_equal(on_ray[columns], local[columns])  # the same rows, in the same order, same numbers
@@ -151,8 +185,14 @@ def test_a_rerun_on_the_cluster_trains_only_the_missing_runs_and_says_so(head, t
     out = tmp_path / "cmp"
 
     def grid(log=lambda *_: None):
-        return compare(TrainConfig(limit=40, epochs=1, progress=False), methods=("melo", "proposed"), out=out, log=log,
-                       address=address, threads=THREADS)
+        return compare(
+            TrainConfig(limit=40, epochs=1, progress=False),
+            methods=("melo", "proposed"),
+            out=out,
+            log=log,
+            address=address,
+            threads=THREADS,
+        )
 
     grid()
     (out / "meta.json").unlink()  # as if the command had been stopped before its last run
@@ -168,8 +208,15 @@ def test_a_rerun_on_the_cluster_trains_only_the_missing_runs_and_says_so(head, t
 
 def test_the_data_size_study_runs_on_the_cluster_and_records_where(head, tmp_path):
     address, _, _ = head
-    runs = data_size_study(TrainConfig(limit=40, epochs=1, batch_size=16, progress=False), datasets=("mnist5k",),
-                           sizes=(30,), seeds=1, out=tmp_path / "s", log=lambda *_: None, address=address)
+    runs = data_size_study(
+        TrainConfig(limit=40, epochs=1, batch_size=16, progress=False),
+        datasets=("mnist5k",),
+        sizes=(30,),
+        seeds=1,
+        out=tmp_path / "s",
+        log=lambda *_: None,
+        address=address,
+    )
     written = pd.read_csv(tmp_path / "s" / "study.csv")
     assert list(written.arm) == list(runs.arm) == ["melo", "proposed", "full"], written
     assert (written.engine == "ray").all() and written.node.notna().all(), written
@@ -179,11 +226,29 @@ def test_the_data_size_study_runs_on_the_cluster_and_records_where(head, tmp_pat
 def test_ctrl_c_cancels_the_runs_on_the_cluster_and_leaves_nothing_half_written(head, tmp_path):
     address, head_process, scratch = head
     out = tmp_path / "cmp"
-    grid = encvit("compare", "--limit", 160, "--epochs", 40, "--batch-size", 16, "--address", address,
-                  "--threads", THREADS, "--out", out, start_new_session=True, preexec_fn=hear_ctrl_c)
+    grid = encvit(
+        "compare",
+        "--limit",
+        160,
+        "--epochs",
+        40,
+        "--batch-size",
+        16,
+        "--address",
+        address,
+        "--threads",
+        THREADS,
+        "--out",
+        out,
+        start_new_session=True,
+        preexec_fn=hear_ctrl_c,
+    )
     try:
         deadline = time.monotonic() + 240
-        training = lambda: list((scratch / "encvit-ray").glob("*/run.partial/metrics.csv"))  # an epoch done
+
+        def training():
+            return list((scratch / "encvit-ray").glob("*/run.partial/metrics.csv"))  # an epoch done
+
         while not training() and grid.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert grid.poll() is None and training() and busy_workers(head_process), grid.communicate()
@@ -222,8 +287,11 @@ def test_threads_beyond_every_machine_of_the_cluster_are_refused_before_work(hea
 
 def test_without_ray_address_is_refused_naming_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the cluster extra were not installed: `import ray` fails
-    for argv in (["compare", "--address", "127.0.0.1:6379"], ["study", "data-size", "--address", "127.0.0.1:6379"],
-                 ["study", "security", "--address", "127.0.0.1:6379"]):
+    for argv in (
+        ["compare", "--address", "127.0.0.1:6379"],
+        ["study", "data-size", "--address", "127.0.0.1:6379"],
+        ["study", "security", "--address", "127.0.0.1:6379"],
+    ):
         status, err = quiet_run(*argv, "--out", tmp_path / "out")
         assert status == 2 and len(err.strip().splitlines()) == 1, err
         assert "--address needs Ray, which is not installed: pip install -e '.[cluster]'" in err, err
@@ -234,7 +302,7 @@ def test_without_ray_address_is_refused_naming_the_extra(tmp_path, monkeypatch):
 
 
 def test_a_token_held_here_makes_the_command_join_in_token_mode_as_ray_start_does(tmp_path, monkeypatch):
-    from encvit.cluster import join_with_token_when_held
+    from encvit.experiments.cluster import join_with_token_when_held
 
     monkeypatch.setenv("HOME", str(tmp_path))
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
@@ -252,22 +320,28 @@ def test_a_token_held_here_makes_the_command_join_in_token_mode_as_ray_start_doe
 
 
 def test_a_machine_with_other_software_refuses_the_run_before_training(tmp_path):
-    from encvit.cluster import run_task, software
+    from encvit.experiments.cluster import run_task, software
 
     other = {**software(), "encvit code": "0123456789ab"}  # the driver's encvit differs from this machine's
     config = TrainConfig(limit=40, epochs=1, progress=False, out=str(tmp_path / "run"))
-    with pytest.raises(ConfigError, match=f"has other software .encvit code {software()['encvit code']} there, "
-                                          "0123456789ab here.: install the same on every machine"):
+    with pytest.raises(
+        ConfigError,
+        match=f"has other software .encvit code {software()['encvit code']} there, "
+        "0123456789ab here.: install the same on every machine",
+    ):
         run_task(config, None, None, None, 1, other, "scratch")
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--address", "head"], "--address must be HOST:PORT of a Ray head (or auto), got 'head'"),
-    (["--address", "127.0.0.1:6379", "--jobs", "2"], "--jobs splits this machine's cores; on the cluster at"),
-    (["--threads", "2"], "--threads is for runs on a cluster (--address)"),
-    (["--address", "127.0.0.1:PORT"], "no Ray cluster answers at 127.0.0.1:"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--address", "head"], "--address must be HOST:PORT of a Ray head (or auto), got 'head'"),
+        (["--address", "127.0.0.1:6379", "--jobs", "2"], "--jobs splits this machine's cores; on the cluster at"),
+        (["--threads", "2"], "--threads is for runs on a cluster (--address)"),
+        (["--address", "127.0.0.1:PORT"], "no Ray cluster answers at 127.0.0.1:"),
+    ],
+)
 def test_cluster_options_that_cannot_work_are_refused_in_one_line(argv, message, tmp_path):
     argv = [a.replace("PORT", str(free_port())) for a in argv]  # a port where nothing listens
     status, err = quiet_run("compare", *argv, "--out", tmp_path / "out")
@@ -276,11 +350,12 @@ def test_cluster_options_that_cannot_work_are_refused_in_one_line(argv, message,
 
 
 def test_the_sweep_after_a_cancel_removes_the_scratch_of_killed_runs_only(tmp_path, monkeypatch):
-    from encvit.atomic import lock_file_of, output_lock
-    from encvit.cluster import SCRATCH, sweep_scratch
+    from encvit.common.atomic import lock_file_of, output_lock
+    from encvit.experiments.cluster import SCRATCH, sweep_scratch
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     killed, running = tmp_path / SCRATCH / "killed", tmp_path / SCRATCH / "running"
+
     def half_written(folder):
         (folder / "run.partial").mkdir(parents=True)
         (folder / "run.partial" / "metrics.csv").write_text("epoch\n1\n")

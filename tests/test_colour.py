@@ -1,10 +1,12 @@
 """Colour versions of the offline data: fixed, documented tints that carry no label information."""
+
 import numpy as np
 import pytest
 import torch
 
-from encvit.colour import MIN_CONTRAST, RandomTint, colourise, draw_tints, split_tints, tint
-from encvit.data import COLOUR_DATASETS, load_dataset
+from encvit.data.colour import MIN_CONTRAST, RandomTint, colourise, draw_tints, split_tints, tint
+from encvit.data.datasets import load_dataset
+from encvit.data.names import COLOUR_DATASETS
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +75,9 @@ def test_random_tint_colours_each_batch_afresh_and_keeps_a_grey_share():
 
 
 def test_the_colour_backbone_note_names_the_colour_datasets_and_how_to_get_the_weights(tmp_path, monkeypatch):
-    import encvit.train
-    from encvit.data import is_colour_dataset
-    from encvit.train import colour_backbone_note
+    import encvit.training.run
+    from encvit.data.names import is_colour_dataset
+    from encvit.training.run import colour_backbone_note
 
     assert [is_colour_dataset(n) for n in ("cfashion5k", "cmnist5k", "cfashion55k")] == [True] * 3
     assert not any(is_colour_dataset(n) for n in ("fashion5k", "mnist5k", "cifar10", "folder:cfashion5k"))
@@ -85,14 +87,16 @@ def test_the_colour_backbone_note_names_the_colour_datasets_and_how_to_get_the_w
     assert colour_backbone_note("cfashion5k", "encvit-tiny", pretrained=False) is None
     assert colour_backbone_note("cfashion5k", "encvit-tiny", weights="mine.safetensors") is None
     weights = tmp_path / "encvit-tiny-colour.safetensors"
-    monkeypatch.setattr(encvit.train, "embedded_weights_path", lambda name: tmp_path / f"{name}.safetensors")
+    monkeypatch.setattr(encvit.training.run, "embedded_weights_path", lambda name: tmp_path / f"{name}.safetensors")
     before = colour_backbone_note(["fashion5k", "cmnist5k"], "encvit-tiny")
     assert before.startswith("note: cmnist5k is a colour dataset and encvit-tiny was pretrained on grey images")
-    assert before.endswith("(its weights are not shipped yet: make them with `encvit pretrain --name "
-                           "encvit-tiny-colour`)")
+    assert before.endswith(
+        "(its weights are not shipped yet: make them with `encvit pretrain --name encvit-tiny-colour`)"
+    )
     weights.write_bytes(b"")
     assert colour_backbone_note("cmnist5k", "encvit-tiny").endswith(
-        "--backbone encvit-tiny-colour was pretrained on colour ones")
+        "--backbone encvit-tiny-colour was pretrained on colour ones"
+    )
 
 
 def test_colour_datasets_are_named_wherever_a_user_picks_a_dataset(pair):

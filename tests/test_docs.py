@@ -1,4 +1,5 @@
 """The README and docs/ pages hold: every relative link resolves, every `encvit ...` command they show parses."""
+
 import argparse
 import re
 import shlex
@@ -24,7 +25,8 @@ def _code_blocks(text: str) -> list[str]:
 
 
 def shown_commands(text: str) -> list[list[str]]:
-    """Each `encvit ...` (or `torchrun ... -m encvit.cli ...`) command in the page's code blocks, as argv after `encvit`."""
+    """Each `encvit ...` (or `torchrun ... -m encvit.cli ...`) command in the page's code blocks, as argv after
+    `encvit`."""
     commands = []
     for block in _code_blocks(text):
         for line in block.replace("\\\n", " ").splitlines():
@@ -38,7 +40,7 @@ def shown_commands(text: str) -> list[list[str]]:
             if words[:1] == ["encvit"]:
                 commands.append(words[1:])
             elif "encvit.cli" in words:
-                commands.append(words[words.index("encvit.cli") + 1:])
+                commands.append(words[words.index("encvit.cli") + 1 :])
     # `[--flag VALUE]` marks an optional part of a usage line: the flag must still exist.
     return [[w.strip("[]") for w in c if w.strip("[]")] for c in commands]
 
@@ -95,3 +97,45 @@ def test_every_docs_page_is_linked_from_the_readme():
     readme_links = set(_links((ROOT / "README.md").read_text()))
     unlinked = [p.name for p in PAGES[1:] if f"docs/{p.name}" not in readme_links]
     assert not unlinked, f"docs pages the README does not link: {unlinked}"
+
+
+def named_code(text: str) -> tuple[set[str], set[str]]:
+    """The dotted names (`encvit.cipher.Key`) and file paths (`encvit/fhe/server.py`) a page names."""
+    dotted = set(re.findall(r"\bencvit(?:\.[A-Za-z_][A-Za-z0-9_]*)+", text))
+    paths = set(re.findall(r"\bencvit/[A-Za-z0-9_/.-]*[A-Za-z0-9_]", text))
+    return dotted, paths
+
+
+def resolves(dotted: str) -> bool:
+    """Whether `encvit.a.b.c` is a module or an attribute reachable from one."""
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            value = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for name in parts[cut:]:
+                value = getattr(value, name)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+@pytest.mark.parametrize("doc", PAGES, ids=lambda p: p.name)
+def test_every_module_and_file_a_page_names_exists(doc):
+    dotted, paths = named_code(doc.read_text())
+    # a path may be an output prefix (`--out encvit/fhe/runs/projection-tokens768` writes .csv and .png)
+    found = {p for p in paths if (ROOT / p).exists() or any((ROOT / p).parent.glob(f"{Path(p).name}.*"))}
+    missing = sorted(d for d in dotted if not resolves(d)) + sorted(paths - found)
+    assert not missing, f"{doc.relative_to(ROOT)} names code that does not exist: {missing}"
+
+
+def test_the_name_check_catches_a_moved_module():
+    dotted, paths = named_code("see `encvit.train.TrainConfig` in encvit/train.py and `encvit.cipher.Key`")
+    assert dotted == {"encvit.train.TrainConfig", "encvit.cipher.Key"} and paths == {"encvit/train.py"}
+    assert not resolves("encvit.train.TrainConfig") and resolves("encvit.cipher.Key")
+    assert not (ROOT / "encvit/train.py").exists()

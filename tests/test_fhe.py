@@ -3,6 +3,7 @@ decisions, refreshes, whitening, the full-precision reference, the CLI and its r
 
 Small sizes (a few dozen samples, a few features): the whole file takes well under two minutes.
 """
+
 import json
 
 import numpy as np
@@ -11,19 +12,20 @@ import pytest
 import torch
 from tenseal import sealapi
 
-from encvit.adapters import load_classifier
 from encvit.cli import main
-from encvit.data import load_dataset
-from encvit.errors import ConfigError
+from encvit.common.errors import ConfigError
+from encvit.data.datasets import load_dataset
 from encvit.fhe import ckks, packing, products
 from encvit.fhe.client import Client
+from encvit.fhe.config import FHEConfig
 from encvit.fhe.head import EarlyStopping, FeatureScaler, FeatureSplits, learning_rate, momentum_ratio
 from encvit.fhe.ops import Engine, LevelError
-from encvit.fhe.products import LEVELS_PER_ITERATION
-from encvit.fhe.softmax import PolySoftmax
+from encvit.fhe.params import LEVELS_PER_ITERATION
 from encvit.fhe.plain import TrainingDiverged
 from encvit.fhe.reference import logistic_reference
-from encvit.fhe.train import FHEConfig, train_encrypted, train_reference
+from encvit.fhe.softmax import PolySoftmax
+from encvit.fhe.train import train_encrypted, train_reference
+from encvit.models.adapters import load_classifier
 
 # Encrypted weights must equal the numpy trainer's to this absolute tolerance (CKKS noise is ~1e-6 here).
 WEIGHT_TOLERANCE = 1e-4
@@ -38,8 +40,9 @@ def synthetic(num_classes=3, dim=6, n=80, seed=0) -> FeatureSplits:
         y = rng.integers(0, num_classes, m)
         return (centres[y] + rng.normal(size=(m, dim))).astype(np.float32), y
 
-    return FeatureSplits(split(n), split(30), split(30), [f"c{i}" for i in range(num_classes)], "synthetic", "0",
-                         "synthetic")
+    return FeatureSplits(
+        split(n), split(30), split(30), [f"c{i}" for i in range(num_classes)], "synthetic", "0", "synthetic"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +70,9 @@ def runs():
     With patience 1 the client stops at the first epoch whose validation loss does not improve (epoch 3 here).
     """
     features = synthetic()
-    config = FHEConfig(epochs=6, patience=1, batch_size=16, lr=2.0, momentum=0.9, lr_schedule="cosine",
-                       components="all")
+    config = FHEConfig(
+        epochs=6, patience=1, batch_size=16, lr=2.0, momentum=0.9, lr_schedule="cosine", components="all"
+    )
     return train_encrypted(features, config, progress=False), train_reference(features, config)
 
 
@@ -86,8 +90,14 @@ def test_server_context_has_no_secret_key_and_cannot_decrypt(small_client):
 
 def test_the_layout_packs_every_feature_of_every_sample_once():
     layout = packing.choose_layout(8192, 200, 5, 256)
-    assert (layout.block, layout.phases, layout.width, layout.offsets, layout.baby, layout.giant) == (256, 32, 256, 8, 4,
-                                                                                                      2)
+    assert (layout.block, layout.phases, layout.width, layout.offsets, layout.baby, layout.giant) == (
+        256,
+        32,
+        256,
+        8,
+        4,
+        2,
+    )
     x = np.arange(1, 1 + 256 * 200, dtype=float).reshape(256, 200)  # every entry distinct and non-zero
     for vectors in (packing.forward_data(layout, x) / packing.FORWARD_SCALE, packing.gradient_data(layout, x)):
         values = np.sort(vectors[vectors != 0])
@@ -105,7 +115,10 @@ def test_packed_products_equal_numpy_products(dense):
     x = rng.normal(size=(n, layout.num_features)) / 10
     w = rng.normal(size=(layout.num_classes, layout.num_features)) / 2
     y = np.eye(layout.num_classes)[rng.integers(0, layout.num_classes, n)]
-    load = lambda data: [ckks.ciphertext_from_bytes(context, d) for d in data]
+
+    def load(data):
+        return [ckks.ciphertext_from_bytes(context, d) for d in data]
+
     block = client.encrypt_block(x, y)
     logits = products.forward(engine, layout, [load(block["forward"])], load(client.encrypt_weights(w)["forward"]))[0]
     got = client.decrypt_logits([[ckks.saved_bytes(z) for z in logits]], n)
@@ -133,7 +146,7 @@ def test_encrypted_training_matches_plaintext_training_and_its_decisions(runs):
     assert np.abs(encrypted.weights - reference.weights).max() < WEIGHT_TOLERANCE
     assert np.abs(reference.weights).max() > 0.1  # the trainers did learn something to compare
     assert len(encrypted.rows) == len(reference.rows) == 3  # both stopped after the same epoch
-    for enc, ref in zip(encrypted.rows, reference.rows):
+    for enc, ref in zip(encrypted.rows, reference.rows, strict=False):
         assert enc["val_acc"] == ref["val_acc"] and enc["test_acc"] == ref["test_acc"] and enc["best"] == ref["best"]
         assert abs(enc["val_loss"] - ref["val_loss"]) < 1e-4 and abs(enc["train_loss"] - ref["train_loss"]) < 1e-4
     assert encrypted.best_epoch == reference.best_epoch == 2 and reference.best["val_acc"] > 80
@@ -141,11 +154,20 @@ def test_encrypted_training_matches_plaintext_training_and_its_decisions(runs):
 
 def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
     rule = EarlyStopping(patience=2)
-    decisions = [rule.update(epoch, {"val_loss": loss, "val_acc": 0.0})
-                 for epoch, loss in enumerate([0.9, 0.5, 0.5, 0.7, 0.4, 0.6, 0.8], start=1)]
+    decisions = [
+        rule.update(epoch, {"val_loss": loss, "val_acc": 0.0})
+        for epoch, loss in enumerate([0.9, 0.5, 0.5, 0.7, 0.4, 0.6, 0.8], start=1)
+    ]
     # A tie is no improvement; two epochs without one stop the run.
-    assert decisions == [(True, False), (True, False), (False, False), (False, True), (True, False), (False, False),
-                         (False, True)]
+    assert decisions == [
+        (True, False),
+        (True, False),
+        (False, False),
+        (False, True),
+        (True, False),
+        (False, False),
+        (False, True),
+    ]
     assert rule.best_epoch == 5 and rule.best_value == 0.4
     by_accuracy = EarlyStopping(patience=1, metric="val_acc")
     assert by_accuracy.update(1, {"val_acc": 50.0}) == (True, False)
@@ -176,8 +198,9 @@ def test_refresh_is_triggered_and_counted(runs):
 
 def test_learning_rate_schedules():
     assert learning_rate(4.0, "constant", 7, 10) == 4.0
-    assert [learning_rate(4.0, "cosine", i, 4) for i in range(5)] == pytest.approx([4.0, 3.414, 2.0, 0.586, 0.0],
-                                                                                  abs=1e-3)
+    assert [learning_rate(4.0, "cosine", i, 4) for i in range(5)] == pytest.approx(
+        [4.0, 3.414, 2.0, 0.586, 0.0], abs=1e-3
+    )
     with pytest.raises(ConfigError, match="schedule"):
         learning_rate(4.0, "step", 0, 4)
 
@@ -200,8 +223,10 @@ def test_the_reference_chooses_c_on_validation_and_reports_its_test_accuracy():
     result = logistic_reference(features, grid=(1e-3, 1.0))
     # C=1e-3 barely fits these blobs; C=1 separates them, and validation says so.
     assert result["val_acc_per_C"][1.0] > result["val_acc_per_C"][1e-3] and result["C"] == 1.0
-    scaled = [(x - features.train[0].mean(0)) / features.train[0].std(0) / np.sqrt(5)
-              for x in (features.train[0], features.test[0])]
+    scaled = [
+        (x - features.train[0].mean(0)) / features.train[0].std(0) / np.sqrt(5)
+        for x in (features.train[0], features.test[0])
+    ]
     direct = LogisticRegression(C=1.0, max_iter=10000, tol=1e-6).fit(scaled[0], features.train[1])
     assert result["test_acc"] == pytest.approx(100 * direct.score(scaled[1], features.test[1]))
     assert result["converged"] and result["test_acc"] > 80
@@ -233,12 +258,31 @@ def test_polynomial_softmax_sums_to_one_and_is_convex():
 
 def test_cli_writes_a_run_whose_adapter_loads(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["fhe-train", "--dataset", "mnist5k", "--limit", "40", "--epochs", "1", "--batch-size", "16", "--lr", "2",
-            "--out", str(out), "--no-progress"]
+    args = [
+        "fhe-train",
+        "--dataset",
+        "mnist5k",
+        "--limit",
+        "40",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--lr",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.csv", "adapter.safetensors", "fhe.json",
-                                               "result.json"}
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "metrics.csv",
+        "adapter.safetensors",
+        "fhe.json",
+        "result.json",
+    }
     metrics = pd.read_csv(out / "metrics.csv")
     assert list(metrics.columns[:7]) == ["epoch", "val_acc", "val_loss", "best", "seconds", "train_loss", "test_acc"]
     fhe = json.loads((out / "fhe.json").read_text())
@@ -252,7 +296,7 @@ def test_cli_writes_a_run_whose_adapter_loads(tmp_path, capsys):
     model, info = load_classifier(out / "adapter.safetensors")
     assert info.method == "head" and set(dict(model.named_parameters())) >= {"head.weight", "head.bias"}
     # The saved head, on raw backbone features, reproduces the decrypted head's test accuracy.
-    from encvit.preprocess import BatchPreprocess
+    from encvit.models.preprocess import BatchPreprocess
 
     test = load_dataset("mnist5k", limit=40).test
     with torch.no_grad():
@@ -262,34 +306,37 @@ def test_cli_writes_a_run_whose_adapter_loads(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--dataset", "no-such-set"], "--dataset must be one of"),
-    (["--batch-size", "100000"], "slots"),
-    (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
-    (["--momentum", "0.123"], "momentum"),
-    (["--momentum", "nan"], "--momentum must be a number in [0, 1)"),
-    (["--lr", "0"], "--lr must be a number in (0, 1000]"),
-    (["--lr", "inf"], "--lr must be a number in (0, 1000]"),
-    (["--epochs", str(2 ** 63)], "--epochs must be an integer from 1 to 1000"),
-    (["--patience", "0"], "--patience must be an integer from 1 to 1000"),
-    (["--seed", "-1"], "--seed must be an integer from 0"),
-    (["--seed", "-1", "--limit", "100", "--epochs", "1"], "--seed must be an integer from 0"),
-    (["--softmax-radius", "1e999"], "--softmax-radius must be a number in [0.5, 64]"),
-    (["--softmax-radius", "0"], "--softmax-radius must be a number in [0.5, 64]"),
-    (["--softmax-radius", "-4"], "--softmax-radius must be a number in [0.5, 64]"),
-    (["--softmax-radius", "nan"], "--softmax-radius must be a number in [0.5, 64]"),
-    (["--whiten-ridge", "-1"], "--whiten-ridge must be a number in (0, 1e+06]"),
-    (["--limit", "0"], "--limit must be an integer >= 1"),
-    (["--limit", "3"], "--limit must be at least the 10 classes of fashion5k"),
-    (["--dataset", "mnist5k", "--limit", "9"], "--limit must be at least the 10 classes of mnist5k"),
-    (["--out", "file.txt"], "--out file.txt is a file, not a folder"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--dataset", "no-such-set"], "--dataset must be one of"),
+        (["--batch-size", "100000"], "slots"),
+        (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
+        (["--momentum", "0.123"], "momentum"),
+        (["--momentum", "nan"], "--momentum must be a number in [0, 1)"),
+        (["--lr", "0"], "--lr must be a number in (0, 1000]"),
+        (["--lr", "inf"], "--lr must be a number in (0, 1000]"),
+        (["--epochs", str(2**63)], "--epochs must be an integer from 1 to 1000"),
+        (["--patience", "0"], "--patience must be an integer from 1 to 1000"),
+        (["--seed", "-1"], "--seed must be an integer from 0"),
+        (["--seed", "-1", "--limit", "100", "--epochs", "1"], "--seed must be an integer from 0"),
+        (["--softmax-radius", "1e999"], "--softmax-radius must be a number in [0.5, 64]"),
+        (["--softmax-radius", "0"], "--softmax-radius must be a number in [0.5, 64]"),
+        (["--softmax-radius", "-4"], "--softmax-radius must be a number in [0.5, 64]"),
+        (["--softmax-radius", "nan"], "--softmax-radius must be a number in [0.5, 64]"),
+        (["--whiten-ridge", "-1"], "--whiten-ridge must be a number in (0, 1e+06]"),
+        (["--limit", "0"], "--limit must be an integer >= 1"),
+        (["--limit", "3"], "--limit must be at least the 10 classes of fashion5k"),
+        (["--dataset", "mnist5k", "--limit", "9"], "--limit must be at least the 10 classes of mnist5k"),
+        (["--out", "file.txt"], "--out file.txt is a file, not a folder"),
+    ],
+)
 def test_bad_input_is_refused_in_one_line_before_any_work(extra, message, tmp_path, capsys, monkeypatch):
-    import encvit.fhe.command as command
+    import encvit.fhe.pipeline as pipeline
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "file.txt").write_text("not a folder")
-    monkeypatch.setattr(command, "create_backbone", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(pipeline, "create_backbone", lambda *a, **k: pytest.fail("work started"))
     out = [] if "--out" in extra else ["--out", "r"]
     assert main(["fhe-train", "--limit", "40", "--no-progress", *out, *extra]) == 2
     err = capsys.readouterr().err.strip()
@@ -298,8 +345,13 @@ def test_bad_input_is_refused_in_one_line_before_any_work(extra, message, tmp_pa
 
 
 def test_the_python_api_refuses_what_the_command_line_refuses(tmp_path):
-    for bad in ({"seed": -1}, {"softmax_radius": 0.0}, {"softmax_radius": float("nan")}, {"lr": float("inf")},
-                {"limit": 9}):
+    for bad in (
+        {"seed": -1},
+        {"softmax_radius": 0.0},
+        {"softmax_radius": float("nan")},
+        {"lr": float("inf")},
+        {"limit": 9},
+    ):
         with pytest.raises(ConfigError, match="--" + next(iter(bad)).replace("_", "-")):
             FHEConfig(**bad)
     for name in "abc":

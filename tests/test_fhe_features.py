@@ -1,5 +1,6 @@
 """Features from anywhere: `encvit features`, `encvit fhe-train --features F.npz` on any width, the checks a
 features file gets before any key is made, and the client's projection (--components)."""
+
 import json
 
 import numpy as np
@@ -8,9 +9,10 @@ from safetensors.numpy import load_file
 
 from encvit.cli import main
 from encvit.fhe.components import candidates, choose
+from encvit.fhe.config import FHEConfig
 from encvit.fhe.features import read_features_file, sha256_of
 from encvit.fhe.head import FeatureScaler, FeatureSplits
-from encvit.fhe.train import FHEConfig, train_reference
+from encvit.fhe.train import train_reference
 
 
 def blobs(dim=12, classes=3, n=(60, 24, 24), seed=0) -> dict:
@@ -18,7 +20,7 @@ def blobs(dim=12, classes=3, n=(60, 24, 24), seed=0) -> dict:
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(classes, dim)) * 2
     arrays = {}
-    for split, size in zip(("train", "val", "test"), n):
+    for split, size in zip(("train", "val", "test"), n, strict=False):
         y = np.arange(size) % classes
         arrays[f"{split}_x"] = (centres[y] + rng.normal(size=(size, dim))).astype(np.float32)
         arrays[f"{split}_y"] = y.astype(np.int64)
@@ -37,8 +39,13 @@ def test_fhe_train_on_a_features_file_writes_the_head_of_the_numpy_twin(tmp_path
     np.savez(path, **blobs(), classes=np.array(["a", "b", "c"]))
     out = tmp_path / "run"
     assert run("fhe-train", "--features", path, "--components", "all", *ARGS, "--out", out) == 0
-    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.csv", "head.safetensors", "fhe.json",
-                                               "result.json"}  # no backbone adapter: there is no backbone
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "metrics.csv",
+        "head.safetensors",
+        "fhe.json",
+        "result.json",
+    }  # no backbone adapter: there is no backbone
     config, result = (json.loads((out / name).read_text()) for name in ("config.json", "result.json"))
     assert config["derived"]["backbone_adapter"] is None and result["backbone_adapter"] is None
     assert config["derived"]["features_sha256"] == sha256_of(path) and config["features"] == str(path)
@@ -47,8 +54,7 @@ def test_fhe_train_on_a_features_file_writes_the_head_of_the_numpy_twin(tmp_path
     assert result["feature_dim"] == 12 and config["derived"]["classes"] == ["a", "b", "c"]
     # The decrypted head, folded onto the file's raw features, is the numpy twin's up to CKKS noise.
     features = read_features_file(path)
-    twin = train_reference(features, FHEConfig(features=str(path), epochs=2, batch_size=16, lr=2.0,
-                                               components="all"))
+    twin = train_reference(features, FHEConfig(features=str(path), epochs=2, batch_size=16, lr=2.0, components="all"))
     weight, bias = twin.raw_head()
     head = load_file(out / "head.safetensors")
     np.testing.assert_allclose(head["head.weight"], weight, atol=1e-3)
@@ -95,6 +101,7 @@ def _bad(kind: str, tmp_path):
     elif kind == "object":
         np.save(tmp_path / "x.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
         import zipfile
+
         with zipfile.ZipFile(tmp_path / "f.npz", "w") as archive:
             for name, array in a.items():
                 if name == "train_x":  # replaced by the object array below
@@ -116,17 +123,27 @@ def _bad(kind: str, tmp_path):
     return _write(tmp_path / "f.npz", a)
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("missing", "has no val_y"), ("width", "test_x has 5 features but train_x has 12"),
-    ("nan", "train_x holds 1 NaN or infinite"), ("inf", "val_x holds 1 NaN or infinite"),
-    ("outside", "test_y holds labels outside 0..2"), ("negative", "val_y holds labels outside 0..2"),
-    ("absent", "class(es) [1] never occur in train_y"), ("empty", "the val split is empty"),
-    ("object", "pickled or object array"), ("float_labels", "train_y must be a 1-D integer array"),
-    ("int_features", "train_x must be a 2-D float array"), ("not_npz", "is not an .npz archive"),
-    ("npy", "is not an .npz archive"),
-])
-def test_a_bad_features_file_is_refused_in_one_line_before_any_key_is_made(kind, message, tmp_path, capsys,
-                                                                          monkeypatch):
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("missing", "has no val_y"),
+        ("width", "test_x has 5 features but train_x has 12"),
+        ("nan", "train_x holds 1 NaN or infinite"),
+        ("inf", "val_x holds 1 NaN or infinite"),
+        ("outside", "test_y holds labels outside 0..2"),
+        ("negative", "val_y holds labels outside 0..2"),
+        ("absent", "class(es) [1] never occur in train_y"),
+        ("empty", "the val split is empty"),
+        ("object", "pickled or object array"),
+        ("float_labels", "train_y must be a 1-D integer array"),
+        ("int_features", "train_x must be a 2-D float array"),
+        ("not_npz", "is not an .npz archive"),
+        ("npy", "is not an .npz archive"),
+    ],
+)
+def test_a_bad_features_file_is_refused_in_one_line_before_any_key_is_made(
+    kind, message, tmp_path, capsys, monkeypatch
+):
     import encvit.fhe.train as trainer
 
     path = _bad(kind, tmp_path)
@@ -173,6 +190,13 @@ def test_auto_components_choose_on_validation_only_the_smallest_that_keeps_its_a
     best = max(r["val_acc"] for r in rows)
     assert chosen == next(r["components"] for r in rows if r["val_acc"] >= best - 0.5)
     # the test split was never looked at: a different test split gives the same choice
-    other = FeatureSplits(features.train, features.val, (features.test[0][::-1], features.test[1][::-1]),
-                          features.classes, "", "", "blobs")
+    other = FeatureSplits(
+        features.train,
+        features.val,
+        (features.test[0][::-1], features.test[1][::-1]),
+        features.classes,
+        "",
+        "",
+        "blobs",
+    )
     assert choose(other, config)[0] == chosen

@@ -10,6 +10,7 @@ elsewhere needs its entry point in WORK_STARTS.
 ENCVIT_FUZZ_EXAMPLES (default 20) sets the examples per subcommand; ENCVIT_FUZZ_SEED, when set, draws other
 examples than the fixed ones of the test suite.
 """
+
 import argparse
 import contextlib
 import hashlib
@@ -26,16 +27,22 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from encvit.cipher import Key
+from encvit.cipher.key import Key
 from encvit.cli import build_parser, main
 
 EXAMPLES = int(os.environ.get("ENCVIT_FUZZ_EXAMPLES", "20"))
 SECONDS_PER_EXAMPLE = 30  # a command still running after this started work without being stopped
 
 # Where work starts: (module, attribute). Reaching one of them means every check has passed.
-WORK_STARTS = [("encvit.data", "load_fashion"), ("encvit.data", "load_mnist5k"), ("encvit.data", "load_cifar10"),
-               ("encvit.data", "load_folder"), ("encvit.loop", "fit"), ("encvit.fhe.features", "dataset_features"),
-               ("timm.models._builder", "load_pretrained")]  # fetching pretrained weights of a timm backbone
+WORK_STARTS = [
+    ("encvit.data.datasets", "load_fashion"),
+    ("encvit.data.datasets", "load_mnist5k"),
+    ("encvit.data.datasets", "load_cifar10"),
+    ("encvit.data.datasets", "load_folder"),
+    ("encvit.training.loop", "fit"),
+    ("encvit.fhe.features", "dataset_features"),
+    ("timm.models._builder", "load_pretrained"),
+]  # fetching pretrained weights of a timm backbone
 
 
 class WorkStarted(BaseException):
@@ -87,13 +94,61 @@ def make_workspace(root: Path) -> None:
     (root / "study" / "study.csv").write_text("dataset,size\nfashion5k,oops,extra\n")
 
 
-PATHS = ["key.json", "key16.json", "corrupt.json", "empty.bin", "garbage.safetensors", "image.png", "odd.png",
-         "corrupt.png", "folder", "data", "run", "run/adapter.safetensors", "study", "missing.json", "missing/",
-         "image.png/inside", "new", "new/deeper", ".", "..", "/"]
-WORDS = ["encvit-tiny", "vit_base_patch16_224", "resnet18", "fashion5k", "mnist5k", "cifar10", "folder:data",
-         "folder:folder", "folder:missing", "folder:", "full", "melo", "proposed", "head", "plain", "encrypted",
-         "full,melo", "melo,melo", "plain,encrypted,plain", "30,40", "0", "-5", "1e-3,3e-2", "1e-3,-1", "32x32",
-         "0x0", "7x", "fuzz", "data-size", "merge"]
+PATHS = [
+    "key.json",
+    "key16.json",
+    "corrupt.json",
+    "empty.bin",
+    "garbage.safetensors",
+    "image.png",
+    "odd.png",
+    "corrupt.png",
+    "folder",
+    "data",
+    "run",
+    "run/adapter.safetensors",
+    "study",
+    "missing.json",
+    "missing/",
+    "image.png/inside",
+    "new",
+    "new/deeper",
+    ".",
+    "..",
+    "/",
+]
+WORDS = [
+    "encvit-tiny",
+    "vit_base_patch16_224",
+    "resnet18",
+    "fashion5k",
+    "mnist5k",
+    "cifar10",
+    "folder:data",
+    "folder:folder",
+    "folder:missing",
+    "folder:",
+    "full",
+    "melo",
+    "proposed",
+    "head",
+    "plain",
+    "encrypted",
+    "full,melo",
+    "melo,melo",
+    "plain,encrypted,plain",
+    "30,40",
+    "0",
+    "-5",
+    "1e-3,3e-2",
+    "1e-3,-1",
+    "32x32",
+    "0x0",
+    "7x",
+    "fuzz",
+    "data-size",
+    "merge",
+]
 ODD = st.sampled_from(["", " ", "-", "--", "nan", "inf", "-inf", "1e999", "0x10", "٣", "1_000", "--epochs", ","])
 # no "/": a random absolute path could name a real place outside the workspace
 TEXT = st.text(st.characters(exclude_characters="\x00/\\", exclude_categories=("Cs",)), max_size=12)
@@ -101,7 +156,7 @@ TEXT = st.text(st.characters(exclude_characters="\x00/\\", exclude_categories=("
 
 def numbers(kind) -> st.SearchStrategy[str]:
     """Numbers as typed on a command line: small, zero, negative, huge, not finite, not numbers at all."""
-    ints = st.one_of(st.integers(-3, 200), st.sampled_from([2 ** 31, 2 ** 32, 2 ** 63, 10 ** 30, -(10 ** 30)]))
+    ints = st.one_of(st.integers(-3, 200), st.sampled_from([2**31, 2**32, 2**63, 10**30, -(10**30)]))
     if kind is int:
         return st.one_of(ints.map(str), ODD)
     floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, -0.0, 1e-12, 1.0, 2.0]))
@@ -129,7 +184,8 @@ def argument_lists(draw, words: tuple, parser: argparse.ArgumentParser) -> list[
             continue
         if not action.option_strings:  # a positional
             count = {"+": draw(st.integers(1, 3)), "*": draw(st.integers(0, 3)), "?": draw(st.integers(0, 1))}.get(
-                action.nargs, 1)
+                action.nargs, 1
+            )
             if draw(st.integers(0, 19)) == 0:
                 count = 0  # now and then a required one is missing
             args += [draw(values(action)) for _ in range(count)]
@@ -234,8 +290,13 @@ def test_generated_arguments_end_cleanly_and_refusals_leave_nothing(words, tmp_p
     root = tmp_path_factory.mktemp("fuzz")
     fuzz_seed = os.environ.get("ENCVIT_FUZZ_SEED")
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=fuzz_seed is None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=fuzz_seed is None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(argument_lists(words, SUBCOMMANDS[words]))
     def fuzz(argv):
         check_one(argv, root)
@@ -247,35 +308,49 @@ def test_generated_arguments_end_cleanly_and_refusals_leave_nothing(words, tmp_p
 
 def test_the_fuzzer_knows_every_subcommand_of_the_parser():
     names = {words[0] for words in SUBCOMMANDS}
-    assert {"train", "evaluate", "compare", "study", "pretrain", "fhe-train", "params", "keygen", "encrypt",
-            "decrypt", "key-info"} <= names
+    assert {
+        "train",
+        "evaluate",
+        "compare",
+        "study",
+        "pretrain",
+        "fhe-train",
+        "params",
+        "keygen",
+        "encrypt",
+        "decrypt",
+        "key-info",
+    } <= names
     options = {a.dest for a in SUBCOMMANDS[("train",)]._actions}
     assert {"epochs", "lr", "batch_size", "label_smoothing", "warmup_epochs", "rank", "alpha"} <= options
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--method", "melo", "--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
-    (["train", "--method", "melo", "--lr", "-1"], "--lr must be a number > 0, got -1.0"),
-    (["train", "--method", "melo", "--alpha", "-1"], "--alpha must be a number > 0, got -1.0"),
-    (["train", "--method", "melo", "--warmup-epochs", "-3"], "--warmup-epochs must be a number >= 0"),
-    (["train", "--method", "melo", "--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
-    (["train", "--method", "melo", "--weight-decay", "-1"], "--weight-decay must be a number >= 0"),
-    (["train", "--method", "melo", "--label-smoothing", "2"], "--label-smoothing must be a number in [0, 1)"),
-    (["train", "--method", "melo", "--lr", "nan"], "--lr must be a number > 0, got nan"),
-    (["train", "--method", "melo", "--epochs", "2", "--warmup-epochs", "3"], "--warmup-epochs must be at most"),
-    (["train", "--method", "melo", "--rank", "500"], "--rank must be at most the backbone's width (96)"),
-    (["train", "--method", "melo", "--out", "image.png"], "--out image.png is a file, not a folder"),
-    (["compare", "--seeds", "0"], "--seeds must be an integer >= 1, got 0"),
-    (["compare", "--methods", "full,lora"], "--methods must be a non-empty comma-separated list"),
-    (["compare", "--jobs", "0"], "--jobs must be an integer from 1 to"),
-    (["study", "data-size", "--sizes", "30,x"], "--sizes (or ENCVIT_STUDY_SIZES) must be integers"),
-    (["study", "data-size", "--patch-lrs", "1e-3,-1"], "--patch-lrs must be a comma-separated list"),
-    (["pretrain", "--epochs", "-1"], "--epochs must be an integer >= 1"),
-    (["params", "--num-classes", "0"], "--num-classes must be an integer from 1 to"),
-    (["keygen", "-o", "k.json", "--block-size", "0"], "ConfigError: --block-size must be an integer from 1 to 256"),
-    (["encrypt", "--key", "key.json", "image.png", "-o", "out", "--resize", "99999x99999"], "at most"),
-    (["evaluate", "run", "--limit", "0"], "--limit must be an integer >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--method", "melo", "--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
+        (["train", "--method", "melo", "--lr", "-1"], "--lr must be a number > 0, got -1.0"),
+        (["train", "--method", "melo", "--alpha", "-1"], "--alpha must be a number > 0, got -1.0"),
+        (["train", "--method", "melo", "--warmup-epochs", "-3"], "--warmup-epochs must be a number >= 0"),
+        (["train", "--method", "melo", "--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+        (["train", "--method", "melo", "--weight-decay", "-1"], "--weight-decay must be a number >= 0"),
+        (["train", "--method", "melo", "--label-smoothing", "2"], "--label-smoothing must be a number in [0, 1)"),
+        (["train", "--method", "melo", "--lr", "nan"], "--lr must be a number > 0, got nan"),
+        (["train", "--method", "melo", "--epochs", "2", "--warmup-epochs", "3"], "--warmup-epochs must be at most"),
+        (["train", "--method", "melo", "--rank", "500"], "--rank must be at most the backbone's width (96)"),
+        (["train", "--method", "melo", "--out", "image.png"], "--out image.png is a file, not a folder"),
+        (["compare", "--seeds", "0"], "--seeds must be an integer >= 1, got 0"),
+        (["compare", "--methods", "full,lora"], "--methods must be a non-empty comma-separated list"),
+        (["compare", "--jobs", "0"], "--jobs must be an integer from 1 to"),
+        (["study", "data-size", "--sizes", "30,x"], "--sizes (or ENCVIT_STUDY_SIZES) must be integers"),
+        (["study", "data-size", "--patch-lrs", "1e-3,-1"], "--patch-lrs must be a comma-separated list"),
+        (["pretrain", "--epochs", "-1"], "--epochs must be an integer >= 1"),
+        (["params", "--num-classes", "0"], "--num-classes must be an integer from 1 to"),
+        (["keygen", "-o", "k.json", "--block-size", "0"], "ConfigError: --block-size must be an integer from 1 to 256"),
+        (["encrypt", "--key", "key.json", "image.png", "-o", "out", "--resize", "99999x99999"], "at most"),
+        (["evaluate", "run", "--limit", "0"], "--limit must be an integer >= 1, got 0"),
+    ],
+)
 def test_the_issue_s_mistakes_are_refused_in_one_line_before_work(argv, message, tmp_path, guarded):
     make_workspace(tmp_path)
     before = snapshot(tmp_path)

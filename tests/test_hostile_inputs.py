@@ -5,6 +5,7 @@ folder is wanted, and images whose size would exhaust memory.
 The commands run in this process through `encvit.cli.main` (a subprocess costs 10 s of imports on a busy machine);
 the full disk is simulated by making the writer fail with ENOSPC half-way through a file.
 """
+
 import errno
 import gzip
 import json
@@ -18,13 +19,14 @@ from PIL import Image, ImageFile
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-import encvit.cipher as cipher
-from encvit import data, images
-from encvit.adapters import read_adapter, save_adapter
-from encvit.cipher import Key
+import encvit.cipher.key as cipher
+from encvit.cipher import images
+from encvit.cipher.key import Key
 from encvit.cli import main
-from encvit.errors import ImageError, OutputError
-from encvit.predict import shipped_comparison
+from encvit.common.errors import ImageError, OutputError
+from encvit.data import datasets as data
+from encvit.models.adapters import read_adapter, save_adapter
+from encvit.models.predict import shipped_comparison
 
 SHIPPED_ADAPTER = shipped_comparison() / "melo-plain" / "adapter.safetensors"
 # The side of the large image encrypted under tracemalloc (above cipher.MAPPED_VALUES at 3 channels);
@@ -74,16 +76,19 @@ def adapter_with(path: Path, **changed) -> Path:
     return path
 
 
-@pytest.mark.parametrize("field, value, says", [
-    ("mean", '"abc"', "mean must be a list of numbers, got 'abc'"),
-    ("std", "[0.5, 0, 0.5]", "std must be a list of positive numbers"),
-    ("mean", "[0.5]", "mean has 1 values for 3 channels"),
-    ("image_size", '"32"', "image_size must be an integer >= 1, got '32'"),
-    ("class_names", '"T-shirt"', "class_names must be a non-empty comma-separated list"),
-    ("alpha", "null", "alpha must be a number >= 0, got None"),
-    ("rank", "[[1]]", "rank must be an integer >= 0, got [[1]]"),
-    ("backbone", "[" * 100_000 + "]" * 100_000, "malformed metadata"),
-])
+@pytest.mark.parametrize(
+    "field, value, says",
+    [
+        ("mean", '"abc"', "mean must be a list of numbers, got 'abc'"),
+        ("std", "[0.5, 0, 0.5]", "std must be a list of positive numbers"),
+        ("mean", "[0.5]", "mean has 1 values for 3 channels"),
+        ("image_size", '"32"', "image_size must be an integer >= 1, got '32'"),
+        ("class_names", '"T-shirt"', "class_names must be a non-empty comma-separated list"),
+        ("alpha", "null", "alpha must be a number >= 0, got None"),
+        ("rank", "[[1]]", "rank must be an integer >= 0, got [[1]]"),
+        ("backbone", "[" * 100_000 + "]" * 100_000, "malformed metadata"),
+    ],
+)
 def test_adapter_metadata_of_the_wrong_type(tmp_path, capsys, field, value, says):
     run = tmp_path / "run"
     adapter_with(run / "adapter.safetensors", **{field: value})
@@ -113,11 +118,15 @@ def fashion_folder(folder: Path, train_images: bytes) -> Path:
 
 def test_truncated_or_mislabelled_dataset_files(tmp_path, capsys, monkeypatch):
     good = gzip.compress(IMAGES_HEADER + bytes(10 * 784))
-    cases = {"cut": (good[: len(good) // 2], "truncated or corrupt"),
-             "short": (gzip.compress(IMAGES_HEADER + bytes(5 * 784)),
-                       "holds 3,936 bytes but its header (10x28x28) needs 7,856"),
-             "magic": (gzip.compress(b"PK\x03\x04" + bytes(100)), "is not a uint8 IDX file (its header is 504b0304)"),
-             "empty": (gzip.compress(b""), "its header is empty")}
+    cases = {
+        "cut": (good[: len(good) // 2], "truncated or corrupt"),
+        "short": (
+            gzip.compress(IMAGES_HEADER + bytes(5 * 784)),
+            "holds 3,936 bytes but its header (10x28x28) needs 7,856",
+        ),
+        "magic": (gzip.compress(b"PK\x03\x04" + bytes(100)), "is not a uint8 IDX file (its header is 504b0304)"),
+        "empty": (gzip.compress(b""), "its header is empty"),
+    }
     for name, (content, says) in cases.items():
         folder = fashion_folder(tmp_path / name, content)
         monkeypatch.setattr(data, "FASHION_DIR", folder)  # what ENCVIT_FASHION_DIR sets when encvit is imported
@@ -131,22 +140,21 @@ def test_full_disk_while_an_adapter_is_written(tmp_path, capsys, monkeypatch):
         Path(filename).write_bytes(b"\0" * 1000)  # what got written before the disk was full
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr("encvit.adapters.save_file", fills_the_disk)
+    monkeypatch.setattr("encvit.models.adapters.save_file", fills_the_disk)
     info, _ = read_adapter(SHIPPED_ADAPTER)
     with pytest.raises(OutputError, match="adapter.safetensors could not be written .*No space left on device"):
         save_adapter(tmp_path / "adapter.safetensors", _tiny_model(info), info)
     assert files_below(tmp_path) == []
     run = tmp_path / "run"
-    err = refused(capsys, "train", "--method", "melo", "--epochs", 1, "--limit", 20, "--batch-size", 8,
-                  "--out", run)
+    err = refused(capsys, "train", "--method", "melo", "--epochs", 1, "--limit", 20, "--batch-size", 8, "--out", run)
     assert "adapter.safetensors could not be written" in err and "No space left on device" in err
     assert str(tmp_path) in err and not run.exists()
     assert [f for f in files_below(tmp_path) if not f.endswith(".lock")] == []  # nothing half-written is left
 
 
 def _tiny_model(info):
-    from encvit.backbones import create_backbone
-    from encvit.methods import prepare
+    from encvit.models.backbones import create_backbone
+    from encvit.models.methods import prepare
 
     model = create_backbone(info.backbone)
     prepare(model, info.method, info.num_classes, info.rank, info.alpha)
@@ -213,8 +221,9 @@ def test_a_failed_rename_puts_the_earlier_files_back(tmp_path, key_file, capsys,
 def test_a_file_named_as_a_dataset_folder(tmp_path, capsys):
     file = tmp_path / "images.txt"
     file.write_text("not a folder")
-    err = refused(capsys, "train", "--method", "melo", "--dataset", f"folder:{file}", "--epochs", 1,
-                  "--out", tmp_path / "run")
+    err = refused(
+        capsys, "train", "--method", "melo", "--dataset", f"folder:{file}", "--epochs", 1, "--out", tmp_path / "run"
+    )
     assert f"dataset folder {file} is a file, not a folder" in err and "does not exist" not in err
     err = refused(capsys, "train", "--method", "melo", "--dataset", f"folder:{tmp_path / 'nowhere'}", "--epochs", 1)
     assert "does not exist" in err
@@ -244,8 +253,21 @@ def test_encrypting_a_large_image_costs_a_few_copies_of_it(tmp_path, key_file, c
     assert main(["encrypt", "--key", str(key_file), str(small), "-o", str(tmp_path / "warm")]) == 0  # imports
     tracemalloc.start()
     try:
-        assert main(["encrypt", "--key", str(key_file), str(small), "-o", str(tmp_path / "out"),
-                     "--resize", f"{SIDE}x{SIDE}"]) == 0
+        assert (
+            main(
+                [
+                    "encrypt",
+                    "--key",
+                    str(key_file),
+                    str(small),
+                    "-o",
+                    str(tmp_path / "out"),
+                    "--resize",
+                    f"{SIDE}x{SIDE}",
+                ]
+            )
+            == 0
+        )
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -280,5 +302,5 @@ def test_index_maps_are_kept_for_a_few_sizes_only():
 def test_json_key_content_reaches_the_user_named(tmp_path):
     # the same reader serves key files and the app's uploads
     with pytest.raises(cipher.KeyFileError, match="upload.json is not a key file: its JSON is nested too deeply"):
-        cipher.parse_key_json("{\"a\":" * 50_000 + "1" + "}" * 50_000, "upload.json")
+        cipher.parse_key_json('{"a":' * 50_000 + "1" + "}" * 50_000, "upload.json")
     assert cipher.parse_key_json(json.dumps({"a": [1]}), "k") == {"a": [1]}

@@ -1,5 +1,6 @@
 """`--jobs N`: compare and the study run in N worker processes with the cores split between them, and give the
 numbers that running the same runs one after another gives (with the same threads per run)."""
+
 import os
 import signal
 import subprocess
@@ -11,11 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from encvit.compare import compare
-from encvit.errors import ConfigError
-from encvit.parallel import cpu_cores, threads_per_job
-from encvit.study import data_size_study
-from encvit.train import TrainConfig
+from encvit.common.errors import ConfigError
+from encvit.experiments.compare import compare
+from encvit.experiments.data_size import data_size_study
+from encvit.experiments.parallel import cpu_cores, threads_per_job
+from encvit.training.run import TrainConfig
 
 
 def hear_ctrl_c() -> None:
@@ -57,8 +58,15 @@ def test_compare_with_two_jobs_gives_the_sequential_results(tmp_path, threads_of
 @pytest.mark.skipif(cpu_cores() < 2, reason="--jobs 2 needs 2 CPU cores")
 def test_the_study_with_two_jobs_gives_the_sequential_results(tmp_path, threads_of_a_worker):
     def study(jobs):
-        return data_size_study(toy(limit=40, batch_size=16), datasets=("mnist5k",), sizes=(30,), seeds=2,
-                               out=tmp_path / f"jobs{jobs}", log=lambda *_: None, jobs=jobs)
+        return data_size_study(
+            toy(limit=40, batch_size=16),
+            datasets=("mnist5k",),
+            sizes=(30,),
+            seeds=2,
+            out=tmp_path / f"jobs{jobs}",
+            log=lambda *_: None,
+            jobs=jobs,
+        )
 
     parallel, sequential = study(2), study(1)
     assert len(parallel) == 2 * 3
@@ -80,11 +88,31 @@ def test_jobs_beyond_the_cores_or_below_one_are_refused_before_work(tmp_path):
 @pytest.mark.skipif(cpu_cores() < 2, reason="--jobs 2 needs 2 CPU cores")
 def test_ctrl_c_stops_the_workers_and_leaves_no_half_written_run(tmp_path):
     out = tmp_path / "cmp"
-    command = [sys.executable, "-m", "encvit.cli", "compare", "--limit", "400", "--epochs", "40", "--batch-size",
-               "16", "--jobs", "2", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "encvit.cli",
+        "compare",
+        "--limit",
+        "400",
+        "--epochs",
+        "40",
+        "--batch-size",
+        "16",
+        "--jobs",
+        "2",
+        "--out",
+        str(out),
+    ]
     # A terminal sends Ctrl-C to the whole process group: the workers get it too.
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True, preexec_fn=hear_ctrl_c)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=hear_ctrl_c,
+    )
     deadline = time.monotonic() + 600
     while not list(out.glob("*.partial/metrics.csv")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.5)
@@ -98,7 +126,10 @@ def test_ctrl_c_stops_the_workers_and_leaves_no_half_written_run(tmp_path):
 
 def test_a_worker_whose_parent_died_before_it_started_ends_at_once():
     # The pid it was started by is not its parent any more: no parent-death signal would come.
-    code = "import os, time; from encvit.parallel import end_with_parent; end_with_parent(os.getppid() + 10**7); " \
-           "time.sleep(60)"
+    code = (
+        "import os, time; from encvit.experiments.parallel import end_with_parent; "
+        "end_with_parent(os.getppid() + 10**7); "
+        "time.sleep(60)"
+    )
     ended = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert ended.returncode == -signal.SIGTERM, ended.stderr

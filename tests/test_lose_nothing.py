@@ -2,6 +2,7 @@
 a killed command blocks nothing), a replaced run is swapped in by renames (a kill at any instant leaves the old run
 or the new one), workers end with their parent, result folders count only with their meta.json, and a resume
 with other settings is refused naming them."""
+
 import json
 import os
 import signal
@@ -12,18 +13,17 @@ import time
 from pathlib import Path
 
 import pytest
-
-import encvit.atomic as atomic
-import encvit.parallel as parallel
-from encvit.adapters import read_adapter
-from encvit.atomic import lock_file_of, output_lock, replace_folder
-from encvit.compare import compare, load_results
-from encvit.errors import ConfigError, IncompleteResultsError, OutputInUseError
-from encvit.parallel import cpu_cores
-from encvit.study import data_size_study, load_study, merge_studies
-from encvit.train import TrainConfig, train
-
 from cli_runner import run_in_process as quiet_run
+
+import encvit.common.atomic as atomic
+import encvit.experiments.parallel as parallel
+from encvit.common.atomic import lock_file_of, output_lock, replace_folder
+from encvit.common.errors import ConfigError, IncompleteResultsError, OutputInUseError
+from encvit.experiments.compare import compare, load_results
+from encvit.experiments.data_size import data_size_study, load_study, merge_studies
+from encvit.experiments.parallel import cpu_cores
+from encvit.models.adapters import read_adapter
+from encvit.training.run import TrainConfig, train
 
 LIMIT = int(os.environ.get("ENCVIT_TEST_LIMIT", "96"))
 ROOT = Path(__file__).parent.parent
@@ -32,13 +32,19 @@ ROOT = Path(__file__).parent.parent
 def python(code: str, *args, **kwargs) -> subprocess.Popen:
     """A Python process running `code` with this worktree's encvit."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 HOLD_LOCK = """
     import sys, time
-    from encvit.atomic import output_lock
+    from encvit.common.atomic import output_lock
     with output_lock(sys.argv[1]):
         print("locked", flush=True)
         time.sleep(120)
@@ -68,8 +74,22 @@ WAIT_THEN_RUN = """
 def test_two_trainings_into_one_folder_the_second_is_refused_naming_the_holder(tmp_path):
     run = tmp_path / "R"
     # Both processes import everything first, then start the command at the same moment.
-    commands = {method: python(WAIT_THEN_RUN, "train", "--method", method, "--limit", 48, "--epochs", 1,
-                               "--out", run, stdin=subprocess.PIPE) for method in ("melo", "proposed")}
+    commands = {
+        method: python(
+            WAIT_THEN_RUN,
+            "train",
+            "--method",
+            method,
+            "--limit",
+            48,
+            "--epochs",
+            1,
+            "--out",
+            run,
+            stdin=subprocess.PIPE,
+        )
+        for method in ("melo", "proposed")
+    }
     for process in commands.values():
         assert process.stdout.readline().strip() == "ready", process.stderr.read()
     for process in commands.values():
@@ -79,22 +99,28 @@ def test_two_trainings_into_one_folder_the_second_is_refused_naming_the_holder(t
     assert sorted(process.returncode for process, _, _ in ended.values()) == [0, 2], ended
     [winner] = [method for method, (process, _, _) in ended.items() if process.returncode == 0]
     [refused] = [err for process, _, err in ended.values() if process.returncode == 2]
-    assert refused.strip() == (f"encvit train: error: OutputInUseError: {run} is being written by another command "
-                               f"(pid {commands[winner].pid}); wait for it to end or choose another --out")
+    assert refused.strip() == (
+        f"encvit train: error: OutputInUseError: {run} is being written by another command "
+        f"(pid {commands[winner].pid}); wait for it to end or choose another --out"
+    )
     info, _ = read_adapter(run / "adapter.safetensors")  # the first one's run, whole
     assert info.method == winner and json.loads((run / "result.json").read_text())["method"] == winner
     assert sorted(p.name for p in tmp_path.iterdir()) == ["R"]  # no lock file, no staging folder
 
 
-@pytest.mark.parametrize("argv", [
-    ["train", "--method", "melo", "--out", "{out}"],
-    ["compare", "--out", "{out}"],
-    ["study", "data-size", "--out", "{out}"],
-    ["study", "merge", "{out}", "{out}", "--out", "{out}"],
-    ["study", "security", "--out", "{out}"],
-    ["fhe-train", "--out", "{out}"],
-    ["attack", "chosen-plaintext", "--make-probes", "{out}", "--block-size", "4"],
-], ids=lambda argv: " ".join(w for w in argv[:2] if not w.startswith("-")))
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--method", "melo", "--out", "{out}"],
+        ["compare", "--out", "{out}"],
+        ["study", "data-size", "--out", "{out}"],
+        ["study", "merge", "{out}", "{out}", "--out", "{out}"],
+        ["study", "security", "--out", "{out}"],
+        ["fhe-train", "--out", "{out}"],
+        ["attack", "chosen-plaintext", "--make-probes", "{out}", "--block-size", "4"],
+    ],
+    ids=lambda argv: " ".join(w for w in argv[:2] if not w.startswith("-")),
+)
 def test_every_command_that_writes_a_folder_is_refused_while_another_writes_it(held, argv):
     out, pid = held
     status, err = quiet_run(*[a.replace("{out}", str(out)) for a in argv])
@@ -104,8 +130,10 @@ def test_every_command_that_writes_a_folder_is_refused_while_another_writes_it(h
 
 
 def test_files_written_by_pretrain_and_the_attacks_are_locked_too(tmp_path):
-    for name, argv in (("weights.safetensors", ["pretrain", "--out"]),
-                       ("key.json", ["attack", "known-plaintext", "--plain", "p", "--encrypted", "e", "-o"])):
+    for name, argv in (
+        ("weights.safetensors", ["pretrain", "--out"]),
+        ("key.json", ["attack", "known-plaintext", "--plain", "p", "--encrypted", "e", "-o"]),
+    ):
         holder = python(HOLD_LOCK, tmp_path / name)
         try:
             assert holder.stdout.readline().strip() == "locked", holder.stderr.read()
@@ -151,7 +179,7 @@ def make_folder(path: Path, text: str) -> Path:
 
 KILL_AT = """
     import os, shutil, sys
-    from encvit.atomic import replace_folder
+    from encvit.common.atomic import replace_folder
     step, staging, target = sys.argv[1:]
     rename, rmtree = os.rename, shutil.rmtree
     def rename_then_die(source, destination):
@@ -213,8 +241,9 @@ def test_a_train_killed_while_replacing_its_run_leaves_the_old_run_for_the_next_
     run = tmp_path / "R"
     train(TrainConfig(method="melo", limit=48, epochs=1, progress=False, out=str(run)))
     before = {p.name: p.read_bytes() for p in run.iterdir()}
-    killed = python(KILLED_OVERWRITE, "train", "--method", "proposed", "--limit", 48, "--epochs", 1, "--out", run,
-                    "--overwrite")
+    killed = python(
+        KILLED_OVERWRITE, "train", "--method", "proposed", "--limit", 48, "--epochs", 1, "--out", run, "--overwrite"
+    )
     _, err = killed.communicate(timeout=600)
     assert killed.returncode == 9, err
     assert not run.exists() and (tmp_path / f"R.old-{killed.pid}").is_dir()  # the instant of the kill
@@ -234,8 +263,7 @@ def alive(pid: int) -> bool:
 
 
 def children(pid: int) -> set[int]:
-    return {int(c) for task in Path(f"/proc/{pid}/task").iterdir()
-            for c in (task / "children").read_text().split()}
+    return {int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()}
 
 
 def wait_until(condition, seconds: float) -> bool:
@@ -249,9 +277,27 @@ def wait_until(condition, seconds: float) -> bool:
 @pytest.mark.skipif(cpu_cores() < 2, reason="--jobs 2 needs 2 CPU cores")
 def test_kill_9_of_compare_with_two_jobs_ends_its_workers(tmp_path):
     out = tmp_path / "cmp"
-    process = subprocess.Popen([sys.executable, "-m", "encvit.cli", "compare", "--limit", "400", "--epochs", "40",
-                                "--batch-size", "16", "--jobs", "2", "--out", str(out)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "encvit.cli",
+            "compare",
+            "--limit",
+            "400",
+            "--epochs",
+            "40",
+            "--batch-size",
+            "16",
+            "--jobs",
+            "2",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     workers: set[int] = set()
     try:
         assert wait_until(lambda: list(out.glob("*.partial/metrics.csv")) or process.poll() is not None, 600)
@@ -273,7 +319,7 @@ def test_kill_9_of_compare_with_two_jobs_ends_its_workers(tmp_path):
 WATCHED = """
     import os, subprocess, sys, time
     child = subprocess.Popen([sys.executable, "-c", "import sys, time, threading; "
-                              "from encvit.parallel import _watch_parent; import os; "
+                              "from encvit.experiments.parallel import _watch_parent; import os; "
                               "threading.Thread(target=_watch_parent, args=(os.getppid(), 0.1), daemon=True).start(); "
                               "print('watching', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
     child.stdout.readline()
@@ -294,7 +340,7 @@ def test_the_watchdog_ends_a_worker_whose_parent_died_without_prctl(tmp_path):
 SIGNALLED_TWICE = """
     import os, shutil, signal, sys, time
     from pathlib import Path
-    from encvit.parallel import _exit
+    from encvit.experiments.parallel import _exit
     signal.signal(signal.SIGTERM, _exit)
     run = Path(sys.argv[1])
     (run / "metrics.csv").write_text("epoch")
@@ -334,7 +380,7 @@ def test_a_repeated_sigterm_ends_a_worker_whose_first_exit_was_lost(monkeypatch)
 SWALLOWS_FIRST = """
     import os, signal, subprocess, sys, time
     child = subprocess.Popen([sys.executable, "-c", "import os, signal, sys, time, threading; "
-                              "from encvit.parallel import _watch_parent; "
+                              "from encvit.experiments.parallel import _watch_parent; "
                               "seen = []; signal.signal(signal.SIGTERM, lambda *_: seen.append(1) or "
                               "(len(seen) > 1 and sys.exit(3))); "
                               "threading.Thread(target=_watch_parent, args=(os.getppid(), 0.1), daemon=True).start(); "
@@ -389,8 +435,21 @@ def test_compare_refuses_to_resume_with_other_settings_and_overwrite_starts_afre
     (out / "meta.json").unlink()  # unfinished
     with pytest.raises(ConfigError, match=r"--epochs 1 there, 2 now; --lr None there, 0.05 now"):
         compare(toy(epochs=2, lr=0.05), methods=("melo",), settings=("plain",), out=out)
-    status, err = quiet_run("compare", "--limit", LIMIT, "--epochs", 1, "--batch-size", 64, "--methods", "melo",
-                            "--settings", "plain", "--out", out)
+    status, err = quiet_run(
+        "compare",
+        "--limit",
+        LIMIT,
+        "--epochs",
+        1,
+        "--batch-size",
+        64,
+        "--methods",
+        "melo",
+        "--settings",
+        "plain",
+        "--out",
+        out,
+    )
     assert status == 2 and "--batch-size 32 there, 64 now" in err and len(err.strip().splitlines()) == 1, err
     compare(toy(epochs=2), methods=("melo",), settings=("plain",), out=out, overwrite=True, log=lambda *_: None)
     runs, _, meta = load_results(out)
@@ -421,8 +480,11 @@ class FakeTrain:
     """Stands in for `train`: an accuracy from the method and seed, no training."""
 
     def __call__(self, config, splits, backbone):
-        return {"val_acc": 50.0 + config.seed, "test_acc": 60.0 + config.seed + (config.method == "proposed"),
-                "seconds": 1.0}
+        return {
+            "val_acc": 50.0 + config.seed,
+            "test_acc": 60.0 + config.seed + (config.method == "proposed"),
+            "seconds": 1.0,
+        }
 
 
 @pytest.fixture
@@ -430,8 +492,10 @@ def fake_study(monkeypatch):
     monkeypatch.setattr(parallel, "train", FakeTrain())
 
     def run(out, **kw):
-        return data_size_study(TrainConfig(progress=False, **kw), datasets=("mnist5k",), sizes=(20,), seeds=2,
-                               out=out, log=lambda *_: None)
+        return data_size_study(
+            TrainConfig(progress=False, **kw), datasets=("mnist5k",), sizes=(20,), seeds=2, out=out, log=lambda *_: None
+        )
+
     return run
 
 
@@ -443,15 +507,17 @@ def test_a_study_resumed_with_other_settings_is_refused_naming_them(fake_study, 
         fake_study(out, epochs=2, lr=0.05)
     monkeypatch.setenv("ENCVIT_STUDY_SIZES", "20")
     monkeypatch.setenv("ENCVIT_STUDY_SEEDS", "2")
-    status, err = quiet_run("study", "data-size", "--datasets", "mnist5k", "--epochs", 1, "--batch-size", 4,
-                            "--out", out)
+    status, err = quiet_run(
+        "study", "data-size", "--datasets", "mnist5k", "--epochs", 1, "--batch-size", 4, "--out", out
+    )
     assert status == 2 and len(err.strip().splitlines()) == 1, err
     assert "--batch-size 128 there, 4 now" in err and "pass --overwrite to start afresh" in err
     status, err = quiet_run("study", "data-size", "--datasets", "mnist5k", "--epochs", 1, "--out", out)
     assert status == 0, err  # the same settings: resumed and completed
     assert len(load_study(out)[0]) == 2 * 3
-    status, err = quiet_run("study", "data-size", "--datasets", "mnist5k", "--epochs", 1, "--batch-size", 4,
-                            "--overwrite", "--out", out)
+    status, err = quiet_run(
+        "study", "data-size", "--datasets", "mnist5k", "--epochs", 1, "--batch-size", 4, "--overwrite", "--out", out
+    )
     assert status == 0, err  # afresh, beside the old study, then swapped in
     assert json.loads((out / "config.json").read_text())["batch_size"] == 4 and len(load_study(out)[0]) == 2 * 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
@@ -466,7 +532,7 @@ def test_study_readers_refuse_unfinished_and_truncated_studies(fake_study, tmp_p
     with pytest.raises(IncompleteResultsError, match="unfinished study"):
         merge_studies([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
     text = (tmp_path / "b" / "study.csv").read_text()
-    (tmp_path / "b" / "study.csv").write_text(text[:text.rindex(",encvit-tiny") + 5])  # cut in its last row
+    (tmp_path / "b" / "study.csv").write_text(text[: text.rindex(",encvit-tiny") + 5])  # cut in its last row
     status, err = quiet_run("study", "merge", tmp_path / "b", tmp_path / "b", "--out", tmp_path / "m")
     assert status == 2 and len(err.strip().splitlines()) == 1, err
     assert "study.csv is truncated or damaged: its line 7 has no epochs" in err and "nan" not in err
@@ -474,15 +540,36 @@ def test_study_readers_refuse_unfinished_and_truncated_studies(fake_study, tmp_p
 
 
 # ---- the security study ------------------------------------------------------------------------------------
-SECURITY = ["study", "security", "--limit", 60, "--epochs", 1, "--batch-size", 32, "--seeds", 1, "--counts", 10,
-            "--draws", 1, "--methods", "melo", "--cipher-settings", "shuffle"]
+SECURITY = [
+    "study",
+    "security",
+    "--limit",
+    60,
+    "--epochs",
+    1,
+    "--batch-size",
+    32,
+    "--seeds",
+    1,
+    "--counts",
+    10,
+    "--draws",
+    1,
+    "--methods",
+    "melo",
+    "--cipher-settings",
+    "shuffle",
+]
 
 
-@pytest.mark.parametrize("damaged, text", [
-    ("runs/shuffle/melo-seed0/config.json", '{"method": "melo", "epo'),
-    ("attacks/shuffle/n10-draw0.json", "[1, 2"),
-    ("attacks/shuffle/n10-draw0.json", "[" * 100_000),
-])
+@pytest.mark.parametrize(
+    "damaged, text",
+    [
+        ("runs/shuffle/melo-seed0/config.json", '{"method": "melo", "epo'),
+        ("attacks/shuffle/n10-draw0.json", "[1, 2"),
+        ("attacks/shuffle/n10-draw0.json", "[" * 100_000),
+    ],
+)
 def test_a_damaged_file_in_a_security_study_is_refused_in_one_line_before_work(tmp_path, damaged, text):
     out = tmp_path / "security"
     (out / damaged).parent.mkdir(parents=True)
@@ -497,9 +584,8 @@ def test_a_damaged_file_in_a_security_study_is_refused_in_one_line_before_work(t
 
 
 def test_results_tables_without_meta_json_are_not_a_shipped_security_study(tmp_path):
-    from encvit.security import collect
+    from encvit.experiments.security import collect
 
     (tmp_path / "accuracy.csv").write_text("setting,method\n")
     with pytest.raises(IncompleteResultsError, match="no meta.json"):
         collect(tmp_path)
-

@@ -1,4 +1,5 @@
 """LoRA on q/v, the three methods' trainable parts and counts, merging, and exact key adaptation."""
+
 import copy
 import json
 import subprocess
@@ -8,13 +9,13 @@ import pytest
 import timm
 import torch
 
-from encvit.adapt import adapt_to_key
-from encvit.backbones import create_backbone, create_skeleton
-from encvit.cipher import Key
-from encvit.errors import ConfigError, KeyMismatchError
-from encvit.lora import QVLoRA, add_lora, has_lora, lora_state_dict, merge_lora
-from encvit.methods import count_trainable, prepare
-from encvit.preprocess import BatchPreprocess
+from encvit.cipher.key import Key
+from encvit.common.errors import ConfigError, KeyMismatchError
+from encvit.models.adapt import adapt_to_key
+from encvit.models.backbones import create_backbone, create_skeleton
+from encvit.models.lora import QVLoRA, add_lora, has_lora, lora_state_dict, merge_lora
+from encvit.models.methods import count_trainable, prepare
+from encvit.models.preprocess import BatchPreprocess
 
 
 def tiny_vit(**kw):
@@ -31,12 +32,15 @@ def expected_counts(dim, depth, patch, chans, classes, rank, total_without_head)
     return {"full": total_without_head + head, "melo": lora + head, "proposed": lora + head + patch_embed}
 
 
-@pytest.mark.parametrize("name,dim,depth,patch,classes,rank", [
-    ("vit_base_patch16_224", 768, 12, 16, 10, 4),
-    ("vit_small_patch16_224", 384, 12, 16, 100, 8),
-    ("vit_tiny_patch16_224", 192, 12, 16, 2, 1),
-    ("encvit-tiny", 96, 6, 4, 10, 4),
-])
+@pytest.mark.parametrize(
+    "name,dim,depth,patch,classes,rank",
+    [
+        ("vit_base_patch16_224", 768, 12, 16, 10, 4),
+        ("vit_small_patch16_224", 384, 12, 16, 100, 8),
+        ("vit_tiny_patch16_224", 192, 12, 16, 2, 1),
+        ("encvit-tiny", 96, 6, 4, 10, 4),
+    ],
+)
 def test_counts_match_an_independent_derivation(name, dim, depth, patch, classes, rank):
     base = create_skeleton(name)
     without_head = sum(p.numel() for n, p in base.named_parameters() if not n.startswith("head."))
@@ -46,8 +50,22 @@ def test_counts_match_an_independent_derivation(name, dim, depth, patch, classes
 
 
 def test_paper_counts_for_vit_b16_through_the_cli():
-    out = subprocess.run([sys.executable, "-m", "encvit.cli", "params", "--backbone", "vit_base_patch16_224",
-                          "--num-classes", "10", "--json"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "encvit.cli",
+            "params",
+            "--backbone",
+            "vit_base_patch16_224",
+            "--num-classes",
+            "10",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     counts = json.loads(out)
     assert (counts["full"], counts["melo"], counts["proposed"]) == (85_806_346, 155_146, 745_738)
     assert round(counts["details"]["proposed"]["paper_m"], 2) == 0.71

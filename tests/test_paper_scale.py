@@ -1,4 +1,5 @@
 """The paper-scale recipe of docs/paper-scale.md runs, on a tiny configuration, through the exact same command path."""
+
 import re
 import shlex
 from pathlib import Path
@@ -17,7 +18,7 @@ def readme_recipes() -> list[list[str]]:
     assert block, "docs/paper-scale.md lacks the paper-scale recipe block"
     text = block.group(1).replace("\\\n", " ")
     commands = [shlex.split(line) for line in text.splitlines() if line.strip().startswith(("encvit", "torchrun"))]
-    return [c[c.index("compare"):] for c in commands if "compare" in c]
+    return [c[c.index("compare") :] for c in commands if "compare" in c]
 
 
 def synthetic_folder(root: Path, per_class: int = 10) -> Path:  # enough for one validation image per class
@@ -43,8 +44,13 @@ def test_readme_recipe_parses_with_the_papers_hyperparameters():
 def test_readme_recipe_runs_tiny(tmp_path):
     data = synthetic_folder(tmp_path / "synthetic")
     argv = readme_recipes()[0]
-    overrides = {"--dataset": f"folder:{data}", "--epochs": "1", "--batch-size": "4", "--warmup-epochs": "0",
-                 "--out": str(tmp_path / "out")}
+    overrides = {
+        "--dataset": f"folder:{data}",
+        "--epochs": "1",
+        "--batch-size": "4",
+        "--warmup-epochs": "0",
+        "--out": str(tmp_path / "out"),
+    }
     for flag, value in overrides.items():
         if flag in argv:
             argv[argv.index(flag) + 1] = value

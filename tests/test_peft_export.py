@@ -1,5 +1,6 @@
 """Adapters in PEFT's format: PEFT loads an export with encvit's logits (also merged), the tensor names are PEFT's own,
 export and import round-trip unchanged, and what is not an encvit q/v LoRA is refused in one line, writing nothing."""
+
 import copy
 import hashlib
 import json
@@ -9,18 +10,17 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_in_process as run_cli
 from peft import PeftModel
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from encvit.adapters import AdapterInfo, load_classifier, read_adapter, save_adapter
-from encvit.backbones import create_backbone, weights_hash
-from encvit.methods import prepare
-from encvit.peft_format import peft_base
-from encvit.train import TrainConfig, train
-
-from cli_runner import run_in_process as run_cli
+from encvit.models.adapters import AdapterInfo, load_classifier, read_adapter, save_adapter
+from encvit.models.backbones import create_backbone, weights_hash
+from encvit.models.methods import prepare
+from encvit.models.peft_format import peft_base
+from encvit.training.run import TrainConfig, train
 
 IMAGES_PER_CLASS = int(os.environ.get("ENCVIT_TEST_PEFT_IMAGES", "20"))
 RANK, ALPHA = 3, 5.0  # not the defaults (4, 8): a swapped or doubled rank or alpha would show
@@ -29,8 +29,10 @@ CLASSES = ("red", "green", "blue")  # not the backbone's 10: the base's head mus
 
 def snapshot(root) -> dict[str, str]:
     """Every path below `root` with a hash of its content."""
-    return {str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +53,19 @@ def dataset(tmp_path_factory):
 def run(request, dataset, tmp_path_factory):
     """A tiny trained run of each LoRA method, on encrypted images, rank 3 and alpha 5."""
     out = tmp_path_factory.mktemp(request.param) / "run"
-    train(TrainConfig(dataset=f"folder:{dataset}", method=request.param, rank=RANK, alpha=ALPHA, epochs=1,
-                      batch_size=16, passphrase="peft", progress=False, out=str(out)))
+    train(
+        TrainConfig(
+            dataset=f"folder:{dataset}",
+            method=request.param,
+            rank=RANK,
+            alpha=ALPHA,
+            epochs=1,
+            batch_size=16,
+            passphrase="peft",
+            progress=False,
+            out=str(out),
+        )
+    )
     return out
 
 
@@ -68,14 +81,22 @@ def test_the_folder_holds_peft_files_with_the_mapped_config_and_encvit_metadata(
     info, _ = read_adapter(run / "adapter.safetensors")
     assert {p.name for p in exported.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
     config = json.loads((exported / "adapter_config.json").read_text())
-    assert (config["peft_type"], config["r"], config["lora_alpha"], config["target_modules"]) == \
-        ("LORA", 2 * RANK, 2 * ALPHA, ["qkv"])
+    assert (config["peft_type"], config["r"], config["lora_alpha"], config["target_modules"]) == (
+        "LORA",
+        2 * RANK,
+        2 * ALPHA,
+        ["qkv"],
+    )
     assert config["modules_to_save"] == (["patch_embed.proj", "head"] if info.method == "proposed" else ["head"])
     with safe_open(exported / "adapter_model.safetensors", "pt") as handle:
         metadata = handle.metadata()
     assert metadata["format"] == "pt"
-    assert AdapterInfo.from_metadata({k.removeprefix("encvit."): v for k, v in metadata.items()
-                                      if k.startswith("encvit.")}, "export") == info
+    assert (
+        AdapterInfo.from_metadata(
+            {k.removeprefix("encvit."): v for k, v in metadata.items() if k.startswith("encvit.")}, "export"
+        )
+        == info
+    )
     readme = (exported / "README.md").read_text()
     assert f'PeftModel.from_pretrained(peft_base("{exported}"), "{exported}")' in readme
     assert info.key_fingerprint in readme
@@ -115,8 +136,10 @@ def test_our_tensor_names_are_the_ones_peft_saves(exported, tmp_path):
     base = create_backbone("encvit-tiny")
     base.reset_classifier(len(CLASSES))
     PeftModel.from_pretrained(base, str(exported)).save_pretrained(tmp_path / "resaved")
-    ours, peft_own = load_file(exported / "adapter_model.safetensors"), load_file(tmp_path / "resaved" /
-                                                                                  "adapter_model.safetensors")
+    ours, peft_own = (
+        load_file(exported / "adapter_model.safetensors"),
+        load_file(tmp_path / "resaved" / "adapter_model.safetensors"),
+    )
     assert set(ours) == set(peft_own)
     assert all(torch.equal(ours[name], peft_own[name]) for name in ours)
 
@@ -162,11 +185,18 @@ def refused(argv: list, root, message: str) -> None:
 @pytest.mark.parametrize("method, kind", [("full", "a full fine-tuning adapter"), ("head", "a plain head")])
 def test_a_full_or_head_adapter_is_not_a_lora(tmp_path, method, kind):
     model = prepare(create_backbone("encvit-tiny"), method, len(CLASSES))
-    info = AdapterInfo(method=method, backbone="encvit-tiny", backbone_hash=weights_hash(model),
-                       class_names=list(CLASSES), image_size=32, patch_size=4)
+    info = AdapterInfo(
+        method=method,
+        backbone="encvit-tiny",
+        backbone_hash=weights_hash(model),
+        class_names=list(CLASSES),
+        image_size=32,
+        patch_size=4,
+    )
     save_adapter(tmp_path / "adapter.safetensors", model, info)
-    refused(["export", tmp_path / "adapter.safetensors", "--out", tmp_path / "peft"], tmp_path,
-            f"is {kind}, not a LoRA")
+    refused(
+        ["export", tmp_path / "adapter.safetensors", "--out", tmp_path / "peft"], tmp_path, f"is {kind}, not a LoRA"
+    )
 
 
 def test_an_adapter_without_a_tensor_its_method_trains_is_refused(run, tmp_path):
@@ -175,8 +205,7 @@ def test_an_adapter_without_a_tensor_its_method_trains_is_refused(run, tmp_path)
     tensors = load_file(run / "adapter.safetensors")
     del tensors["head.bias"]
     save_file(tensors, tmp_path / "adapter.safetensors", metadata=metadata)
-    refused(["export", tmp_path / "adapter.safetensors", "--out", tmp_path / "peft"], tmp_path,
-            "does not fit a ")
+    refused(["export", tmp_path / "adapter.safetensors", "--out", tmp_path / "peft"], tmp_path, "does not fit a ")
 
 
 def edited(exported, tmp_path, config=None, tensors=None, metadata=None):
@@ -233,16 +262,20 @@ def other_classes(header):
     header["encvit.class_names"] = json.dumps(["a", "b"])
 
 
-@pytest.mark.parametrize("edit, message", [
-    (dict(tensors=set_k_rows), "lora_B.weight has non-zero k rows"),
-    (dict(tensors=mix_q_and_v), "mixes q and v"),
-    (dict(config=also_fc1), "targets ['qkv', 'fc1']"),
-    (dict(tensors=lora_on_fc1), "has LoRA on other modules than the qkv layers (base_model.model.blocks.0.mlp.fc1"),
-    (dict(config=rslora), "uses PEFT's use_rslora=True"),
-    (dict(config=other_rank), "adapter_config.json has r 8; the encvit metadata (rank 3, alpha 5) needs 6"),
-    (dict(metadata=no_encvit_metadata), "has no encvit metadata"),
-    (dict(metadata=other_classes), "does not fit: head.weight has shape (3, 96), a 2-class"),
-], ids=["k-rows", "q-v-mixed", "config-targets", "tensor-targets", "rslora", "rank", "no-metadata", "classes"])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (dict(tensors=set_k_rows), "lora_B.weight has non-zero k rows"),
+        (dict(tensors=mix_q_and_v), "mixes q and v"),
+        (dict(config=also_fc1), "targets ['qkv', 'fc1']"),
+        (dict(tensors=lora_on_fc1), "has LoRA on other modules than the qkv layers (base_model.model.blocks.0.mlp.fc1"),
+        (dict(config=rslora), "uses PEFT's use_rslora=True"),
+        (dict(config=other_rank), "adapter_config.json has r 8; the encvit metadata (rank 3, alpha 5) needs 6"),
+        (dict(metadata=no_encvit_metadata), "has no encvit metadata"),
+        (dict(metadata=other_classes), "does not fit: head.weight has shape (3, 96), a 2-class"),
+    ],
+    ids=["k-rows", "q-v-mixed", "config-targets", "tensor-targets", "rslora", "rank", "no-metadata", "classes"],
+)
 def test_import_refuses_what_is_not_an_encvit_lora(exported, tmp_path, edit, message):
     folder = edited(exported, tmp_path, **edit)
     refused(["import", folder, "--out", tmp_path / "adapter.safetensors"], tmp_path, message)
@@ -252,13 +285,17 @@ def test_import_refuses_what_is_not_an_encvit_lora(exported, tmp_path, edit, mes
 def test_import_refuses_a_folder_without_its_files(exported, tmp_path, missing):
     folder = edited(exported, tmp_path)
     (folder / missing).unlink()
-    refused(["import", folder, "--out", tmp_path / "adapter.safetensors"], tmp_path,
-            f"has no {missing}: it is not a PEFT adapter folder")
+    refused(
+        ["import", folder, "--out", tmp_path / "adapter.safetensors"],
+        tmp_path,
+        f"has no {missing}: it is not a PEFT adapter folder",
+    )
 
 
 def test_import_refuses_a_folder_peft_saved_without_encvit_metadata(exported, tmp_path):
     base = create_backbone("encvit-tiny")
     base.reset_classifier(len(CLASSES))
     PeftModel.from_pretrained(base, str(exported)).save_pretrained(tmp_path / "resaved")
-    refused(["import", tmp_path / "resaved", "--out", tmp_path / "adapter.safetensors"], tmp_path,
-            "has no encvit metadata")
+    refused(
+        ["import", tmp_path / "resaved", "--out", tmp_path / "adapter.safetensors"], tmp_path, "has no encvit metadata"
+    )

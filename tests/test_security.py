@@ -1,5 +1,6 @@
 """`encvit study security` at toy size: both sides of the trade-off per cipher setting, resumable, pieces that
 merge in one folder; per-image keys leave nothing to learn and nothing to recover."""
+
 import json
 import shutil
 
@@ -9,14 +10,35 @@ import pytest
 import torch
 
 from encvit.attacks.blocks import to_blocks
-from encvit.cipher import PerImageKeys
+from encvit.cipher.key import PerImageKeys
 from encvit.cli import main
-from encvit.errors import ConfigError
-from encvit.security import SecurityConfig, attack_once, collect, collect_adapter_leaks, markdown, security_study
-from encvit.train import TrainConfig
+from encvit.common.errors import ConfigError
+from encvit.experiments.security import (
+    SecurityConfig,
+    attack_once,
+    collect,
+    collect_adapter_leaks,
+    markdown,
+    security_study,
+)
+from encvit.training.run import TrainConfig
 
-TOY = ["--limit", "60", "--epochs", "1", "--batch-size", "32", "--seeds", "2", "--counts", "10", "--draws", "1",
-       "--methods", "melo"]
+TOY = [
+    "--limit",
+    "60",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--seeds",
+    "2",
+    "--counts",
+    "10",
+    "--draws",
+    "1",
+    "--methods",
+    "melo",
+]
 
 
 def test_per_image_keys_shuffle_each_image_its_own_way():
@@ -47,8 +69,16 @@ def test_the_study_runs_resumes_and_merges_pieces(tmp_path, capsys):
     accuracy, attacks = collect(out)
     assert sorted(accuracy.setting.unique()) == ["per-image", "shuffle"] and len(accuracy) == 4
     assert sorted(attacks.setting.unique()) == ["per-image", "shuffle"]
-    assert {p.name for p in out.iterdir()} >= {"keys", "runs", "attacks", "accuracy.csv", "attacks.csv",
-                                               "security.md", "security.png", "meta.json"}
+    assert {p.name for p in out.iterdir()} >= {
+        "keys",
+        "runs",
+        "attacks",
+        "accuracy.csv",
+        "attacks.csv",
+        "security.md",
+        "security.png",
+        "meta.json",
+    }
     assert (out / "keys" / "shuffle.json").exists() and not (out / "keys" / "per-image.json").exists()
     table = (out / "security.md").read_text()
     assert "| pixel shuffling | melo | 2 |" in table and "| one key per image | melo | 2 |" in table
@@ -58,8 +88,10 @@ def test_the_study_runs_resumes_and_merges_pieces(tmp_path, capsys):
     assert ": test " not in again and "attack " not in again
     assert "melo-seed0: test" in first
     saved = pd.read_csv(out / "accuracy.csv")
-    gap = saved[saved.setting == "per-image"].sort_values("seed").test_acc.to_numpy() - \
-        saved[saved.setting == "shuffle"].sort_values("seed").test_acc.to_numpy()
+    gap = (
+        saved[saved.setting == "per-image"].sort_values("seed").test_acc.to_numpy()
+        - saved[saved.setting == "shuffle"].sort_values("seed").test_acc.to_numpy()
+    )
     assert f"{gap.mean():+.2f}" in table
 
 
@@ -75,19 +107,30 @@ def test_a_run_trained_otherwise_is_not_taken_for_the_study_s(tmp_path):
     config.write_text(json.dumps(saved))
     # A new piece with another batch size would mix two studies in one table: refused before any work.
     with pytest.raises(ConfigError, match=r"--batch-size 32 there, 4 now"):
-        security_study(TrainConfig(limit=60, epochs=1, batch_size=4, progress=False), ("per-image",), ("melo",),
-                       (10,), 1, 1, out, references=100)
+        security_study(
+            TrainConfig(limit=60, epochs=1, batch_size=4, progress=False),
+            ("per-image",),
+            ("melo",),
+            (10,),
+            1,
+            1,
+            out,
+            references=100,
+        )
     assert not (out / "runs" / "per-image").exists() and not (out / "attacks" / "per-image").exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--counts", "1"], "--counts must be"),
-    (["--cipher-settings", "rot13"], "one of shuffle"),
-    (["--draws", "0"], "--draws must be"),
-    (["--passphrase", "x"], "makes its own keys"),
-    (["--dataset", "mnist5k"], "fashion5k"),
-    (["--dataset", "cfashion5k"], "--dataset cfashion5k --backbone encvit-tiny-colour"),  # not the grey backbone
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--counts", "1"], "--counts must be"),
+        (["--cipher-settings", "rot13"], "one of shuffle"),
+        (["--draws", "0"], "--draws must be"),
+        (["--passphrase", "x"], "makes its own keys"),
+        (["--dataset", "mnist5k"], "fashion5k"),
+        (["--dataset", "cfashion5k"], "--dataset cfashion5k --backbone encvit-tiny-colour"),  # not the grey backbone
+    ],
+)
 def test_bad_options_are_refused_before_work(tmp_path, capsys, argv, message):
     out = tmp_path / "security"
     assert main(["study", "security", *TOY[:-4], *argv, "--out", str(out)]) == 2
@@ -106,7 +149,9 @@ def test_the_study_reads_the_key_off_proposed_adapters_once(tmp_path):
     assert leak_files == ["adapter-leaks/shuffle/proposed-seed0.json"]  # MeLo's patch embedding stays frozen
     row = json.loads((out / leak_files[0]).read_text())
     assert row["method"] == "proposed" and row["seed"] == 0 and 0 <= row["positions_same_pixel"] <= 1
-    assert f"| pixel shuffling | proposed | 1 | {row['positions_same_pixel']:.3f} |" in (out / "security.md").read_text()
+    assert (
+        f"| pixel shuffling | proposed | 1 | {row['positions_same_pixel']:.3f} |" in (out / "security.md").read_text()
+    )
     assert len(pd.read_csv(out / "adapter_leaks.csv")) == 1
     logged.clear()
     security_study(base, ("shuffle",), ("melo", "proposed"), (10,), 1, 1, out, references=100, log=logged.append)

@@ -1,4 +1,5 @@
 """The data-size study: arms, seed-paired gaps, the patch lr chosen on validation, resuming and merging."""
+
 import functools
 import re
 import subprocess
@@ -11,12 +12,19 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-import encvit.parallel as parallel
-import encvit.study as study
-from encvit.errors import ConfigError
-from encvit.study import (CHOSEN_ON_VAL, data_size_study, gaps, load_study, merge_studies, patch_lr_choices,
-                          with_validation_choice)
-from encvit.train import TrainConfig
+import encvit.experiments.data_size as study
+import encvit.experiments.parallel as parallel
+from encvit.common.errors import ConfigError
+from encvit.experiments.data_size import (
+    CHOSEN_ON_VAL,
+    data_size_study,
+    gaps,
+    load_study,
+    merge_studies,
+    patch_lr_choices,
+    with_validation_choice,
+)
+from encvit.training.run import TrainConfig
 
 # A made-up accuracy per arm: the gaps a study must report are then known exactly.
 BASE_ACC = {("melo", None): 70.0, ("proposed", None): 74.0, ("proposed", 0.003): 72.0, ("full", None): 71.0}
@@ -32,7 +40,7 @@ class FakeTrain:
         if self.fail_on_call is not None and len(self.calls) == self.fail_on_call:
             raise RuntimeError("simulated crash")
         self.calls.append((config.dataset, len(splits.train), config.seed, config.method, config.patch_lr))
-        acc = BASE_ACC[(config.method, config.patch_lr)] + 0.5 * config.seed ** 2 + len(splits.train) / 100
+        acc = BASE_ACC[(config.method, config.patch_lr)] + 0.5 * config.seed**2 + len(splits.train) / 100
         # validation prefers the patch lr 0.003 arm, the test set the default: the choice must follow validation
         val = acc + (10 if config.patch_lr == 0.003 else 0)
         return {"val_acc": val, "test_acc": acc, "seconds": 1.5}
@@ -45,8 +53,15 @@ cached_load_dataset = functools.lru_cache(maxsize=None)(study.load_dataset)
 def run_study(monkeypatch, fake, out=None, seeds=3, seed=0, sizes=(20, 40), datasets=("fashion5k", "mnist5k")):
     monkeypatch.setattr(parallel, "train", fake)
     monkeypatch.setattr(study, "load_dataset", cached_load_dataset)
-    return data_size_study(TrainConfig(progress=False, seed=seed), datasets=datasets, sizes=sizes, seeds=seeds,
-                           patch_lrs=(0.003,), out=out, log=lambda *_: None)
+    return data_size_study(
+        TrainConfig(progress=False, seed=seed),
+        datasets=datasets,
+        sizes=sizes,
+        seeds=seeds,
+        patch_lrs=(0.003,),
+        out=out,
+        log=lambda *_: None,
+    )
 
 
 def test_every_arm_runs_once_per_dataset_size_and_seed(monkeypatch, tmp_path):
@@ -57,8 +72,9 @@ def test_every_arm_runs_once_per_dataset_size_and_seed(monkeypatch, tmp_path):
     assert {c[1] for c in fake.calls} == {20, 40}
     runs, summary, meta = load_study(tmp_path / "s")
     assert len(runs) == 48 and meta["seeds"] == 3 and meta["training_seconds"] == pytest.approx(48 * 1.5)
-    assert re.search(r"\| fashion5k \| 40 \| \+1\.00 ± 0\.00( \*)? \| \+4\.00 ± 0\.00",
-                     (tmp_path / "s" / "study.md").read_text())
+    assert re.search(
+        r"\| fashion5k \| 40 \| \+1\.00 ± 0\.00( \*)? \| \+4\.00 ± 0\.00", (tmp_path / "s" / "study.md").read_text()
+    )
     for name in ("gaps.csv", "accuracy.csv", "patch_lr_choices.csv"):
         assert (tmp_path / "s" / name).stat().st_size > 0
     with Image.open(tmp_path / "s" / "study.png") as plot:
@@ -67,8 +83,12 @@ def test_every_arm_runs_once_per_dataset_size_and_seed(monkeypatch, tmp_path):
 
 def test_gaps_are_the_known_differences(monkeypatch):
     summary = gaps(run_study(monkeypatch, FakeTrain()))
-    expected = {"proposed - MeLo": 4.0, "proposed (patch lr 0.003) - MeLo": 2.0, "full - MeLo": 1.0,
-                f"{CHOSEN_ON_VAL} - MeLo": 2.0}
+    expected = {
+        "proposed - MeLo": 4.0,
+        "proposed (patch lr 0.003) - MeLo": 2.0,
+        "full - MeLo": 1.0,
+        f"{CHOSEN_ON_VAL} - MeLo": 2.0,
+    }
     assert set(summary.gap) == set(expected)
     for gap, value in expected.items():
         part = summary[summary.gap == gap]
@@ -91,9 +111,20 @@ def test_gaps_to_full_fine_tuning_and_an_unknown_baseline(monkeypatch):
 def test_gap_interval_and_p_value_match_a_paired_t_test():
     rng = np.random.default_rng(0)
     melo, proposed = rng.normal(70, 2, 5), rng.normal(72, 2, 5)
-    rows = [{"dataset": "d", "size": 100, "seed": s, "arm": arm, "method": arm, "patch_lr": None,
-             "val_acc": 0.0, "test_acc": acc}
-            for s in range(5) for arm, acc in (("melo", melo[s]), ("proposed", proposed[s]))]
+    rows = [
+        {
+            "dataset": "d",
+            "size": 100,
+            "seed": s,
+            "arm": arm,
+            "method": arm,
+            "patch_lr": None,
+            "val_acc": 0.0,
+            "test_acc": acc,
+        }
+        for s in range(5)
+        for arm, acc in (("melo", melo[s]), ("proposed", proposed[s]))
+    ]
     row = gaps(pd.DataFrame(rows)).iloc[0]
     diff = proposed - melo
     assert row["mean"] == pytest.approx(diff.mean())
@@ -116,8 +147,9 @@ def test_the_patch_lr_is_chosen_on_validation_not_test(monkeypatch):
 def test_no_choice_arm_without_a_second_proposed_arm(monkeypatch):
     monkeypatch.setattr(parallel, "train", FakeTrain())
     monkeypatch.setattr(study, "load_dataset", cached_load_dataset)
-    table = data_size_study(TrainConfig(progress=False), datasets=("mnist5k",), sizes=(20,), seeds=2,
-                            log=lambda *_: None)
+    table = data_size_study(
+        TrainConfig(progress=False), datasets=("mnist5k",), sizes=(20,), seeds=2, log=lambda *_: None
+    )
     assert set(with_validation_choice(table).arm) == {"melo", "proposed", "full"}
 
 
@@ -159,23 +191,33 @@ def test_merging_seed_pieces_gives_the_study_run_in_one_go(monkeypatch, tmp_path
     _, summary, meta = load_study(tmp_path / "all")
     assert meta["seeds"] == 3
     key = ["dataset", "size", "gap"]
-    pd.testing.assert_frame_equal(summary.sort_values(key).reset_index(drop=True)[["mean", "ci95", "p_value"]],
-                                  whole.sort_values(key).reset_index(drop=True)[["mean", "ci95", "p_value"]])
+    pd.testing.assert_frame_equal(
+        summary.sort_values(key).reset_index(drop=True)[["mean", "ci95", "p_value"]],
+        whole.sort_values(key).reset_index(drop=True)[["mean", "ci95", "p_value"]],
+    )
     with pytest.raises(ConfigError, match="share a run"):
         merge_studies([tmp_path / "seed0", tmp_path / "seed0"], tmp_path / "twice")
     assert not (tmp_path / "twice").exists()
 
 
 def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "encvit.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "encvit.cli", *map(str, args)], capture_output=True, text=True, env=env
+    )
 
 
 def test_the_study_script_runs_the_study_two_runs_at_a_time(tmp_path):
     import os
 
-    env = {**os.environ, "ENCVIT_STUDY_SIZES": "30", "ENCVIT_STUDY_SEEDS": "2", "PATCH_LRS": "3e-2", "JOBS": "2",
-           "STUDY_ARGS": "--epochs 1 --limit 40 --batch-size 16", "ENCVIT": f"{sys.executable} -m encvit.cli"}
+    env = {
+        **os.environ,
+        "ENCVIT_STUDY_SIZES": "30",
+        "ENCVIT_STUDY_SEEDS": "2",
+        "PATCH_LRS": "3e-2",
+        "JOBS": "2",
+        "STUDY_ARGS": "--epochs 1 --limit 40 --batch-size 16",
+        "ENCVIT": f"{sys.executable} -m encvit.cli",
+    }
     script = Path(__file__).parent.parent / "scripts" / "run_study.sh"
     result = subprocess.run(["bash", str(script), str(tmp_path / "s")], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr + result.stdout

@@ -1,5 +1,6 @@
 """Training runs: the loss falls, evaluate reproduces the recorded accuracy, frozen parts stay frozen,
 run directories are self-describing, DDP runs, and bad input is refused with a clear message."""
+
 import json
 import os
 import subprocess
@@ -11,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from encvit.backbones import create_backbone
-from encvit.cipher import Key
-from encvit.compare import compare, load_results
-from encvit.data import load_dataset
-from encvit.errors import ConfigError, KeyMismatchError
-from encvit.train import TrainConfig, evaluate_run, train
+from encvit.cipher.key import Key
+from encvit.common.errors import ConfigError, KeyMismatchError
+from encvit.data.datasets import load_dataset
+from encvit.experiments.compare import compare, load_results
+from encvit.models.backbones import create_backbone
+from encvit.training.run import TrainConfig, evaluate_run, train
 
 LIMIT = int(os.environ.get("ENCVIT_TEST_LIMIT", "96"))
 
@@ -96,10 +97,15 @@ def test_the_patch_embedding_learns_at_its_own_rate():
     assert patch_embedding_change() > 1e-4  # at the LoRA learning rate, 1e-2
 
 
-@pytest.mark.parametrize("method, patch_lr, message", [("melo", 1e-3, "needs a method that trains the patch"),
-                                                       ("head", 1e-3, "needs a method that trains the patch"),
-                                                       ("proposed", 0.0, "must be a number > 0, got 0.0"),
-                                                       ("proposed", -1e-3, "must be a number > 0, got -0.001")])
+@pytest.mark.parametrize(
+    "method, patch_lr, message",
+    [
+        ("melo", 1e-3, "needs a method that trains the patch"),
+        ("head", 1e-3, "needs a method that trains the patch"),
+        ("proposed", 0.0, "must be a number > 0, got 0.0"),
+        ("proposed", -1e-3, "must be a number > 0, got -0.001"),
+    ],
+)
 def test_a_patch_lr_without_a_trained_patch_embedding_or_not_positive_is_refused(tmp_path, method, patch_lr, message):
     with pytest.raises(ConfigError, match="--patch-lr " + message):
         train(quick(method=method, patch_lr=patch_lr, out=tmp_path / "run"))
@@ -188,14 +194,16 @@ def test_compare_writes_the_grid(tmp_path):
     table = compare(quick(epochs=1), out=tmp_path / "cmp", log=lambda *_: None)
     assert len(table) == 6
     runs, summary, meta = load_results(tmp_path / "cmp")
-    assert set(zip(runs.method, runs.setting)) == {(m, s) for m in ("full", "melo", "proposed")
-                                                    for s in ("plain", "encrypted")}
+    assert set(zip(runs.method, runs.setting, strict=False)) == {
+        (m, s) for m in ("full", "melo", "proposed") for s in ("plain", "encrypted")
+    }
     assert (tmp_path / "cmp" / "results.png").stat().st_size > 1000
     md = (tmp_path / "cmp" / "results.md").read_text()
     assert "| melo |" in md and "plain" in md and "encrypted" in md
     full = summary[summary.method == "full"].trainable.iloc[0]
     assert summary[summary.method == "proposed"].percent_of_full.iloc[0] == pytest.approx(
-        100 * summary[summary.method == "proposed"].trainable.iloc[0] / full)
+        100 * summary[summary.method == "proposed"].trainable.iloc[0] / full
+    )
     with pytest.raises(ConfigError, match="--overwrite"):
         compare(quick(epochs=1), out=tmp_path / "cmp")
 
@@ -205,8 +213,10 @@ def test_compare_patch_lr_is_the_proposed_methods(tmp_path):
     a comparison without it makes, so the two share their runs."""
     out = tmp_path / "recipe"
     compare(quick(epochs=1, patch_lr=3e-3), settings=("plain",), out=out, log=lambda *_: None)
-    patch_lrs = {m: json.loads((out / f"{m}-plain" / "config.json").read_text())["patch_lr"]
-                 for m in ("full", "melo", "proposed")}
+    patch_lrs = {
+        m: json.loads((out / f"{m}-plain" / "config.json").read_text())["patch_lr"]
+        for m in ("full", "melo", "proposed")
+    }
     assert patch_lrs == {"full": None, "melo": None, "proposed": 3e-3}
     assert "proposed's patch embedding at learning rate 0.003" in (out / "results.md").read_text()
     with pytest.raises(ConfigError, match="--methods melo,full has no proposed"):
@@ -216,11 +226,33 @@ def test_compare_patch_lr_is_the_proposed_methods(tmp_path):
 
 def test_training_under_torchrun_with_two_processes(tmp_path):
     run = tmp_path / "ddp"
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--standalone", "-m", "encvit.cli", "train", "--method", "melo",
-                             "--limit", "64", "--epochs", "1", "--batch-size", "16", "--out", str(run)],
-                            capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            "-m",
+            "encvit.cli",
+            "train",
+            "--method",
+            "melo",
+            "--limit",
+            "64",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--out",
+            str(run),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (run / "adapter.safetensors").exists()
     assert json.loads((run / "result.json").read_text())["train_images"] > 0

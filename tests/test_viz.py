@@ -1,4 +1,5 @@
-"""The notebook figures of encvit.viz: block views match the cipher, token similarity, every figure titled."""
+"""The notebook figures of encvit.demo.viz: block views match the cipher, token similarity, every figure titled."""
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -8,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from encvit import viz
-from encvit.adapt import adapt_to_key
-from encvit.backbones import create_backbone
-from encvit.cipher import Key
-from encvit.preprocess import BatchPreprocess
+from encvit.cipher.key import Key
+from encvit.demo import viz
+from encvit.models.adapt import adapt_to_key
+from encvit.models.backbones import create_backbone
+from encvit.models.preprocess import BatchPreprocess
 
 
 @pytest.fixture(autouse=True)
@@ -72,19 +73,22 @@ def test_every_figure_has_a_title_and_labelled_axes(image, tmp_path):
     similarity = torch.rand(2, 4)
     figures = [
         viz.plot_block_grid([image, encrypted], ["plain", "encrypted"], 4, "grid", highlight=[0, 5]),
-        viz.plot_images([image, encrypted, image[:, :, 0]], ["a", "b", "grey"], "gallery", ncols=2,
-                        row_labels=["one", "two"]),
+        viz.plot_images(
+            [image, encrypted, image[:, :, 0]], ["a", "b", "grey"], "gallery", ncols=2, row_labels=["one", "two"]
+        ),
         viz.plot_permutation(key),
         viz.plot_blocks_side_by_side(image, encrypted, 4, [0, 3], "blocks"),
         viz.plot_block_histogram(image, encrypted, 4, 2),
-        viz.plot_token_similarity({"frozen": similarity, "adapted": similarity}, (2, 2), "tokens",
-                                  include=similarity > 0.5),
+        viz.plot_token_similarity(
+            {"frozen": similarity, "adapted": similarity}, (2, 2), "tokens", include=similarity > 0.5
+        ),
     ]
     for run, acc in (("full-plain", [20.0, 30.0]), ("full-encrypted", [15.0, 25.0])):
         (tmp_path / run).mkdir()
         pd.DataFrame({"epoch": [1, 2], "val_acc": acc}).to_csv(tmp_path / run / "metrics.csv", index=False)
-    runs = pd.DataFrame({"run": ["full-plain", "full-encrypted"], "method": "full",
-                         "setting": ["plain", "encrypted"], "seed": 0})
+    runs = pd.DataFrame(
+        {"run": ["full-plain", "full-encrypted"], "method": "full", "setting": ["plain", "encrypted"], "seed": 0}
+    )
     figures.append(viz.plot_training_curves(tmp_path, runs, "curves"))
     for fig in figures:
         assert titled(fig)

@@ -1,14 +1,15 @@
 """The comparison of the three methods on plain and encrypted images, and what each method trains."""
+
 from pathlib import Path
 
 import streamlit as st
 
-from encvit import demo
-from encvit.access import app_access
-from encvit.compare import load_results
-from encvit.errors import EncvitError
-from encvit.predict import shipped_comparison
-from encvit.report import PAPER_UNIT
+from encvit.common.errors import EncvitError
+from encvit.demo import home as demo
+from encvit.demo.access import app_access
+from encvit.experiments.compare import load_results
+from encvit.models import shipped_comparison
+from encvit.models.methods import PAPER_UNIT
 
 st.set_page_config(page_title="encvit comparison", page_icon="📊", layout="wide")
 
@@ -20,25 +21,42 @@ def parameter_rows():
 
 
 st.title("Full fine-tuning, MeLo and the proposed method")
-folder = st.text_input("Comparison folder (written by `encvit compare`)", value=str(shipped_comparison()),
-                       key="comparison_folder")
+folder = st.text_input(
+    "Comparison folder (written by `encvit compare`)", value=str(shipped_comparison()), key="comparison_folder"
+)
 try:
     runs, summary, meta = load_results(app_access().folder(folder))
 except EncvitError as exc:
     st.error(demo.escape_markdown(exc))
 else:
     st.header("Test accuracy")
-    st.markdown((Path(folder) / "results.md").read_text() if (Path(folder) / "results.md").exists()
-                else f"Backbone {demo.escape_markdown(meta.get('backbone'))}, "
-                     f"dataset {demo.escape_markdown(meta.get('dataset'))}.")
+    st.markdown(
+        (Path(folder) / "results.md").read_text()
+        if (Path(folder) / "results.md").exists()
+        else f"Backbone {demo.escape_markdown(meta.get('backbone'))}, "
+        f"dataset {demo.escape_markdown(meta.get('dataset'))}."
+    )
     if (Path(folder) / "results.png").exists():
         st.image(str(Path(folder) / "results.png"), caption="results.png")
     with st.expander("Per-cell summary (summary.csv)"):
         st.dataframe(summary, hide_index=True)
 
 st.header("Trainable parameters")
-st.caption(f"For a 10-class head. The paper counts in M = 2^20 = {PAPER_UNIT:,}; its 82.56M for full fine-tuning "
-           "is ViT-B/16 with its 1000-class ImageNet head (last row).")
-st.table(parameter_rows().style.format(
-    {"trainable": "{:,}", "millions (10^6)": "{:.4g}", "paper M (2^20)": "{:.4g}", "% of full": "{:.2f}",
-     "paper (ViT-B/16)": "{:.2f}"}, na_rep="").hide(axis="index"))
+st.caption(
+    f"For a 10-class head. The paper counts in M = 2^20 = {PAPER_UNIT:,}; its 82.56M for full fine-tuning "
+    "is ViT-B/16 with its 1000-class ImageNet head (last row)."
+)
+st.table(
+    parameter_rows()
+    .style.format(
+        {
+            "trainable": "{:,}",
+            "millions (10^6)": "{:.4g}",
+            "paper M (2^20)": "{:.4g}",
+            "% of full": "{:.2f}",
+            "paper (ViT-B/16)": "{:.2f}",
+        },
+        na_rep="",
+    )
+    .hide(axis="index")
+)

@@ -14,6 +14,7 @@ weights can tell them apart, and none needs to, since any order among them decry
 Block scrambling moves the position embedding's patch rows; a model that trains them (full fine-tuning) is read
 the same way, row by row. MeLo (and a head alone) freezes the patch embedding: there is nothing to read.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from ..cipher import Key
-from ..errors import AdapterError, AttackError
+from ..cipher.key import Key
+from ..common.errors import AdapterError, AttackError
 from .blocks import to_blocks
 
 PATCH_WEIGHT = "patch_embed.proj.weight"
@@ -55,37 +56,53 @@ def block_prior(block_size: int, channels: int, correlation: float = PRIOR_CORRE
     the same for every pair of channels (C*M*M x C*M*M, in (C, M, M) order)."""
     _, rows, cols = np.indices((channels, block_size, block_size)).reshape(3, -1)
     distance = np.abs(rows[:, None] - rows[None, :]) + np.abs(cols[:, None] - cols[None, :])
-    return correlation ** distance
+    return correlation**distance
 
 
 def block_moments(images, block_size: int) -> np.ndarray:
     """The second-moment matrix of the blocks of plain images (H x W x C uint8 each, any sizes), in the model's
     input units (mean = std = 0.5: values from -1 to 1)."""
-    rows = np.concatenate([to_blocks([image], block_size).reshape(-1, image.shape[-1] * block_size ** 2)
-                           for image in map(np.asarray, images)])
+    rows = np.concatenate(
+        [
+            to_blocks([image], block_size).reshape(-1, image.shape[-1] * block_size**2)
+            for image in map(np.asarray, images)
+        ]
+    )
     rows = rows.astype(np.float64) / 127.5 - 1.0
     return rows.T @ rows / len(rows)
 
 
-def key_from_weights(trained: np.ndarray, pretrained: np.ndarray, block_size: int, channels: int,
-                     neg_pos: bool = False, moments: np.ndarray | None = None, trained_positions=None,
-                     pretrained_positions=None, grid: tuple[int, int] | None = None,
-                     report: dict | None = None) -> Key:
+def key_from_weights(
+    trained: np.ndarray,
+    pretrained: np.ndarray,
+    block_size: int,
+    channels: int,
+    neg_pos: bool = False,
+    moments: np.ndarray | None = None,
+    trained_positions=None,
+    pretrained_positions=None,
+    grid: tuple[int, int] | None = None,
+    report: dict | None = None,
+) -> Key:
     """The key read from a trained patch-embedding weight against the pretrained one (each D x C x M x M or
     D x C*M*M); with both position embeddings' patch rows (G x D, row-major `grid`), the block order too."""
     trained, pretrained = (np.asarray(w, dtype=np.float64).reshape(len(w), -1) for w in (trained, pretrained))
     n = channels * block_size * block_size
     if trained.shape != pretrained.shape or trained.shape[1] != n:
-        raise AttackError(f"the trained and pretrained patch embeddings must both be D x {n} "
-                          f"(C*M*M = {channels}*{block_size}*{block_size}); got {trained.shape} and {pretrained.shape}")
+        raise AttackError(
+            f"the trained and pretrained patch embeddings must both be D x {n} "
+            f"(C*M*M = {channels}*{block_size}*{block_size}); got {trained.shape} and {pretrained.shape}"
+        )
     report = {} if report is None else report
     perm, signs = _assign(_correlations(trained, pretrained), signed=False)
     matched = np.abs(_correlations(trained, pretrained)[np.arange(n), perm])
     if matched.min() >= COPY_CORRELATION and not np.array_equal(perm, np.arange(n)):
         report["reading"] = "copy"  # the weight is the pretrained one with its columns permuted (and negated)
         if (signs < 0).any() and not neg_pos:
-            raise AttackError(f"the patch embedding is the pretrained one with {int((signs < 0).sum())} column(s) "
-                              "negated: the key has negative-positive flips; ask for them (--neg-pos)")
+            raise AttackError(
+                f"the patch embedding is the pretrained one with {int((signs < 0).sum())} column(s) "
+                "negated: the key has negative-positive flips; ask for them (--neg-pos)"
+            )
     else:
         report["reading"] = "update"
         moments = block_prior(block_size, channels) if moments is None else np.asarray(moments, np.float64)
@@ -102,8 +119,10 @@ def key_from_weights(trained: np.ndarray, pretrained: np.ndarray, block_size: in
         orders = {tuple(grid): block_order_from_positions(trained_positions, pretrained_positions, report)}
     mask = signs < 0 if neg_pos else None
     if np.array_equal(perm, np.arange(n)) and orders is None:
-        raise AttackError("the patch embedding reads as the identity permutation: it shows no key "
-                          "(was the model trained on plain images?)")
+        raise AttackError(
+            "the patch embedding reads as the identity permutation: it shows no key "
+            "(was the model trained on plain images?)"
+        )
     return Key(block_size, channels, perm, mask, None, orders)
 
 
@@ -123,14 +142,19 @@ def block_order_from_positions(trained: np.ndarray, pretrained: np.ndarray, repo
     return order
 
 
-def key_from_adapter(adapter_path: str | os.PathLike, backbone: torch.nn.Module | None = None,
-                     neg_pos: bool = False, scramble: bool = False, reference=None,
-                     report: dict | None = None) -> Key:
+def key_from_adapter(
+    adapter_path: str | os.PathLike,
+    backbone: torch.nn.Module | None = None,
+    neg_pos: bool = False,
+    scramble: bool = False,
+    reference=None,
+    report: dict | None = None,
+) -> Key:
     """The key an adapter file (or run folder) gives away, against its public pretrained backbone (built from
     the adapter's metadata unless given); `reference`: public plain images (N x H x W x C uint8) for the block
     moments, else a generic prior; `scramble`: also read the block order from a trained position embedding."""
-    from ..adapters import read_adapter
-    from ..backbones import create_backbone, weights_hash
+    from ..models.adapters import read_adapter
+    from ..models.backbones import create_backbone, weights_hash
 
     path = Path(adapter_path)
     path = path / "adapter.safetensors" if path.is_dir() else path
@@ -139,28 +163,39 @@ def key_from_adapter(adapter_path: str | os.PathLike, backbone: torch.nn.Module 
     if not info.key_fingerprint:
         raise AttackError(f"{source} was trained on plain images: there is no key to recover")
     if PATCH_WEIGHT not in tensors:
-        raise AttackError(f"{source} ({info.method}) holds no patch embedding: the method keeps it frozen, so "
-                          "the adapter cannot have learned the key")
+        raise AttackError(
+            f"{source} ({info.method}) holds no patch embedding: the method keeps it frozen, so "
+            "the adapter cannot have learned the key"
+        )
     if scramble and POSITIONS not in tensors:
-        raise AttackError(f"{source} ({info.method}) holds no position embedding: the method keeps it frozen, so "
-                          "the block order cannot be read from it")
+        raise AttackError(
+            f"{source} ({info.method}) holds no position embedding: the method keeps it frozen, so "
+            "the block order cannot be read from it"
+        )
     if backbone is None:
         backbone = create_backbone(info.backbone, image_size=info.image_size)
     if weights_hash(backbone) != info.backbone_hash:
-        raise AdapterError(f"{source} was trained from backbone weights {info.backbone_hash}; the given backbone "
-                           f"is {weights_hash(backbone)}: the attack needs the same pretrained weights")
+        raise AdapterError(
+            f"{source} was trained from backbone weights {info.backbone_hash}; the given backbone "
+            f"is {weights_hash(backbone)}: the attack needs the same pretrained weights"
+        )
     state = backbone.state_dict()
     pretrained = state[PATCH_WEIGHT].detach().cpu().numpy()
     trained = tensors[PATCH_WEIGHT].float().numpy()
     if trained.shape != pretrained.shape:
-        raise AdapterError(f"{source}: its patch embedding is {tuple(trained.shape)}, the backbone's "
-                           f"{tuple(pretrained.shape)}")
+        raise AdapterError(
+            f"{source}: its patch embedding is {tuple(trained.shape)}, the backbone's {tuple(pretrained.shape)}"
+        )
     moments = None if reference is None else block_moments(reference, info.patch_size)
     positions = {}
     if scramble:
         grid = tuple(int(g) for g in backbone.patch_embed.grid_size)
         blocks = grid[0] * grid[1]
-        positions = dict(trained_positions=tensors[POSITIONS].float().numpy()[0, -blocks:],
-                         pretrained_positions=state[POSITIONS].detach().cpu().numpy()[0, -blocks:], grid=grid)
-    return key_from_weights(trained, pretrained, info.patch_size, info.channels, neg_pos, moments,
-                            report=report, **positions)
+        positions = dict(
+            trained_positions=tensors[POSITIONS].float().numpy()[0, -blocks:],
+            pretrained_positions=state[POSITIONS].detach().cpu().numpy()[0, -blocks:],
+            grid=grid,
+        )
+    return key_from_weights(
+        trained, pretrained, info.patch_size, info.channels, neg_pos, moments, report=report, **positions
+    )

@@ -3,25 +3,13 @@
 The attacks reason about blocks, never about the cipher's internals: a block row here is exactly what
 ``Key.pixel_permutation`` rearranges (encrypted row value k = plain row value ``pixel_permutation[k]``).
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ImageError
-
-
-def as_batch(images) -> np.ndarray:
-    """A list of HxWxC arrays or an NxHxWxC array as one uint8 NxHxWxC array (all images of one size)."""
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        return images
-    images = [np.asarray(i) for i in images]
-    if not images:
-        raise ImageError("no images were given")
-    images = [i[:, :, None] if i.ndim == 2 else i for i in images]
-    shapes = {i.shape for i in images}
-    if len(shapes) > 1:
-        raise ImageError(f"the images have different sizes {sorted(shapes)}: an attack needs one size per call")
-    return np.stack(images)
+from ..cipher.images import as_batch
+from ..common.errors import ImageError
 
 
 def to_blocks(images, block_size: int) -> np.ndarray:
@@ -43,8 +31,9 @@ def from_blocks(blocks: np.ndarray, grid: tuple[int, int], block_size: int, chan
     return blocks.reshape(n, gh, gw, c, m, m).transpose(0, 1, 4, 2, 5, 3).reshape(n, gh * m, gw * m, c)
 
 
-def apply_to_blocks(blocks: np.ndarray, pixel_permutation: np.ndarray, flips: np.ndarray | None = None,
-                    top: float = 255) -> np.ndarray:
+def apply_to_blocks(
+    blocks: np.ndarray, pixel_permutation: np.ndarray, flips: np.ndarray | None = None, top: float = 255
+) -> np.ndarray:
     """Decrypt block rows with a candidate pixel permutation (and flip mask): plain[perm[k]] = encrypted[k]."""
     rows = blocks if flips is None else np.where(flips, top - blocks, blocks)
     plain = np.empty_like(rows)

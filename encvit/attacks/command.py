@@ -3,6 +3,7 @@
 Image arguments are files or folders (searched recursively for PNG and JPEG). Every image is read and checked
 before an attack starts; the recovered key is written atomically, and an existing file is kept unless --force.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import output_lock
-from ..errors import (AttackError, ConfigError, ImageError, check_options, check_output_path, integer, one_of,
-                      option, optional)
+from ..common.atomic import output_lock
+from ..common.errors import (
+    AttackError,
+    ConfigError,
+    ImageError,
+    check_options,
+    check_output_path,
+    integer,
+    one_of,
+    option,
+    optional,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -27,7 +37,7 @@ class AttackOptions:
     block_size: int | None = option(None, optional(integer(1, 256)))
     channels: int = option(3, one_of(1, 3))
     restarts: int | None = option(None, optional(integer(1, 100)))
-    seed: int = option(0, integer(0, 2 ** 32 - 1))
+    seed: int = option(0, integer(0, 2**32 - 1))
 
     def __post_init__(self):
         check_options(self)
@@ -54,7 +64,7 @@ def image_files(arguments: list[str], flag: str) -> list[Path]:
 
 def read_images(files: list[Path], channels: int, block_size: int | None, flag: str) -> list[np.ndarray]:
     """Every file as H x W x `channels` uint8 (grey expanded as `encvit encrypt` does), sizes checked."""
-    from ..images import is_grey, open_image, to_array
+    from ..cipher.images import is_grey, open_image, to_array
 
     arrays, grey = [], 0
     for file in files:
@@ -63,19 +73,22 @@ def read_images(files: list[Path], channels: int, block_size: int | None, flag: 
         array = to_array(image, channels)
         h, w = array.shape[:2]
         if block_size and (h % block_size or w % block_size):
-            raise ImageError(f"{flag} {file}: image size {w}x{h} (WxH) is not a multiple of the block size "
-                             f"{block_size}: resize to e.g. {max(block_size, w // block_size * block_size)}x"
-                             f"{max(block_size, h // block_size * block_size)}")
+            raise ImageError(
+                f"{flag} {file}: image size {w}x{h} (WxH) is not a multiple of the block size "
+                f"{block_size}: resize to e.g. {max(block_size, w // block_size * block_size)}x"
+                f"{max(block_size, h // block_size * block_size)}"
+            )
         arrays.append(array)
     if grey:
-        print(f"note: {grey} {flag} image(s) are greyscale; their grey channel is repeated to 3 channels",
-              file=sys.stderr)
+        print(
+            f"note: {grey} {flag} image(s) are greyscale; their grey channel is repeated to 3 channels", file=sys.stderr
+        )
     return arrays
 
 
 def _channels_of(files: list[Path]) -> int:
     """3 if any image has colour, else 1 (an encrypted grey image stays grey)."""
-    from ..images import is_grey, open_image
+    from ..cipher.images import is_grey, open_image
 
     return 3 if any(not is_grey(open_image(f)) for f in files) else 1
 
@@ -86,8 +99,9 @@ def _pairs(plain_args, encrypted_args) -> tuple[list[Path], list[Path]]:
     encrypted = {p.stem: p for p in image_files(encrypted_args, "--encrypted")}
     common = sorted(plain.keys() & encrypted.keys())
     if not common:
-        raise AttackError("no plain and encrypted images share a file stem: pairs are matched by name "
-                          "(photo.jpg with photo.png)")
+        raise AttackError(
+            "no plain and encrypted images share a file stem: pairs are matched by name (photo.jpg with photo.png)"
+        )
     return [plain[s] for s in common], [encrypted[s] for s in common]
 
 
@@ -105,30 +119,40 @@ def _check_output(args) -> None:
 
 def _one_writer(command):
     """`command` holding the lock of its -o file for its whole run: a second attack writing it is refused."""
+
     def run(args) -> int:
         if not getattr(args, "output", None):
             return command(args)
         check_output_path(args.output, "--output", folder=False)
         with output_lock(args.output, "-o"):
             return command(args)
+
     return run
 
 
 def cmd_ciphertext_only(args) -> int:
-    from .ciphertext_only import ciphertext_only
+    from .ciphertext import ciphertext_only
 
     options = AttackOptions(args.block_size, args.channels, args.restarts, args.seed)
     _check_output(args)
-    encrypted = read_images(image_files(args.encrypted, "ENCRYPTED"), options.channels, options.block_size,
-                            "ENCRYPTED")
-    reference = read_images(image_files(args.reference, "--reference"), options.channels, options.block_size,
-                            "--reference")
+    encrypted = read_images(image_files(args.encrypted, "ENCRYPTED"), options.channels, options.block_size, "ENCRYPTED")
+    reference = read_images(
+        image_files(args.reference, "--reference"), options.channels, options.block_size, "--reference"
+    )
     sizes = sorted({a.shape[:2] for a in encrypted})
     if len(sizes) > 1:
         raise ImageError(f"the encrypted images have {len(sizes)} sizes {sizes}; the attack takes images of one size")
     started = time.time()
-    key = ciphertext_only(encrypted, reference, options.block_size, neg_pos=args.neg_pos, scramble=args.scramble,
-                          restarts=options.restarts, seed=options.seed, progress=True)
+    key = ciphertext_only(
+        encrypted,
+        reference,
+        options.block_size,
+        neg_pos=args.neg_pos,
+        scramble=args.scramble,
+        restarts=options.restarts,
+        seed=options.seed,
+        progress=True,
+    )
     print(f"used {len(encrypted)} encrypted and {len(reference)} reference image(s)")
     return _save(key, args, "ciphertext-only", started)
 
@@ -150,7 +174,7 @@ def cmd_known_plaintext(args) -> int:
 
 
 def cmd_chosen_plaintext(args) -> int:
-    from ..images import parse_size, save_png
+    from ..cipher.images import parse_size, save_png
     from .plaintext import chosen_plaintext, make_probes
 
     if bool(args.make_probes) == bool(args.probes_encrypted):
@@ -165,8 +189,10 @@ def cmd_chosen_plaintext(args) -> int:
         with output_lock(folder, "--make-probes"):  # one command at a time writes the folder
             for index, probe in enumerate(probes):
                 save_png(probe, folder / f"probe-{index}.png")
-        print(f"wrote {folder}/probe-0.png and probe-1.png ({probes[0].shape[1]}x{probes[0].shape[0]}): encrypt "
-              f"both with the key under attack, then run --probes-encrypted")
+        print(
+            f"wrote {folder}/probe-0.png and probe-1.png ({probes[0].shape[1]}x{probes[0].shape[0]}): encrypt "
+            f"both with the key under attack, then run --probes-encrypted"
+        )
         return 0
     if not args.output:
         raise ConfigError("--probes-encrypted needs -o RECOVERED.json")
@@ -178,7 +204,7 @@ def cmd_chosen_plaintext(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from ..cipher import Key
+    from ..cipher.key import Key
     from .scores import decryption_quality, key_agreement
 
     true_key, recovered = Key.load(args.true_key), Key.load(args.recovered)
@@ -206,7 +232,7 @@ def cmd_score(args) -> int:
 
 # ---- adapter: the key read off a shared adapter's patch embedding ------------------------------------------
 def cmd_adapter(args) -> int:
-    from ..adapters import read_adapter
+    from ..models.adapters import read_adapter
     from .adapter_leak import key_from_adapter
 
     _check_output(args)
@@ -215,14 +241,17 @@ def cmd_adapter(args) -> int:
     info, _ = read_adapter(path)  # a missing, corrupt or foreign file is refused before any work
     reference = None
     if args.reference:
-        reference = read_images(image_files(args.reference, "--reference"), info.channels, info.patch_size,
-                                "--reference")
+        reference = read_images(
+            image_files(args.reference, "--reference"), info.channels, info.patch_size, "--reference"
+        )
     started = time.time()
     report = {}
     key = key_from_adapter(path, neg_pos=args.neg_pos, scramble=args.scramble, reference=reference, report=report)
     reading = "a permuted copy" if report["reading"] == "copy" else "an update"
-    print(f"read the {info.method} adapter's patch embedding as {reading} of the pretrained one "
-          f"(mean matched correlation {report['matched_correlation']:.2f})")
+    print(
+        f"read the {info.method} adapter's patch embedding as {reading} of the pretrained one "
+        f"(mean matched correlation {report['matched_correlation']:.2f})"
+    )
     return _save(key, args, "adapter", started)
 
 
@@ -237,14 +266,22 @@ def register(sub) -> None:
 
     p = kinds.add_parser("ciphertext-only", help="from encrypted images and unrelated plain reference images")
     p.add_argument("encrypted", nargs="+", metavar="ENCRYPTED", help="encrypted images (files or folders)")
-    p.add_argument("--reference", nargs="+", required=True, metavar="PLAIN",
-                   help="plain images of the same kind from any public source (not the encrypted ones)")
+    p.add_argument(
+        "--reference",
+        nargs="+",
+        required=True,
+        metavar="PLAIN",
+        help="plain images of the same kind from any public source (not the encrypted ones)",
+    )
     p.add_argument("--block-size", type=int, required=True, help="block size M of the key under attack")
     p.add_argument("--channels", type=int, default=3, help="channels C of the key (default 3)")
     p.add_argument("--neg-pos", action="store_true", help="assume negative-positive flips")
     p.add_argument("--scramble", action="store_true", help="assume block scrambling")
-    p.add_argument("--restarts", type=int, help="starts of the graph matching (default: 8 for blocks of "
-                   "at most 256 values, else 2)")
+    p.add_argument(
+        "--restarts",
+        type=int,
+        help="starts of the graph matching (default: 8 for blocks of at most 256 values, else 2)",
+    )
     p.add_argument("--seed", type=int, default=0)
     output(p)
     p.set_defaults(func=_one_writer(cmd_ciphertext_only))
@@ -277,9 +314,16 @@ def register(sub) -> None:
     p = kinds.add_parser("adapter", help="read the key off a trained adapter's patch embedding (public backbone)")
     p.add_argument("adapter", metavar="ADAPTER", help="an adapter file (adapter.safetensors) or a run folder")
     p.add_argument("--neg-pos", action="store_true", help="assume negative-positive flips")
-    p.add_argument("--scramble", action="store_true",
-                   help="also read the block order from a trained position embedding (full fine-tuning)")
-    p.add_argument("--reference", nargs="+", metavar="PLAIN",
-                   help="public plain images for the block statistics (default: a generic prior)")
+    p.add_argument(
+        "--scramble",
+        action="store_true",
+        help="also read the block order from a trained position embedding (full fine-tuning)",
+    )
+    p.add_argument(
+        "--reference",
+        nargs="+",
+        metavar="PLAIN",
+        help="public plain images for the block statistics (default: a generic prior)",
+    )
     output(p)
     p.set_defaults(func=_one_writer(cmd_adapter))

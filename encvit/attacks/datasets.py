@@ -3,10 +3,11 @@
 - Grey, M = 4: Fashion-MNIST images at 32 x 32 x 3 as the shipped backbone sees them. The data owner's images
   are from the fine-tuning hold-out (fashion5k); the attacker's public references are Fashion-MNIST images of
   *other* classes from the pretraining part, so the attacker never holds an image of the victim's classes.
-  With `colour`, the same images in their fixed colours (cfashion5k and cfashion55k, ``encvit.colour``).
+  With `colour`, the same images in their fixed colours (cfashion5k and cfashion55k, ``encvit.data.colour``).
 - Colour, M = 16: the photographs that scikit-image and scikit-learn ship, each attacked with the others
   as references (cropped to multiples of 16).
 """
+
 from __future__ import annotations
 
 import functools
@@ -15,8 +16,8 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-VICTIM_CLASSES = (0, 1, 2, 3, 4)      # T-shirt/top, Trouser, Pullover, Dress, Coat
-REFERENCE_CLASSES = (5, 6, 7, 8, 9)   # Sandal, Shirt, Sneaker, Bag, Ankle boot
+VICTIM_CLASSES = (0, 1, 2, 3, 4)  # T-shirt/top, Trouser, Pullover, Dress, Coat
+REFERENCE_CLASSES = (5, 6, 7, 8, 9)  # Sandal, Shirt, Sneaker, Bag, Ankle boot
 
 
 def as_backbone_input(images: np.ndarray, size: int = 32) -> np.ndarray:
@@ -31,15 +32,18 @@ def as_backbone_input(images: np.ndarray, size: int = 32) -> np.ndarray:
 @functools.lru_cache(maxsize=2)
 def _fashion_pools(colour: bool = False):
     """(victim pool uint8 N x 28 x 28 or N x 3 x 28 x 28, its labels, reference pool): read once per process."""
-    from ..data import load_dataset
+    from ..data.datasets import load_dataset
 
     holdout = load_dataset("cfashion5k" if colour else "fashion5k").train
     pretraining = load_dataset("cfashion55k" if colour else "fashion55k").train
     victims = np.flatnonzero(np.isin(holdout.labels.numpy(), VICTIM_CLASSES))
     public = np.flatnonzero(np.isin(pretraining.labels.numpy(), REFERENCE_CLASSES))
     pick = (lambda images: images) if colour else (lambda images: images[:, 0])
-    return (pick(holdout.images[victims]).numpy(), holdout.labels[victims].numpy(),
-            pick(pretraining.images[public]).numpy())
+    return (
+        pick(holdout.images[victims]).numpy(),
+        holdout.labels[victims].numpy(),
+        pick(pretraining.images[public]).numpy(),
+    )
 
 
 def fashion_attack_sets(victims: int, references: int = 1000, seed: int = 0, colour: bool = False):
@@ -63,7 +67,12 @@ def public_photographs(block_size: int = 16) -> dict[str, np.ndarray]:
     from skimage import data
     from sklearn.datasets import load_sample_image
 
-    photos = {"astronaut": data.astronaut(), "coffee": data.coffee(), "chelsea": data.chelsea(),
-              "rocket": data.rocket(), "china": load_sample_image("china.jpg"),
-              "flower": load_sample_image("flower.jpg")}
+    photos = {
+        "astronaut": data.astronaut(),
+        "coffee": data.coffee(),
+        "chelsea": data.chelsea(),
+        "rocket": data.rocket(),
+        "china": load_sample_image("china.jpg"),
+        "flower": load_sample_image("flower.jpg"),
+    }
     return {name: crop_to_blocks(photo, block_size) for name, photo in photos.items()}

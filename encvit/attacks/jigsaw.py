@@ -6,6 +6,7 @@ blocks is a quadratic assignment with two terms (horizontal and vertical neighbo
 scipy's `quadratic_assignment` takes one matrix pair, so the Frank-Wolfe iteration it uses (FAQ, Vogelstein
 et al. 2015) is written here for a sum of two; the linear steps are scipy's `linear_sum_assignment`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,9 @@ def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0.0)
 
 
-def edge_dissimilarities(plain_blocks: np.ndarray, grid: tuple[int, int], block_size: int,
-                         channels: int) -> tuple[np.ndarray, np.ndarray]:
+def edge_dissimilarities(
+    plain_blocks: np.ndarray, grid: tuple[int, int], block_size: int, channels: int
+) -> tuple[np.ndarray, np.ndarray]:
     """G x G costs of block b right of block a, and of b below a, summed over images (N x G x C*M*M blocks).
 
     Each side predicts the other's first row or column by linear extrapolation (Pomeranz et al. 2011), which
@@ -35,8 +37,9 @@ def edge_dissimilarities(plain_blocks: np.ndarray, grid: tuple[int, int], block_
     def costs(last, before_last, first, after_first):
         ahead = (2 * last - before_last if m > 1 else last).reshape(blocks, -1)
         behind = (2 * first - after_first if m > 1 else first).reshape(blocks, -1)
-        return (_squared_distances(ahead, first.reshape(blocks, -1))
-                + _squared_distances(last.reshape(blocks, -1), behind))
+        return _squared_distances(ahead, first.reshape(blocks, -1)) + _squared_distances(
+            last.reshape(blocks, -1), behind
+        )
 
     second = min(1, m - 1)
     right = costs(x[..., -1], x[..., -1 - second], x[..., 0], x[..., second])
@@ -60,8 +63,9 @@ def _neighbours(grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return right, below
 
 
-def placement_cost(placement: np.ndarray, right: np.ndarray, below: np.ndarray, grid: tuple[int, int],
-                   prior: np.ndarray | None = None) -> float:
+def placement_cost(
+    placement: np.ndarray, right: np.ndarray, below: np.ndarray, grid: tuple[int, int], prior: np.ndarray | None = None
+) -> float:
     """Total cost of a placement (placement[u] = the block at grid position u): edges, plus the prior's term."""
     gh, gw = grid
     at = placement.reshape(gh, gw)
@@ -128,7 +132,7 @@ def _confidence(cost: np.ndarray) -> np.ndarray:
     """Each pairing's cost relative to the best alternative of either block (Gallagher 2012): a pairing that
     is clearly better than every other choice scores far below 1; a flat block's many equal options near 1."""
     off = cost + np.diag(np.full(len(cost), np.inf))
-    second_after = np.partition(off, 1, axis=1)[:, 1]   # the second-best right neighbour of a
+    second_after = np.partition(off, 1, axis=1)[:, 1]  # the second-best right neighbour of a
     second_before = np.partition(off, 1, axis=0)[1, :]  # the second-best left neighbour of b
     floor = 1e-3 * np.median(cost)  # two flat blocks (cost 0, alternatives 0) are not a confident pair
     return (cost + floor) / (np.minimum(second_after[:, None], second_before[None, :]) + floor)
@@ -200,8 +204,12 @@ def _place_clusters(clusters: list[dict], right, below, grid, prior) -> np.ndarr
         cost = prior[np.ix_(free_cells, free_blocks)].copy()
         for i, cell in enumerate(free_cells):
             r, c = divmod(int(cell), gw)
-            for (nr, nc), table, after in (((r, c - 1), right, True), ((r, c + 1), right, False),
-                                           ((r - 1, c), below, True), ((r + 1, c), below, False)):
+            for (nr, nc), table, after in (
+                ((r, c - 1), right, True),
+                ((r, c + 1), right, False),
+                ((r - 1, c), below, True),
+                ((r + 1, c), below, False),
+            ):
                 if 0 <= nr < gh and 0 <= nc < gw and placement[nr * gw + nc] >= 0:
                     neighbour = placement[nr * gw + nc]
                     cost[i] += table[neighbour, free_blocks] if after else table[free_blocks, neighbour]
@@ -239,8 +247,9 @@ def _move_lines(placement: np.ndarray, right, below, grid, prior, passes: int = 
     return at.reshape(-1)
 
 
-def solve_jigsaw(right: np.ndarray, below: np.ndarray, grid: tuple[int, int], prior: np.ndarray | None = None,
-                 polish: bool = True) -> tuple[np.ndarray, float]:
+def solve_jigsaw(
+    right: np.ndarray, below: np.ndarray, grid: tuple[int, int], prior: np.ndarray | None = None, polish: bool = True
+) -> tuple[np.ndarray, float]:
     """The block order that minimises the edge costs (plus an optional G x G `prior` of block a at position u):
     (order, cost) with order[j] = the grid position of encrypted block j."""
     size = grid[0] * grid[1]
@@ -253,8 +262,16 @@ def solve_jigsaw(right: np.ndarray, below: np.ndarray, grid: tuple[int, int], pr
         start[linear_sum_assignment(prior)] = 1
         candidates.append(_frank_wolfe(((a_right, right), (a_below, below)), prior, start, 40))
         if polish:
-            candidates = [_polish(_move_lines(_polish(c, right, below, grid, prior), right, below, grid, prior),
-                                  right, below, grid, prior) for c in candidates]
+            candidates = [
+                _polish(
+                    _move_lines(_polish(c, right, below, grid, prior), right, below, grid, prior),
+                    right,
+                    below,
+                    grid,
+                    prior,
+                )
+                for c in candidates
+            ]
     costs = [placement_cost(c, right, below, grid, prior) for c in candidates]
     best = candidates[int(np.argmin(costs))]
     return np.argsort(best), float(min(costs))

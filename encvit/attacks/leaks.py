@@ -4,6 +4,7 @@ Pixel shuffling only moves values inside a block, so every block keeps its multi
 its histogram and its contrast are public. The block-mean thumbnail of an encrypted image is the plain
 image at 1/M of its resolution (without block scrambling; with it, the same thumbnail shuffled).
 """
+
 from __future__ import annotations
 
 import math
@@ -40,8 +41,13 @@ def log2_factorial(n: int) -> float:
     return float(gammaln(n + 1) / math.log(2))
 
 
-def key_space_bits(block_size: int, channels: int = 3, grid: tuple[int, int] | None = None,
-                   scramble: bool = False, neg_pos: bool = False) -> dict[str, float]:
+def key_space_bits(
+    block_size: int,
+    channels: int = 3,
+    grid: tuple[int, int] | None = None,
+    scramble: bool = False,
+    neg_pos: bool = False,
+) -> dict[str, float]:
     """Key-space size in bits of each part of a key: pixel shuffling, block scrambling, negative-positive."""
     n = channels * block_size * block_size
     bits = {"pixel shuffling": log2_factorial(n)}

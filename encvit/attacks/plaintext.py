@@ -3,6 +3,7 @@
 A permutation-only cipher with one key for every block and every image falls to very few plaintexts
 (Li and Lo, arXiv 0912.1918): every block of a known image is one more sample of the same permutation.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -11,9 +12,10 @@ from math import gcd
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ..cipher import Key
-from ..errors import AttackError, ImageError
-from .blocks import apply_to_blocks, as_batch, from_blocks, to_blocks
+from ..cipher.images import as_batch
+from ..cipher.key import Key
+from ..common.errors import AttackError, ImageError
+from .blocks import apply_to_blocks, from_blocks, to_blocks
 
 # Auto-detection of the block size stops at blocks of this many values (M = 36 for colour): a cost matrix
 # of n x n doubles beyond it takes gigabytes, and no ViT uses such patches.
@@ -53,7 +55,7 @@ def _rows_with_a_twin(rows: np.ndarray) -> int:
 def _grid_groups(plain: list[np.ndarray], encrypted: list[np.ndarray], block_size: int):
     """Pairs grouped by grid size: {(gh, gw): (plain blocks N x G x n, encrypted blocks N x G x n)}."""
     groups = defaultdict(lambda: ([], []))
-    for p, e in zip(plain, encrypted):
+    for p, e in zip(plain, encrypted, strict=False):
         grid = (p.shape[0] // block_size, p.shape[1] // block_size)
         groups[grid][0].append(p)
         groups[grid][1].append(e)
@@ -66,7 +68,7 @@ def _make_key(block_size, channels, perm, flips, orders, plain, encrypted) -> Ke
     if np.array_equal(perm, np.arange(n)) and orders is None:
         return None  # the identity is not a key: this block size does not explain the pairs
     key = Key(block_size, channels, perm, flips if flips.any() else None, None, orders)
-    return key if all(np.array_equal(key.decrypt(e), p) for p, e in zip(plain, encrypted)) else None
+    return key if all(np.array_equal(key.decrypt(e), p) for p, e in zip(plain, encrypted, strict=False)) else None
 
 
 def _recover_for_block_size(plain, encrypted, block_size: int, report: dict) -> Key | None:
@@ -76,8 +78,9 @@ def _recover_for_block_size(plain, encrypted, block_size: int, report: dict) -> 
     all_plain = np.concatenate([p.reshape(-1, n) for p, _ in groups.values()])
     report["tied_positions"] = _rows_with_a_twin(all_plain.T)  # a position is a row of values here
     # Without block scrambling every block of every pair is one sample of the permutation.
-    perm, flips, residual = _match_positions(np.concatenate([e.reshape(-1, n) for _, e in groups.values()]),
-                                             all_plain, True)
+    perm, flips, residual = _match_positions(
+        np.concatenate([e.reshape(-1, n) for _, e in groups.values()]), all_plain, True
+    )
     if residual.max() == 0:
         return _make_key(block_size, channels, perm, flips, None, plain, encrypted)
     if max(p.shape[1] for p, _ in groups.values()) > MAX_SCRAMBLED_BLOCKS:
@@ -85,8 +88,9 @@ def _recover_for_block_size(plain, encrypted, block_size: int, report: dict) -> 
     # With block scrambling: 1. a first permutation from each position's values sorted over the blocks of each
     # image (sorting makes it blind to where blocks went); 255 - v is compared in its own sorted order.
     sorted_plain = np.concatenate([np.sort(p, axis=1).reshape(-1, n) for p, _ in groups.values()])
-    sorted_flipped = np.concatenate([np.sort(255 - p.astype(np.int64), axis=1).reshape(-1, n)
-                                     for p, _ in groups.values()])
+    sorted_flipped = np.concatenate(
+        [np.sort(255 - p.astype(np.int64), axis=1).reshape(-1, n) for p, _ in groups.values()]
+    )
     sorted_enc = np.concatenate([np.sort(e, axis=1).reshape(-1, n) for _, e in groups.values()])
     cost, cost_flipped = _squared_distances(sorted_enc, sorted_plain), _squared_distances(sorted_enc, sorted_flipped)
     if np.minimum(cost, cost_flipped).min(axis=1).max() > 0:
@@ -118,10 +122,12 @@ def _check_pairs(plain, encrypted) -> tuple[list[np.ndarray], list[np.ndarray]]:
     encrypted = [np.asarray(e) for e in encrypted]
     if not plain or len(plain) != len(encrypted):
         raise AttackError(f"known-plaintext needs pairs: got {len(plain)} plain and {len(encrypted)} encrypted images")
-    for i, (p, e) in enumerate(zip(plain, encrypted)):
+    for i, (p, e) in enumerate(zip(plain, encrypted, strict=False)):
         if p.shape != e.shape:
-            raise ImageError(f"pair {i}: the plain image is {p.shape} and the encrypted one {e.shape}; "
-                             "a pair must have one size and channel count")
+            raise ImageError(
+                f"pair {i}: the plain image is {p.shape} and the encrypted one {e.shape}; "
+                "a pair must have one size and channel count"
+            )
     return plain, encrypted
 
 
@@ -140,8 +146,11 @@ def known_plaintext(plain, encrypted, block_size: int | None = None, report: dic
     side = 0
     for p in plain:
         side = gcd(side, gcd(p.shape[0], p.shape[1]))
-    candidates = [block_size] if block_size else \
-        [m for m in range(1, side + 1) if side % m == 0 and 2 <= channels * m * m <= MAX_DETECTED_BLOCK_VALUES]
+    candidates = (
+        [block_size]
+        if block_size
+        else [m for m in range(1, side + 1) if side % m == 0 and 2 <= channels * m * m <= MAX_DETECTED_BLOCK_VALUES]
+    )
     for m in candidates:
         if side % m:
             raise ImageError(f"the images' sides are not multiples of the block size {m}")
@@ -150,8 +159,10 @@ def known_plaintext(plain, encrypted, block_size: int | None = None, report: dic
             report["block_size"] = m
             return key
     tried = ", ".join(map(str, candidates)) or "none"
-    raise AttackError(f"no block-wise key explains these pairs (block sizes tried: {tried}); are the encrypted "
-                      "images lossless (PNG) and paired with their own plain images?")
+    raise AttackError(
+        f"no block-wise key explains these pairs (block sizes tried: {tried}); are the encrypted "
+        "images lossless (PNG) and paired with their own plain images?"
+    )
 
 
 # ---- chosen plaintext -------------------------------------------------------------------------------------
@@ -170,13 +181,15 @@ def make_probes(block_size: int, channels: int = 3, size: tuple[int, int] | None
         raise AttackError(f"probes encode position indices in two bytes: C*M*M = {n} exceeds 65,536")
     width, height = size or (2 * m, m)
     if width % m or height % m or width * height < 2 * m * m:
-        raise ImageError(f"probe size {width}x{height} must be a multiple of the block size {m} "
-                         "with at least two blocks")
+        raise ImageError(
+            f"probe size {width}x{height} must be a multiple of the block size {m} with at least two blocks"
+        )
     grid = (height // m, width // m)
     blocks = grid[0] * grid[1]
     if blocks > PROBE_LEVELS * (PROBE_LEVELS - 1):
-        raise AttackError(f"probes can label at most {PROBE_LEVELS * (PROBE_LEVELS - 1):,} blocks; "
-                          f"{width}x{height} has {blocks:,}")
+        raise AttackError(
+            f"probes can label at most {PROBE_LEVELS * (PROBE_LEVELS - 1):,} blocks; {width}x{height} has {blocks:,}"
+        )
     index = np.arange(n)
     ids = np.arange(blocks)
     probe_a = np.repeat((1 + ids // PROBE_LEVELS)[:, None], n, axis=1)
@@ -210,8 +223,10 @@ def chosen_plaintext(encrypted_probes) -> Key:
             return _decode_probes(probe_a, probe_b, _probe_block_size(probe_b))
         except AttackError:
             continue
-    raise AttackError("neither image is an encrypted probe B (all blocks constant): were the probes made by "
-                      "`encvit attack chosen-plaintext --make-probes`, encrypted losslessly, with one key?")
+    raise AttackError(
+        "neither image is an encrypted probe B (all blocks constant): were the probes made by "
+        "`encvit attack chosen-plaintext --make-probes`, encrypted losslessly, with one key?"
+    )
 
 
 def _decode_probes(probe_a: np.ndarray, probe_b: np.ndarray, m: int) -> Key:

@@ -3,14 +3,15 @@
 Key agreement counts positions; decryption quality uses scikit-image's PSNR and SSIM, the metrics of the
 literature on attacks against learnable image encryption.
 """
+
 from __future__ import annotations
 
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from ..cipher import Key
-from ..errors import KeyMismatchError
-from .blocks import as_batch
+from ..cipher.images import as_batch
+from ..cipher.key import Key
+from ..common.errors import KeyMismatchError
 
 
 def key_agreement(true_key: Key, recovered: Key, grid: tuple[int, int] | None = None) -> dict[str, float]:
@@ -19,10 +20,12 @@ def key_agreement(true_key: Key, recovered: Key, grid: tuple[int, int] | None = 
     for a `grid`, the block order."""
     if (true_key.block_size, true_key.channels) != (recovered.block_size, recovered.channels):
         raise KeyMismatchError(f"the keys differ in shape: {true_key.describe()} / {recovered.describe()}")
-    pixels = true_key.block_size ** 2
+    pixels = true_key.block_size**2
     true_perm, found = true_key.pixel_permutation, recovered.pixel_permutation
-    scores = {"positions_exact": float(np.mean(true_perm == found)),
-              "positions_same_pixel": float(np.mean(true_perm % pixels == found % pixels))}
+    scores = {
+        "positions_exact": float(np.mean(true_perm == found)),
+        "positions_same_pixel": float(np.mean(true_perm % pixels == found % pixels)),
+    }
     if true_key.neg_pos is not None or recovered.neg_pos is not None:
         n = true_key.block_length
         true_mask = true_key.neg_pos if true_key.neg_pos is not None else np.zeros(n, bool)
@@ -41,12 +44,20 @@ def decryption_quality(plain, decrypted) -> dict[str, float]:
         raise KeyMismatchError(f"plain images {plain.shape} and decryptions {decrypted.shape} differ in shape")
     exact = (plain == decrypted).reshape(len(plain), -1).all(axis=1)
     # An exact decryption has infinite PSNR; it counts as 100 dB so that means stay finite.
-    psnr = [100.0 if same else peak_signal_noise_ratio(p, d, data_range=255)
-            for p, d, same in zip(plain, decrypted, exact)]
-    ssim = [structural_similarity(p, d, data_range=255, channel_axis=2, win_size=_window(p)) for p, d in
-            zip(plain, decrypted)]
-    return {"images_exact": float(exact.mean()), "values_right": float(np.mean(plain == decrypted)),
-            "psnr_db": float(np.mean(psnr)), "ssim": float(np.mean(ssim))}
+    psnr = [
+        100.0 if same else peak_signal_noise_ratio(p, d, data_range=255)
+        for p, d, same in zip(plain, decrypted, exact, strict=True)
+    ]
+    ssim = [
+        structural_similarity(p, d, data_range=255, channel_axis=2, win_size=_window(p))
+        for p, d in zip(plain, decrypted, strict=False)
+    ]
+    return {
+        "images_exact": float(exact.mean()),
+        "values_right": float(np.mean(plain == decrypted)),
+        "psnr_db": float(np.mean(psnr)),
+        "ssim": float(np.mean(ssim)),
+    }
 
 
 def image_poses(images: np.ndarray, block_size: int):
@@ -75,9 +86,12 @@ def best_pose_quality(plain, decrypted, block_size: int) -> dict[str, float | st
         if best_mse is None or mse.mean() < best_mse.mean():
             best_name, best_mse = name, mse
     # An exact decryption has infinite PSNR; it counts as 100 dB, as in decryption_quality.
-    psnr = np.where(best_mse == 0, 100.0, 10 * np.log10(255.0 ** 2 / np.maximum(best_mse, 1e-12)))
-    return {"images_exact_any_pose": float(np.mean(best_mse == 0)), "psnr_db_any_pose": float(psnr.mean()),
-            "pose": best_name}
+    psnr = np.where(best_mse == 0, 100.0, 10 * np.log10(255.0**2 / np.maximum(best_mse, 1e-12)))
+    return {
+        "images_exact_any_pose": float(np.mean(best_mse == 0)),
+        "psnr_db_any_pose": float(psnr.mean()),
+        "pose": best_name,
+    }
 
 
 def _window(image: np.ndarray) -> int:
@@ -89,13 +103,13 @@ def _window(image: np.ndarray) -> int:
 def plain_model_accuracy(images, labels, run=None, batch_size: int = 256) -> float:
     """Accuracy (%) of a model trained on plain images when it classifies `images` (the attacker's
     decryptions, N x H x W x C uint8) with their true `labels`: by default the shipped MeLo run on plain fashion5k."""
+    from pathlib import Path
+
     import torch
 
-    from ..adapters import load_classifier
-    from ..predict import shipped_comparison
-    from ..preprocess import BatchPreprocess
-
-    from pathlib import Path
+    from ..models.adapters import load_classifier
+    from ..models.predict import shipped_comparison
+    from ..models.preprocess import BatchPreprocess
 
     path = Path(shipped_comparison() / "melo-plain" if run is None else run)
     path = path / "adapter.safetensors" if path.is_dir() else path
@@ -106,6 +120,6 @@ def plain_model_accuracy(images, labels, run=None, batch_size: int = 256) -> flo
     correct = 0
     with torch.inference_mode():
         for start in range(0, len(batch), batch_size):
-            logits = model(preprocess(batch[start:start + batch_size]))
-            correct += int((logits.argmax(1) == labels[start:start + batch_size]).sum())
+            logits = model(preprocess(batch[start : start + batch_size]))
+            correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
     return 100.0 * correct / len(batch)

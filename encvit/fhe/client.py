@@ -7,6 +7,7 @@ bootstrap), repacked into the forms the next iteration uses; and its early-stopp
 encrypted with the secret key (symmetric, seeded), which halves their size on the wire, and each is encrypted at
 the lowest level that serves it.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,8 @@ from tenseal import sealapi
 from . import ckks, packing
 from .ops import Engine
 from .packing import Layout
+from .params import LEVELS_PER_ITERATION
 from .plain import check_weights
-from .products import LEVELS_PER_ITERATION
 
 
 class Client:
@@ -31,8 +32,12 @@ class Client:
         self._decryptor = sealapi.Decryptor(self._engine.seal, ckks.secret_key(self.context))
         top = self._engine.top
         # Where each kind of ciphertext enters the iteration (see encvit.fhe.products): the rest is wasted bytes.
-        self.levels = {"forward": top, "labels": top - 3, "gradient": top - (LEVELS_PER_ITERATION - 1),
-                       "update": top - (LEVELS_PER_ITERATION - 1)}
+        self.levels = {
+            "forward": top,
+            "labels": top - 3,
+            "gradient": top - (LEVELS_PER_ITERATION - 1),
+            "update": top - (LEVELS_PER_ITERATION - 1),
+        }
         self.last_refreshed: dict[str, np.ndarray] = {}
 
     def public_bytes(self) -> bytes:
@@ -57,9 +62,12 @@ class Client:
     def encrypt_block(self, x: np.ndarray, y: np.ndarray) -> dict:
         """A training block: rows x packed for both passes, one-hot labels y, the sample count."""
         layout = self.layout
-        return {"forward": self.encrypt_all(packing.forward_data(layout, x), "forward"),
-                "gradient": self.encrypt_all(packing.gradient_data(layout, x), "gradient"),
-                "labels": self.encrypt_all(packing.labels(layout, y), "labels"), "count": len(x)}
+        return {
+            "forward": self.encrypt_all(packing.forward_data(layout, x), "forward"),
+            "gradient": self.encrypt_all(packing.gradient_data(layout, x), "gradient"),
+            "labels": self.encrypt_all(packing.labels(layout, y), "labels"),
+            "count": len(x),
+        }
 
     def encrypt_features(self, x: np.ndarray) -> dict:
         """A validation block (no labels: the client keeps them): rows x packed for the forward pass."""
@@ -68,8 +76,12 @@ class Client:
     def decrypt_logits(self, blocks: list[list[bytes]], count: int) -> np.ndarray:
         """The first `count` samples' logits (count x K) from the server's per-block, per-pair logit ciphertexts."""
         n = self.layout.block
-        return np.concatenate([packing.read_logits(self.layout, np.stack(self._engine.map(self.decrypt, block)),
-                                                   min(n, count - i * n)) for i, block in enumerate(blocks)])
+        return np.concatenate(
+            [
+                packing.read_logits(self.layout, np.stack(self._engine.map(self.decrypt, block)), min(n, count - i * n))
+                for i, block in enumerate(blocks)
+            ]
+        )
 
     def encrypt_weights(self, weights: np.ndarray, forms=("forward", "update")) -> dict[str, list[bytes]]:
         """Weights (K x d) packed and encrypted in each form asked for, one ciphertext per class pair."""
@@ -80,8 +92,9 @@ class Client:
         """The weights (K x d) in a list of update-form ciphertexts."""
         return packing.read_weights(self.layout, np.stack(self._engine.map(self.decrypt, data)))
 
-    def refresh(self, state: dict[str, list[bytes]], iteration: int = 0, lr: float = 0.0,
-                validate: bool = False) -> dict[str, dict[str, list[bytes]]]:
+    def refresh(
+        self, state: dict[str, list[bytes]], iteration: int = 0, lr: float = 0.0, validate: bool = False
+    ) -> dict[str, dict[str, list[bytes]]]:
         """Decrypt the server's exhausted weights and send them back freshly encrypted (TenSEAL cannot bootstrap).
 
         The look-ahead u comes back in both forms (the forward pass, the update), the last weights w in the update

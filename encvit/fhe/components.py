@@ -6,6 +6,7 @@ It keeps the smallest number of components whose twin comes within TOLERANCE poi
 validation accuracy: fewer columns make every encrypted iteration cheaper (see docs/fhe.md), and the test split
 is never looked at.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -28,7 +29,14 @@ def choose(features: FeatureSplits, config) -> tuple[str, list[dict]]:
     rows = []
     for value in candidates(features.dim):
         run = train_reference(features, replace(config, components=value))
-        rows.append({"components": value, "val_acc": run.best["val_acc"], "val_loss": run.best["val_loss"],
-                     "best_epoch": run.best_epoch, "epochs_run": len(run.rows)})
+        rows.append(
+            {
+                "components": value,
+                "val_acc": run.best["val_acc"],
+                "val_loss": run.best["val_loss"],
+                "best_epoch": run.best_epoch,
+                "epochs_run": len(run.rows),
+            }
+        )
     best = max(row["val_acc"] for row in rows)
     return next(row["components"] for row in rows if row["val_acc"] >= best - TOLERANCE), rows

@@ -6,6 +6,7 @@ same normalised input the rest of encvit uses (``BatchPreprocess``). A features 
 ``train_x``, ``val_x``, ``test_x`` (n x d) and integer labels ``train_y``, ``val_y``, ``test_y`` (0..K-1); ``classes``
 (K names) and anything else are optional. ``read_features_file`` checks all of it before any key is made.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,16 +18,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic import write_bytes
-from ..backbones import create_backbone, describe, weights_hash
-from ..data import CIFAR10_CLASSES, COLOUR_DATASETS, DIGIT_CLASSES, FASHION_CLASSES, ImageSet, load_dataset
-from ..errors import ConfigError
-from ..preprocess import BatchPreprocess
+from ..common.atomic import write_bytes
+from ..common.errors import ConfigError
+from ..data.datasets import ImageSet, load_dataset
+from ..data.names import CIFAR10_CLASSES, COLOUR_DATASETS, DIGIT_CLASSES, FASHION_CLASSES
+from ..models.backbones import create_backbone, describe, weights_hash
+from ..models.preprocess import BatchPreprocess
 from .head import FeatureSplits
 
 CACHE_DIR = Path(os.environ.get("ENCVIT_CACHE", Path.home() / ".cache" / "encvit")) / "features"
-NAMED_CLASSES = {"fashion5k": FASHION_CLASSES, "fashion55k": FASHION_CLASSES, "mnist5k": DIGIT_CLASSES,
-                 "cifar10": CIFAR10_CLASSES}
+NAMED_CLASSES = {
+    "fashion5k": FASHION_CLASSES,
+    "fashion55k": FASHION_CLASSES,
+    "mnist5k": DIGIT_CLASSES,
+    "cifar10": CIFAR10_CLASSES,
+}
 NAMED_CLASSES.update({colour: NAMED_CLASSES[grey] for colour, grey in COLOUR_DATASETS.items()})  # same labels
 
 
@@ -38,7 +44,7 @@ def class_count(dataset: str) -> int | None:
         return None
     from torchvision.datasets.folder import find_classes
 
-    root = Path(dataset[len("folder:"):])
+    root = Path(dataset[len("folder:") :])
     root = root / "train" if (root / "train").is_dir() and (root / "test").is_dir() else root  # as load_folder
     try:
         return len(find_classes(root)[0])
@@ -64,14 +70,21 @@ def extract(model: torch.nn.Module, images: ImageSet, batch_size: int = 256, pro
     model.eval()
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc="features", leave=False, disable=not progress):
-        x = preprocess(images.images[start:start + batch_size])
+        x = preprocess(images.images[start : start + batch_size])
         out.append(model.forward_head(model.forward_features(x), pre_logits=True).float().numpy())
     dim = model.num_features
     return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 
 
-def dataset_features(backbone: str, dataset: str, limit: int | None = None, pretrained: bool = True,
-                     model: torch.nn.Module | None = None, cache: bool = True, progress: bool = False) -> FeatureSplits:
+def dataset_features(
+    backbone: str,
+    dataset: str,
+    limit: int | None = None,
+    pretrained: bool = True,
+    model: torch.nn.Module | None = None,
+    cache: bool = True,
+    progress: bool = False,
+) -> FeatureSplits:
     """Features of every split of `dataset` under `backbone` (or an already built `model`), cached on disk."""
     model = model if model is not None else create_backbone(backbone, pretrained=pretrained)
     digest = weights_hash(model)
@@ -81,10 +94,13 @@ def dataset_features(backbone: str, dataset: str, limit: int | None = None, pret
         return FeatureSplits.load(path)
     geometry = describe(model, backbone)
     splits = load_dataset(dataset, image_size=geometry.image_size, channels=geometry.channels, limit=limit)
-    parts = [(extract(model, getattr(splits, name), progress=progress), getattr(splits, name).labels.numpy())
-             for name in ("train", "val", "test")]
-    features = FeatureSplits(*parts, classes=list(splits.classes), backbone=backbone, backbone_hash=digest,
-                             dataset=splits.name)
+    parts = [
+        (extract(model, getattr(splits, name), progress=progress), getattr(splits, name).labels.numpy())
+        for name in ("train", "val", "test")
+    ]
+    features = FeatureSplits(
+        *parts, classes=list(splits.classes), backbone=backbone, backbone_hash=digest, dataset=splits.name
+    )
     if cache:
         write_bytes(path, features.to_bytes())
     return features
@@ -130,10 +146,13 @@ def read_features_file(path: str | os.PathLike) -> FeatureSplits:
     for split in SPLITS:
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
         if x.ndim != 2 or x.dtype.kind != "f":
-            raise ConfigError(f"{name}: {split}_x must be a 2-D float array (samples x features), got "
-                              f"{x.dtype} of shape {x.shape}")
+            raise ConfigError(
+                f"{name}: {split}_x must be a 2-D float array (samples x features), got {x.dtype} of shape {x.shape}"
+            )
         if y.ndim != 1 or y.dtype.kind not in "iu":
-            raise ConfigError(f"{name}: {split}_y must be a 1-D integer array of labels, got {y.dtype} of shape {y.shape}")
+            raise ConfigError(
+                f"{name}: {split}_y must be a 1-D integer array of labels, got {y.dtype} of shape {y.shape}"
+            )
         if len(x) == 0:
             raise ConfigError(f"{name}: the {split} split is empty")
         if len(y) != len(x):
@@ -158,7 +177,14 @@ def read_features_file(path: str | os.PathLike) -> FeatureSplits:
     if absent:
         raise ConfigError(f"{name}: class(es) {absent[:5]} never occur in train_y: the head cannot learn them")
     names = [str(c) for c in classes] if classes is not None else [str(i) for i in range(k)]
-    text_of = lambda key: str(arrays[key]) if key in arrays and arrays[key].ndim == 0 else ""
-    return FeatureSplits(*((arrays[f"{s}_x"], arrays[f"{s}_y"].astype(np.int64)) for s in SPLITS),
-                         classes=names, backbone=text_of("backbone"), backbone_hash=text_of("backbone_hash"),
-                         dataset=text_of("dataset") or f"features:{path.name}")
+
+    def text_of(key: str) -> str:
+        return str(arrays[key]) if key in arrays and arrays[key].ndim == 0 else ""
+
+    return FeatureSplits(
+        *((arrays[f"{s}_x"], arrays[f"{s}_y"].astype(np.int64)) for s in SPLITS),
+        classes=names,
+        backbone=text_of("backbone"),
+        backbone_hash=text_of("backbone_hash"),
+        dataset=text_of("dataset") or f"features:{path.name}",
+    )

@@ -4,6 +4,7 @@ The client standardises features and divides them by sqrt(d) (so a sample has no
 small, inside the polynomial softmax's range), then appends a constant 1 for the bias. Trained weights act on
 these scaled features; ``FeatureScaler.fold`` turns them into weights and bias for the raw backbone features.
 """
+
 from __future__ import annotations
 
 import io
@@ -12,7 +13,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..common.errors import ConfigError
 from .softmax import PolySoftmax, softmax
 
 
@@ -36,19 +37,31 @@ class FeatureSplits:
     def to_bytes(self) -> bytes:
         """The splits as .npz bytes (for a cache file)."""
         buffer = io.BytesIO()
-        np.savez(buffer, classes=np.array(self.classes), backbone=np.array(self.backbone),
-                 backbone_hash=np.array(self.backbone_hash), dataset=np.array(self.dataset),
-                 **{f"{name}_{part}": getattr(self, name)[i] for name in ("train", "val", "test")
-                    for i, part in enumerate("xy")})
+        np.savez(
+            buffer,
+            classes=np.array(self.classes),
+            backbone=np.array(self.backbone),
+            backbone_hash=np.array(self.backbone_hash),
+            dataset=np.array(self.dataset),
+            **{
+                f"{name}_{part}": getattr(self, name)[i]
+                for name in ("train", "val", "test")
+                for i, part in enumerate("xy")
+            },
+        )
         return buffer.getvalue()
 
     @classmethod
-    def load(cls, path) -> "FeatureSplits":
+    def load(cls, path) -> FeatureSplits:
         """Splits written by `to_bytes`."""
         data = np.load(path, allow_pickle=False)
-        return cls(*((data[f"{s}_x"], data[f"{s}_y"]) for s in ("train", "val", "test")),
-                   classes=[str(c) for c in data["classes"]], backbone=str(data["backbone"]),
-                   backbone_hash=str(data["backbone_hash"]), dataset=str(data["dataset"]))
+        return cls(
+            *((data[f"{s}_x"], data[f"{s}_y"]) for s in ("train", "val", "test")),
+            classes=[str(c) for c in data["classes"]],
+            backbone=str(data["backbone"]),
+            backbone_hash=str(data["backbone_hash"]),
+            dataset=str(data["dataset"]),
+        )
 
 
 @dataclass
@@ -65,8 +78,9 @@ class FeatureScaler:
     matrix: np.ndarray
 
     @classmethod
-    def fit(cls, features: np.ndarray, whiten_ridge: float | None = None,
-            components: int | None = None) -> "FeatureScaler":
+    def fit(
+        cls, features: np.ndarray, whiten_ridge: float | None = None, components: int | None = None
+    ) -> FeatureScaler:
         """Mean and M from the training features; `whiten_ridge` None standardises only (constant features: std 1);
         `components` None keeps every feature."""
         features = np.asarray(features, np.float64)
@@ -127,8 +141,10 @@ def cross_entropy(weights: np.ndarray, x: np.ndarray, labels: np.ndarray) -> flo
 def validation_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
     """Accuracy (%) and mean exact cross-entropy of decrypted validation logits: what the client decides on."""
     p = softmax(logits)
-    return {"val_acc": 100.0 * float(np.mean(logits.argmax(axis=1) == labels)),
-            "val_loss": float(-np.mean(np.log(p[np.arange(len(labels)), labels] + 1e-12)))}
+    return {
+        "val_acc": 100.0 * float(np.mean(logits.argmax(axis=1) == labels)),
+        "val_loss": float(-np.mean(np.log(p[np.arange(len(labels)), labels] + 1e-12))),
+    }
 
 
 def learning_rate(base: float, schedule: str, iteration: int, total: int) -> float:
@@ -175,8 +191,9 @@ def momentum_ratio(momentum: float) -> tuple[int, int]:
     return fraction.denominator, fraction.denominator + fraction.numerator
 
 
-def nag_step(u: np.ndarray, w_prev: np.ndarray, x: np.ndarray, y: np.ndarray, poly: PolySoftmax,
-             lr: float, momentum: float) -> tuple[np.ndarray, np.ndarray]:
+def nag_step(
+    u: np.ndarray, w_prev: np.ndarray, x: np.ndarray, y: np.ndarray, poly: PolySoftmax, lr: float, momentum: float
+) -> tuple[np.ndarray, np.ndarray]:
     """One Nesterov step at the look-ahead point u: w = u - lr * grad(u); u' = w + momentum * (w - w_prev)."""
     grad = (poly(x @ u.T) - y).T @ x / len(x)
     w = u - lr * grad
@@ -196,16 +213,16 @@ class Schedule:
     seed: int = 0
 
     @classmethod
-    def make(cls, num_samples: int, block_size: int, batch_size: int, seed: int = 0) -> "Schedule":
+    def make(cls, num_samples: int, block_size: int, batch_size: int, seed: int = 0) -> Schedule:
         """Shuffle once into blocks of `block_size`; a batch is max(1, batch_size // block_size) blocks."""
         order = np.random.default_rng(seed).permutation(num_samples)
-        blocks = [order[i:i + block_size] for i in range(0, num_samples, block_size)]
+        blocks = [order[i : i + block_size] for i in range(0, num_samples, block_size)]
         return cls(blocks, max(1, batch_size // block_size), seed)
 
     def batches(self, epoch: int) -> list[list[int]]:
         """The block indices of each batch of `epoch`."""
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.blocks))
-        return [order[i:i + self.blocks_per_batch].tolist() for i in range(0, len(order), self.blocks_per_batch)]
+        return [order[i : i + self.blocks_per_batch].tolist() for i in range(0, len(order), self.blocks_per_batch)]
 
     def samples(self, block_ids: list[int]) -> np.ndarray:
         """Sample indices of these blocks, in packing order."""

@@ -7,10 +7,10 @@ multiplier is encoded. (Rounding scales instead would bias every result by q_i /
 
 A ciphertext's *level* here is SEAL's chain index: how many rescalings it has left (0 = exhausted).
 """
+
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from collections import Counter
@@ -21,12 +21,7 @@ import numpy as np
 import tenseal as ts
 from tenseal import sealapi
 
-from ..errors import EncvitError
-
-
-def default_threads() -> int:
-    """The CPU cores this process may use: SEAL releases Python's lock, so threads run ciphertexts in parallel."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+from ..common.errors import EncvitError
 
 
 class LevelError(EncvitError):
@@ -212,8 +207,9 @@ class Engine:
                 self.evaluator.add_inplace(ct, rotated)
         return ct
 
-    def multiply_plain(self, ct: sealapi.Ciphertext, values, *, scale: float | None = None,
-                       level: int | None = None, key=None) -> sealapi.Ciphertext:
+    def multiply_plain(
+        self, ct: sealapi.Ciphertext, values, *, scale: float | None = None, level: int | None = None, key=None
+    ) -> sealapi.Ciphertext:
         """ct * values, rescaled, landing exactly on `level` (default: one below ct) and `scale` (default ct's).
 
         The multiplier is encoded at scale * q / ct.scale, where q is the prime the rescale drops, so that
@@ -225,7 +221,7 @@ class Engine:
             raise LevelError("no level left for a plaintext product: the weights need a refresh")
         ct = self.switch(ct, level + 1)
         plain_scale = scale * self._chain[level + 1][1] / ct.scale
-        if plain_scale < 2.0 ** 20:
+        if plain_scale < 2.0**20:
             raise ValueError(f"plaintext scale {plain_scale:.3g} too small for an accurate product")
         out = sealapi.Ciphertext()
         plain = self._cached(key, values, level + 1, plain_scale)

@@ -23,6 +23,7 @@ client scales the forward data by 1/2 so that Z + conj(Z) and Z - conj(Z) are th
 The weights go back to the client at every refresh (TenSEAL cannot bootstrap), which repacks them from the
 update form to the forward form: no rotation on the server converts between the two.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..common.errors import ConfigError
 
 FORWARD_SCALE = 0.5  # the forward data are halved: Z + conj(Z) = z_k, Z - conj(Z) = i z_k'
 
@@ -49,10 +50,10 @@ def log2(n: int) -> int:
 class Layout:
     """Where samples, features and class pairs sit in the slots, and the rotations the two passes use."""
 
-    slots: int          # S
-    num_features: int   # d + 1 (the bias column)
-    num_classes: int    # K
-    block: int          # P: samples per block, a power of two
+    slots: int  # S
+    num_features: int  # d + 1 (the bias column)
+    num_classes: int  # K
+    block: int  # P: samples per block, a power of two
 
     @property
     def width(self) -> int:
@@ -87,15 +88,21 @@ class Layout:
     def forward_steps(self) -> list[int]:
         """Rotation steps of the forward pass: baby steps, giant steps, the sum over phases."""
         a, u1 = self.phases, self.baby
-        return ([a * s for s in range(1, u1)] + [a * u1 * s for s in range(1, self.giant)]
-                + [1 << t for t in range(log2(a))])
+        return (
+            [a * s for s in range(1, u1)]
+            + [a * u1 * s for s in range(1, self.giant)]
+            + [1 << t for t in range(log2(a))]
+        )
 
     def gradient_steps(self) -> list[int]:
         """Rotation steps of the gradient pass: spread over phases, baby and giant steps, the feature sums."""
         a, u = self.phases, self.offsets
-        return ([-(1 << t) for t in range(log2(a))] + self.forward_steps()[:self.baby - 1 + self.giant - 1]
-                + [(a * u + 1) << t for t in range(log2(a))]
-                + [(a * self.width) << t for t in range(log2(self.block // self.width))])
+        return (
+            [-(1 << t) for t in range(log2(a))]
+            + self.forward_steps()[: self.baby - 1 + self.giant - 1]
+            + [(a * u + 1) << t for t in range(log2(a))]
+            + [(a * self.width) << t for t in range(log2(self.block // self.width))]
+        )
 
     def rotation_steps(self) -> list[int]:
         """Every rotation step the server uses (the client makes Galois keys for exactly these)."""
@@ -103,11 +110,20 @@ class Layout:
 
     def describe(self) -> dict:
         """The layout's sizes, JSON-ready."""
-        return {"slots": self.slots, "samples_per_block": self.block, "phases": self.phases,
-                "features": self.num_features, "padded_features": self.width, "offsets": self.offsets,
-                "baby_steps": self.baby, "giant_steps": self.giant, "classes": self.num_classes,
-                "class_pairs": self.pairs, "data_ciphertexts_per_block": 2 * self.offsets + self.pairs,
-                "weight_ciphertexts": self.pairs}
+        return {
+            "slots": self.slots,
+            "samples_per_block": self.block,
+            "phases": self.phases,
+            "features": self.num_features,
+            "padded_features": self.width,
+            "offsets": self.offsets,
+            "baby_steps": self.baby,
+            "giant_steps": self.giant,
+            "classes": self.num_classes,
+            "class_pairs": self.pairs,
+            "data_ciphertexts_per_block": 2 * self.offsets + self.pairs,
+            "weight_ciphertexts": self.pairs,
+        }
 
 
 def choose_layout(slots: int, num_features: int, num_classes: int, batch_size: int) -> Layout:
@@ -118,11 +134,14 @@ def choose_layout(slots: int, num_features: int, num_classes: int, batch_size: i
         raise ConfigError(f"a softmax head needs at least 2 classes, got {num_classes}")
     width = pow2(num_features)
     if width > slots:
-        raise ConfigError(f"{num_features - 1} features (+ bias, padded to {width}) do not fit the {slots} slots of a "
-                          f"ciphertext: project them first (--components)")
+        raise ConfigError(
+            f"{num_features - 1} features (+ bias, padded to {width}) do not fit the {slots} slots of a "
+            f"ciphertext: project them first (--components)"
+        )
     if batch_size > slots:
-        raise ConfigError(f"batch size {batch_size} is larger than the {slots} slots of a ciphertext: use "
-                          f"--batch-size <= {slots}")
+        raise ConfigError(
+            f"batch size {batch_size} is larger than the {slots} slots of a ciphertext: use --batch-size <= {slots}"
+        )
     block = min(slots, max(pow2(batch_size), width, slots // width))
     return Layout(slots, num_features, num_classes, block)
 
@@ -130,10 +149,11 @@ def choose_layout(slots: int, num_features: int, num_classes: int, batch_size: i
 # ---- plaintext packing (client side): gathers, no loops over samples --------------------------------------
 def _padded(layout: Layout, x: np.ndarray) -> np.ndarray:
     if len(x) > layout.block or x.shape[1] != layout.num_features:
-        raise ValueError(f"a block holds at most {layout.block} samples of {layout.num_features} features, "
-                         f"got {x.shape}")
+        raise ValueError(
+            f"a block holds at most {layout.block} samples of {layout.num_features} features, got {x.shape}"
+        )
     out = np.zeros((layout.block, layout.width))
-    out[:len(x), :x.shape[1]] = x
+    out[: len(x), : x.shape[1]] = x
     return out
 
 
@@ -141,7 +161,7 @@ def _giant_ordered(layout: Layout, vectors: np.ndarray) -> np.ndarray:
     """Data vector u = u1 + U1 u2 pre-rotated by -A U1 u2 (the giant step's rotation, undone by the server)."""
     u = np.arange(layout.offsets)
     shifts = layout.phases * layout.baby * (u // layout.baby)
-    return np.stack([np.roll(v, s) for v, s in zip(vectors, shifts)])  # roll by +s == rotate left by -s
+    return np.stack([np.roll(v, s) for v, s in zip(vectors, shifts, strict=False)])  # roll by +s == rotate left by -s
 
 
 def forward_data(layout: Layout, x: np.ndarray) -> np.ndarray:
@@ -163,12 +183,13 @@ def gradient_data(layout: Layout, x: np.ndarray) -> np.ndarray:
 def _class_pairs(layout: Layout, rows: np.ndarray) -> np.ndarray:
     """K rows as pairs of complex rows (row 2j + i row 2j+1; a missing last row is zero)."""
     padded = np.zeros((2 * layout.pairs, rows.shape[1]))
-    padded[:len(rows)] = rows
+    padded[: len(rows)] = rows
     return padded[0::2] + 1j * padded[1::2]
 
 
 def forward_weights(layout: Layout, w: np.ndarray) -> np.ndarray:
-    """Weights (K x (d + 1)) as one complex vector per class pair in the forward form: V[A b + a] = w[(b + U a) mod m]."""
+    """Weights (K x (d + 1)) as one complex vector per class pair in the forward form:
+    V[A b + a] = w[(b + U a) mod m]."""
     pairs = _class_pairs(layout, _pad_columns(layout, w))
     b, ph = np.arange(layout.block)[:, None], np.arange(layout.phases)[None, :]
     return pairs[:, (b + layout.offsets * ph) % layout.width].reshape(layout.pairs, -1)
@@ -177,37 +198,37 @@ def forward_weights(layout: Layout, w: np.ndarray) -> np.ndarray:
 def update_weights(layout: Layout, w: np.ndarray) -> np.ndarray:
     """Weights (K x (d + 1)) in the update form: w[f] (as pairs) at slot A f, zero elsewhere."""
     out = np.zeros((layout.pairs, layout.slots), complex)
-    out[:, ::layout.phases][:, :layout.num_features] = _class_pairs(layout, w)
+    out[:, :: layout.phases][:, : layout.num_features] = _class_pairs(layout, w)
     return out
 
 
 def read_weights(layout: Layout, vectors: np.ndarray) -> np.ndarray:
     """Weights (K x (d + 1)) from vectors in the update form (other slots are ignored)."""
-    pairs = np.asarray(vectors)[:, ::layout.phases][:, :layout.num_features]
-    return np.stack([pairs.real, pairs.imag], axis=1).reshape(2 * layout.pairs, -1)[:layout.num_classes]
+    pairs = np.asarray(vectors)[:, :: layout.phases][:, : layout.num_features]
+    return np.stack([pairs.real, pairs.imag], axis=1).reshape(2 * layout.pairs, -1)[: layout.num_classes]
 
 
 def labels(layout: Layout, y: np.ndarray) -> np.ndarray:
     """One-hot rows y (n <= P x K) as class pairs at slot A b of each sample b, zero elsewhere."""
     out = np.zeros((layout.pairs, layout.slots), complex)
-    out[:, ::layout.phases][:, :len(y)] = _class_pairs(layout, np.asarray(y, float).T)
+    out[:, :: layout.phases][:, : len(y)] = _class_pairs(layout, np.asarray(y, float).T)
     return out
 
 
 def read_logits(layout: Layout, vectors: np.ndarray, count: int) -> np.ndarray:
     """Logits (count x K) from the forward pass's output (slot A b of each pair), undoing FORWARD_SCALE."""
-    pairs = np.asarray(vectors)[:, ::layout.phases][:, :count] / FORWARD_SCALE
-    return np.stack([pairs.real, pairs.imag], axis=1).reshape(2 * layout.pairs, count)[:layout.num_classes].T
+    pairs = np.asarray(vectors)[:, :: layout.phases][:, :count] / FORWARD_SCALE
+    return np.stack([pairs.real, pairs.imag], axis=1).reshape(2 * layout.pairs, count)[: layout.num_classes].T
 
 
 def first_phase_mask(layout: Layout, value: complex = 1.0) -> np.ndarray:
     """`value` at slot A b of every block (phase 0), zero elsewhere."""
     mask = np.zeros(layout.slots, complex if np.iscomplexobj(value) else float)
-    mask[::layout.phases] = value
+    mask[:: layout.phases] = value
     return mask
 
 
 def _pad_columns(layout: Layout, w: np.ndarray) -> np.ndarray:
     out = np.zeros((len(w), layout.width))
-    out[:, :w.shape[1]] = w
+    out[:, : w.shape[1]] = w
     return out

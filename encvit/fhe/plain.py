@@ -4,13 +4,14 @@ Same softmax polynomial, same schedule of blocks and batches, same learning rate
 same early-stopping rule on the validation split: the encrypted run must reproduce its weights up to CKKS noise
 and its per-epoch decisions exactly.
 """
+
 from __future__ import annotations
 
 import time
 
 import numpy as np
 
-from ..errors import EncvitError
+from ..common.errors import EncvitError
 from .head import EarlyStopping, Schedule, cross_entropy, nag_step, validation_metrics
 from .softmax import ExactSoftmax, PolySoftmax
 
@@ -26,13 +27,25 @@ def check_weights(weights: np.ndarray, iteration: int, lr: float) -> None:
     """Raise TrainingDiverged when `weights` are not finite or exceed WEIGHT_LIMIT."""
     largest = float(np.abs(weights).max()) if weights.size else 0.0
     if not np.isfinite(largest) or largest > WEIGHT_LIMIT:
-        raise TrainingDiverged(f"training diverged at iteration {iteration} (largest weight {largest:.3g} > "
-                               f"{WEIGHT_LIMIT:g}): lower --lr (now {lr:g})")
+        raise TrainingDiverged(
+            f"training diverged at iteration {iteration} (largest weight {largest:.3g} > "
+            f"{WEIGHT_LIMIT:g}): lower --lr (now {lr:g})"
+        )
 
 
-def train_plain(x: np.ndarray, y: np.ndarray, softmax: PolySoftmax | ExactSoftmax, schedule: Schedule, epochs: int,
-                learning_rates, momentum: float, validation: tuple[np.ndarray, np.ndarray], stopping: EarlyStopping,
-                evaluate=None, on_epoch=None) -> tuple[np.ndarray, list[dict]]:
+def train_plain(
+    x: np.ndarray,
+    y: np.ndarray,
+    softmax: PolySoftmax | ExactSoftmax,
+    schedule: Schedule,
+    epochs: int,
+    learning_rates,
+    momentum: float,
+    validation: tuple[np.ndarray, np.ndarray],
+    stopping: EarlyStopping,
+    evaluate=None,
+    on_epoch=None,
+) -> tuple[np.ndarray, list[dict]]:
     """Train a head on scaled features `x` and one-hot `y`; returns the best epoch's weights (K x d) and one row
     per epoch run.
 
@@ -54,8 +67,14 @@ def train_plain(x: np.ndarray, y: np.ndarray, softmax: PolySoftmax | ExactSoftma
         is_best, stop = stopping.update(epoch, metrics)
         if is_best:
             best = w.copy()
-        row = {"epoch": epoch, **metrics, "best": is_best, "seconds": time.perf_counter() - start,
-               "train_loss": cross_entropy(w, x, y.argmax(1)), **(evaluate(w) if evaluate else {})}
+        row = {
+            "epoch": epoch,
+            **metrics,
+            "best": is_best,
+            "seconds": time.perf_counter() - start,
+            "train_loss": cross_entropy(w, x, y.argmax(1)),
+            **(evaluate(w) if evaluate else {}),
+        }
         rows.append(row)
         if on_epoch:
             on_epoch(row)

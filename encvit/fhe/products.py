@@ -4,21 +4,21 @@ One iteration spends five levels: logits (1), the polynomial softmax (square 1, 
 that scales, masks and sums its terms), gradient (1). Products that are summed share one relinearisation; the
 baby-step giant-step rotations are the only key switches that grow with the width.
 """
+
 from __future__ import annotations
 
 from .ops import Engine
 from .packing import Layout, first_phase_mask, log2
 from .softmax import PolySoftmax
 
-LEVELS_PER_ITERATION = 5
-
 
 def _baby_steps(engine: Engine, layout: Layout, vectors: list) -> list[list]:
     """Each vector rotated by A u1 for u1 < U1 (the unrotated one first), in parallel."""
     tasks = [(v, u1) for v in range(len(vectors)) for u1 in range(layout.baby)]
-    rotated = engine.map(lambda t: vectors[t[0]] if t[1] == 0 else engine.rotate(vectors[t[0]], layout.phases * t[1]),
-                         tasks)
-    return [rotated[v * layout.baby:(v + 1) * layout.baby] for v in range(len(vectors))]
+    rotated = engine.map(
+        lambda t: vectors[t[0]] if t[1] == 0 else engine.rotate(vectors[t[0]], layout.phases * t[1]), tasks
+    )
+    return [rotated[v * layout.baby : (v + 1) * layout.baby] for v in range(len(vectors))]
 
 
 def _giant_steps(engine: Engine, layout: Layout, data: list[list], baby: list[list[list]], pairs: int) -> list:
@@ -39,7 +39,7 @@ def _giant_steps(engine: Engine, layout: Layout, data: list[list], baby: list[li
     sums = []
     for pair in range(pairs):
         acc = parts[pair * u2n]
-        for part in parts[pair * u2n + 1:(pair + 1) * u2n]:
+        for part in parts[pair * u2n + 1 : (pair + 1) * u2n]:
             engine.add_(acc, part)
         sums.append(acc)
     return sums
@@ -53,11 +53,12 @@ def forward(engine: Engine, layout: Layout, blocks: list[list], weights: list) -
     sums = [_giant_steps(engine, layout, [data], [baby], len(weights)) for data in blocks]
     steps = [1 << t for t in range(log2(layout.phases))]
     flat = engine.map(lambda acc: engine.rotate_sum_(acc, steps), [acc for block in sums for acc in block])
-    return [flat[i * len(weights):(i + 1) * len(weights)] for i in range(len(blocks))]
+    return [flat[i * len(weights) : (i + 1) * len(weights)] for i in range(len(blocks))]
 
 
-def errors(engine: Engine, layout: Layout, logits: list, labels: list, poly: PolySoftmax, factor: float,
-           scale: float) -> list:
+def errors(
+    engine: Engine, layout: Layout, logits: list, labels: list, poly: PolySoftmax, factor: float, scale: float
+) -> list:
     """factor * (p(z) - y) per class pair at slot A b, zero elsewhere, spread over the phases of each block.
 
     With u = z_k (from Z + conj Z) and v = i z_k' (Z - conj Z), the cubic parts are u^2 (u + b/c) and
@@ -90,8 +91,10 @@ def errors(engine: Engine, layout: Layout, logits: list, labels: list, poly: Pol
         return engine.multiply_plain(ct, mask(value), scale=scale, level=level, key=("term", value))
 
     # -factor * c * mean_j z_j^2 (z_j + b/c), for the real and for the imaginary part of a pair
-    means = {both: engine.add_(term(total_u, -factor * c / k * both), term(total_v, -factor * c / k * both * 1j))
-             for both in {1 + 1j if pair < real_pairs else 1.0 + 0j for pair in range(layout.pairs)}}
+    means = {
+        both: engine.add_(term(total_u, -factor * c / k * both), term(total_v, -factor * c / k * both * 1j))
+        for both in {1 + 1j if pair < real_pairs else 1.0 + 0j for pair in range(layout.pairs)}
+    }
 
     def error(pair: int):
         both = 1 + 1j if pair < real_pairs else 1.0 + 0j

@@ -5,6 +5,7 @@ backbone features, with the L2 strength C chosen on the validation split from a 
 standardised as the encrypted trainer's are (same mean and standard deviation), without its whitening, so that
 the reference does not depend on how the encrypted trainer is set up.
 """
+
 from __future__ import annotations
 
 import time
@@ -40,7 +41,12 @@ def logistic_reference(features: FeatureSplits, grid=C_GRID) -> dict:
         if best is None or scores[c] > scores[best[0]]:
             best = (c, model)
     c, model = best
-    return {"method": "scikit-learn LogisticRegression (L-BFGS, exact softmax, L2, tol 1e-6) on standardised features",
-            "C": c, "val_acc": scores[c], "test_acc": 100.0 * model.score(x_test, features.test[1]),
-            "converged": bool(model.n_iter_.max() < model.max_iter), "val_acc_per_C": scores,
-            "seconds": time.perf_counter() - start}
+    return {
+        "method": "scikit-learn LogisticRegression (L-BFGS, exact softmax, L2, tol 1e-6) on standardised features",
+        "C": c,
+        "val_acc": scores[c],
+        "test_acc": 100.0 * model.score(x_test, features.test[1]),
+        "converged": bool(model.n_iter_.max() < model.max_iter),
+        "val_acc_per_C": scores,
+        "seconds": time.perf_counter() - start,
+    }

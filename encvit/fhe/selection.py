@@ -8,6 +8,7 @@ trains the numpy twin (the encrypted trainer's exact arithmetic: tests/test_fhe.
 its accuracy on the stand-in test is compared with the logistic-regression reference fitted on the same 80%. The
 candidate with the best mean gap over both datasets, at a moderate number of epochs, became the default.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,9 @@ CANDIDATES = {
     "not whitened (standardised only)": ({"whiten_ridge": None}, False),
     "exact softmax (not possible under CKKS)": ({}, True),
     "before: radius 2, lr 8 constant, 5 epochs, standardised": (
-        {"softmax_radius": 2.0, "lr_schedule": "constant", "epochs": 5, "whiten_ridge": None}, False),
+        {"softmax_radius": 2.0, "lr_schedule": "constant", "epochs": 5, "whiten_ridge": None},
+        False,
+    ),
 }
 
 
@@ -56,10 +59,18 @@ def select(datasets=("fashion5k", "mnist5k"), splits: int = 10, progress=print) 
                 # chooses per run (encvit.fhe.components)
                 config = FHEConfig(dataset=dataset, seed=seed, components="all", **overrides)
                 run = train_reference(part, config, exact=exact)
-                rows.append({"dataset": dataset, "split": seed, "candidate": name, "test_acc": run.best["test_acc"],
-                             "reference_test_acc": reference["test_acc"],
-                             "gap": run.best["test_acc"] - reference["test_acc"], "best_epoch": run.best_epoch,
-                             "epochs_run": len(run.rows)})
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "split": seed,
+                        "candidate": name,
+                        "test_acc": run.best["test_acc"],
+                        "reference_test_acc": reference["test_acc"],
+                        "gap": run.best["test_acc"] - reference["test_acc"],
+                        "best_epoch": run.best_epoch,
+                        "epochs_run": len(run.rows),
+                    }
+                )
             progress(f"{dataset} split {seed + 1}/{splits} done")
     return pd.DataFrame(rows)
 
@@ -67,8 +78,12 @@ def select(datasets=("fashion5k", "mnist5k"), splits: int = 10, progress=print) 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
     """Per candidate and dataset: mean gap with its standard error, the worst split, epochs run."""
     grouped = rows.groupby(["candidate", "dataset"], sort=False)
-    out = grouped.agg(mean_gap=("gap", "mean"), se=("gap", lambda g: g.std(ddof=1) / np.sqrt(len(g))),
-                      worst=("gap", "min"), epochs_run=("epochs_run", "mean"))
+    out = grouped.agg(
+        mean_gap=("gap", "mean"),
+        se=("gap", lambda g: g.std(ddof=1) / np.sqrt(len(g))),
+        worst=("gap", "min"),
+        epochs_run=("epochs_run", "mean"),
+    )
     return out.unstack("dataset").round(2)
 
 

@@ -9,6 +9,7 @@ The training blocks live on the server's disk (``CiphertextStore``) and are read
 encrypted validation features, whose logits the server computes after a refresh at an epoch's end (one level) and
 sends with its next message.
 """
+
 from __future__ import annotations
 
 import time
@@ -17,7 +18,8 @@ from . import ckks
 from .head import momentum_ratio
 from .ops import Engine
 from .packing import Layout
-from .products import LEVELS_PER_ITERATION, errors, forward, gradient
+from .params import LEVELS_PER_ITERATION
+from .products import errors, forward, gradient
 from .softmax import PolySoftmax
 from .store import CiphertextStore
 
@@ -25,8 +27,9 @@ from .store import CiphertextStore
 class Server:
     """Encrypted training state (blocks on disk, weights in memory) and the Nesterov step."""
 
-    def __init__(self, public: bytes, layout: Layout, poly: PolySoftmax, momentum: float, threads: int = 1,
-                 store_folder=None):
+    def __init__(
+        self, public: bytes, layout: Layout, poly: PolySoftmax, momentum: float, threads: int = 1, store_folder=None
+    ):
         self.context, rotation_keys = ckks.load_public(public)
         self.engine = Engine(self.context, rotation_keys, threads)
         self.layout, self.poly, self.momentum = layout, poly, momentum
@@ -51,8 +54,10 @@ class Server:
     def receive_weights(self, state: dict[str, dict[str, list[bytes]]]) -> None:
         """Set encrypted weights: "u" (look-ahead) and/or "w" (last weights), each in the forms sent."""
         for name, forms in state.items():
-            self.weights[name] = {form: self.engine.map(lambda d: ckks.ciphertext_from_bytes(self.context, d), data)
-                                  for form, data in forms.items()}
+            self.weights[name] = {
+                form: self.engine.map(lambda d: ckks.ciphertext_from_bytes(self.context, d), data)
+                for form, data in forms.items()
+            }
 
     def send_weights(self, names=("u", "w")) -> dict[str, list[bytes]]:
         """The encrypted weights in the update form, as bytes (for a refresh)."""
@@ -77,8 +82,9 @@ class Server:
         start = time.perf_counter()
         out = []
         for index in range(self.validation_blocks):
-            logits = forward(self.engine, self.layout, [self.store.get(f"val{index}-forward")],
-                             self.weights["w"]["forward"])[0]
+            logits = forward(
+                self.engine, self.layout, [self.store.get(f"val{index}-forward")], self.weights["w"]["forward"]
+            )[0]
             out.append(self.engine.map(lambda ct: ckks.saved_bytes(self.engine.switch(ct, 0)), logits))
         self.validation_seconds += time.perf_counter() - start
         return out
@@ -90,8 +96,10 @@ class Server:
         factor = lr / (sum(self.counts[b] for b in block_ids) * self.denominator)
         u = self.weights["u"]
         logits = forward(engine, layout, [self.store.get(f"train{b}-forward") for b in block_ids], u["forward"])
-        spread = [errors(engine, layout, z, self.store.get(f"train{b}-labels"), self.poly, factor,
-                         self.context.global_scale) for b, z in zip(block_ids, logits)]
+        spread = [
+            errors(engine, layout, z, self.store.get(f"train{b}-labels"), self.poly, factor, self.context.global_scale)
+            for b, z in zip(block_ids, logits, strict=False)
+        ]
         grads = gradient(engine, layout, [self.store.get(f"train{b}-gradient") for b in block_ids], spread)
 
         def update(pair: int):
@@ -103,5 +111,5 @@ class Server:
                 engine.sub_(look, engine.align(w_prev, self.momentum, grad))
             return engine.sub_(look, engine.multiply_int(grad, self.numerator)), w
 
-        looks, ws = zip(*engine.map(update, range(layout.pairs)))
+        looks, ws = zip(*engine.map(update, range(layout.pairs)), strict=False)
         self.weights = {"u": {"update": list(looks)}, "w": {"update": list(ws)}}

@@ -21,13 +21,14 @@ On ciphertexts it costs three levels (square, cube, and a masked sum over classe
 The trainers feed z itself, not z - mean(z): with the class mean of W starting at zero it stays zero, because
 P - Y sums to zero over the classes, so z is centred at every step.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..common.errors import ConfigError
 
 DEFAULT_RADIUS = 2.0
 
@@ -62,13 +63,12 @@ class PolySoftmax:
     radius: float
 
     @classmethod
-    def fit(cls, num_classes: int, radius: float = DEFAULT_RADIUS, samples: int = 20000,
-            seed: int = 0) -> "PolySoftmax":
+    def fit(cls, num_classes: int, radius: float = DEFAULT_RADIUS, samples: int = 20000, seed: int = 0) -> PolySoftmax:
         """Least-squares a, b, c on centred logits uniform in [-radius, radius]^K, constrained to b^2 <= 3ac."""
         if num_classes < 2:
             raise ConfigError(f"a softmax head needs at least 2 classes, got {num_classes}")
         u = _centred_samples(num_classes, radius, samples, seed)
-        basis = np.stack([u, u ** 2 - (u ** 2).mean(1, keepdims=True), u ** 3 - (u ** 3).mean(1, keepdims=True)])
+        basis = np.stack([u, u**2 - (u**2).mean(1, keepdims=True), u**3 - (u**3).mean(1, keepdims=True)])
         target = softmax(u) - 1.0 / num_classes
         basis, target = basis.reshape(3, -1).T, target.ravel()
         (a, b, c), *_ = np.linalg.lstsq(basis, target, rcond=None)
@@ -89,13 +89,17 @@ class PolySoftmax:
     @property
     def convex(self) -> bool:
         """Whether the implied loss is convex (a + 2 b u + 3 c u^2 >= 0 for every u)."""
-        return self.a > 0 and self.c >= 0 and self.b ** 2 <= 3 * self.a * self.c
+        return self.a > 0 and self.c >= 0 and self.b**2 <= 3 * self.a * self.c
 
     def __call__(self, z: np.ndarray) -> np.ndarray:
         """The polynomial on logits `z` of shape (n, K)."""
-        z2, z3 = z ** 2, z ** 3
-        return (1.0 / self.num_classes + self.a * z + self.b * (z2 - z2.mean(-1, keepdims=True))
-                + self.c * (z3 - z3.mean(-1, keepdims=True)))
+        z2, z3 = z**2, z**3
+        return (
+            1.0 / self.num_classes
+            + self.a * z
+            + self.b * (z2 - z2.mean(-1, keepdims=True))
+            + self.c * (z3 - z3.mean(-1, keepdims=True))
+        )
 
     def apply(self, logits: list) -> list:
         """The polynomial on a list of K per-class values that support +, -, * (numpy arrays or CKKSVectors)."""
@@ -105,7 +109,7 @@ class PolySoftmax:
         for term in terms[1:]:
             total = total + term
         mean = total * (1.0 / self.num_classes)
-        return [z * self.a + (t - mean) + 1.0 / self.num_classes for z, t in zip(logits, terms)]
+        return [z * self.a + (t - mean) + 1.0 / self.num_classes for z, t in zip(logits, terms, strict=False)]
 
     def max_error(self, radius: float | None = None, samples: int = 20000, seed: int = 1) -> float:
         """The largest |p - softmax| over centred logits uniform in [-radius, radius]^K."""
@@ -127,6 +131,14 @@ class PolySoftmax:
 
     def describe(self) -> dict:
         """Coefficients, range and error, JSON-ready."""
-        return {"form": "1/K + a z_k + b (z_k^2 - mean z^2) + c (z_k^3 - mean z^3)", "num_classes": self.num_classes,
-                "a": self.a, "b": self.b, "c": self.c, "fit_radius": self.radius, "convex": self.convex,
-                "max_error_on_radius": self.max_error(), "fixed_point_margin": self.fixed_point_margin()}
+        return {
+            "form": "1/K + a z_k + b (z_k^2 - mean z^2) + c (z_k^3 - mean z^3)",
+            "num_classes": self.num_classes,
+            "a": self.a,
+            "b": self.b,
+            "c": self.c,
+            "fit_radius": self.radius,
+            "convex": self.convex,
+            "max_error_on_radius": self.max_error(),
+            "fixed_point_margin": self.fixed_point_margin(),
+        }

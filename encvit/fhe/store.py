@@ -4,6 +4,7 @@ The server keeps no block in memory between iterations: its memory is bounded by
 Each ciphertext is one file in SEAL's own format (SEAL loads from a path); the server saves what it received in
 full (not seeded), which it reads back faster than the client's seeded bytes.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -32,6 +33,7 @@ class CiphertextStore:
 
     def put(self, name: str, data: list[bytes]) -> None:
         """Store the ciphertexts sent as `data` under `name` (checked against the server's parameters)."""
+
         def save(item):
             index, payload = item
             path = self._path(name, index)
@@ -43,6 +45,7 @@ class CiphertextStore:
 
     def get(self, name: str) -> list[sealapi.Ciphertext]:
         """The ciphertexts stored under `name`, read from disk."""
+
         def load(index):
             ct = sealapi.Ciphertext()
             with self.engine._op("load"):

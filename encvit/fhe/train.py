@@ -12,97 +12,41 @@ epoch and answers with its decision (stop, or go on), which thus takes effect on
 of the best epoch are the ones it decrypted at that epoch's refresh. After the last epoch one final refresh and
 one message of logits settle the last epoch.
 """
+
 from __future__ import annotations
 
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..common.errors import ConfigError
 from . import ckks
 from .client import Client
-from .features import class_count
-from .head import (EarlyStopping, FeatureScaler, FeatureSplits, Schedule, accuracy, cross_entropy, learning_rate,
-                   momentum_ratio, one_hot, validation_metrics)
-from .ops import default_threads
+from .config import FHEConfig
+from .head import (
+    EarlyStopping,
+    FeatureScaler,
+    FeatureSplits,
+    Schedule,
+    accuracy,
+    cross_entropy,
+    learning_rate,
+    one_hot,
+    validation_metrics,
+)
 from .packing import Layout, choose_layout
+from .params import LEVELS_PER_ITERATION
 from .plain import train_plain
-from .products import LEVELS_PER_ITERATION
 from .server import Server
 from .softmax import ExactSoftmax, PolySoftmax
-from ..errors import Allowed, ConfigError, check_options, integer, number, one_of, option, optional, path, text
 
 # HETAL (Lee et al., ICML 2023), Table 3: seconds per iteration with bootstrapping at ring degree 2^16, on
 # their hardware (a GPU); and the total training time per dataset. Quoted for scale, not measured here.
 HETAL_SECONDS_PER_ITERATION = (4.29, 15.72)
 HETAL_SECONDS_PER_RUN = (567, 3442)
-TRAINABLE_PRESETS = tuple(sorted(n for n, p in ckks.PRESETS.items() if p.levels >= LEVELS_PER_ITERATION))
-
-
-def _dataset_name():
-    from ..train import dataset_name  # the one rule every command uses
-
-    return dataset_name()
-
-
-def _components() -> Allowed:
-    return Allowed('"auto", "all" or a positive integer',
-                   lambda v: v in ("auto", "all") or (isinstance(v, str) and v.isdigit() and int(v) > 0))
-
-
-@dataclass
-class FHEConfig:
-    """One encrypted head training run: the defaults of `encvit fhe-train`, saved as config.json.
-
-    The defaults were chosen on validation data only (never on test) and are the same for every dataset.
-    """
-
-    backbone: str = option("encvit-tiny", text())
-    dataset: str = option("fashion5k", _dataset_name())
-    features: str | None = option(None, optional(path()))  # a features file (.npz) instead of backbone + dataset
-    # Principal components the client keeps ("all": every feature; "auto": chosen per run on validation, see
-    # encvit.fhe.components)
-    components: str = option("auto", _components())
-    # Chosen on validation only: 10 splits of each training set into 80% train and a 20% stand-in test, candidates
-    # scored by their gap to the logistic-regression reference there (notes in docs/fhe.md).
-    epochs: int = option(60, integer(1, 1000))  # at most: the cosine schedule's length; early stopping may end sooner
-    patience: int = option(10, integer(1, 1000))  # epochs without a better validation score before the client stops
-    stop_on: str = option("val_loss", one_of("val_loss", "val_acc"))  # the score: cross-entropy or accuracy
-    batch_size: int = option(1024, integer(1))  # HETAL's batch for MNIST
-    lr: float = option(8.0, number(0, 1000, low_open=True))
-    lr_schedule: str = option("cosine", one_of("constant", "cosine"))
-    momentum: float = option(0.9, number(0, 1, high_open=True))
-    softmax_radius: float = option(4.0, number(0.5, 64))
-    whiten_ridge: float | None = option(0.01, optional(number(0, 1e6, low_open=True)))
-    preset: str = option(ckks.DEFAULT_PRESET, one_of(*TRAINABLE_PRESETS))
-    limit: int | None = option(None, optional(integer(1)))
-    seed: int = option(0, integer(0, 2 ** 32 - 1))
-    threads: int = option(default_threads(), integer(1, 256))  # blocks and feature groups run in parallel
-    pretrained: bool = True
-
-    def __post_init__(self):
-        self.check()
-
-    def check(self) -> "FHEConfig":
-        """Raise ConfigError on values that cannot work (one line naming the option)."""
-        check_options(self)
-        if self.features is None and self.dataset.startswith("folder:") and \
-                not Path(self.dataset[len("folder:"):]).is_dir():
-            raise ConfigError(f"--dataset {self.dataset}: {self.dataset[len('folder:'):]} is not a folder")
-        momentum_ratio(self.momentum)
-        classes = class_count(self.dataset) if self.features is None else None
-        if self.limit is not None and classes is not None and self.limit < classes:
-            raise ConfigError(f"--limit must be at least the {classes} classes of {self.dataset} (every split needs "
-                              f"an image of each class), got {self.limit}")
-        params = ckks.get_params(self.preset)
-        if not 1 <= self.batch_size <= params.slots:
-            raise ConfigError(f"--batch-size must be between 1 and the {params.slots} slots of a ciphertext at ring "
-                              f"degree {params.poly_modulus_degree} (a batch's samples share one ciphertext per "
-                              f"feature group), got {self.batch_size}")
-        return self
 
 
 @dataclass
@@ -173,7 +117,7 @@ class Setup:
     schedule: Schedule
     poly: PolySoftmax
     params: ckks.CKKSParams
-    config: "FHEConfig"
+    config: FHEConfig
 
     @property
     def iterations_per_epoch(self) -> int:
@@ -208,18 +152,37 @@ def setup(features: FeatureSplits, config: FHEConfig) -> Setup:
     x = scaler.transform(features.train[0])
     layout = choose_layout(params.slots, x.shape[1], num_classes, config.batch_size)
     schedule = Schedule.make(len(x), min(layout.block, config.batch_size), config.batch_size, config.seed)
-    return Setup(scaler, x, one_hot(features.train[1], num_classes), scaler.transform(features.val[0]),
-                 np.asarray(features.val[1]), layout, schedule, PolySoftmax.fit(num_classes, config.softmax_radius),
-                 params, config)
+    return Setup(
+        scaler,
+        x,
+        one_hot(features.train[1], num_classes),
+        scaler.transform(features.val[0]),
+        np.asarray(features.val[1]),
+        layout,
+        schedule,
+        PolySoftmax.fit(num_classes, config.softmax_radius),
+        params,
+        config,
+    )
 
 
 def train_reference(features: FeatureSplits, config: FHEConfig, exact: bool = False, on_epoch=None) -> HeadRun:
     """The numpy twin on the same schedule, polynomial, hyperparameters and stopping (`exact`: true softmax)."""
     s = setup(features, config)
     softmax = ExactSoftmax() if exact else s.poly
-    weights, rows = train_plain(s.x, s.y, softmax, s.schedule, config.epochs, s.learning_rate, config.momentum,
-                                (s.val_x, s.val_labels), s.stopping(), evaluate=s.evaluate(features),
-                                on_epoch=on_epoch)
+    weights, rows = train_plain(
+        s.x,
+        s.y,
+        softmax,
+        s.schedule,
+        config.epochs,
+        s.learning_rate,
+        config.momentum,
+        (s.val_x, s.val_labels),
+        s.stopping(),
+        evaluate=s.evaluate(features),
+        on_epoch=on_epoch,
+    )
     return HeadRun(weights, s.scaler, rows)
 
 
@@ -251,8 +214,9 @@ class Protocol:
         s = self.setup
         for index, block in enumerate(s.schedule.blocks):
             start = time.perf_counter()
-            data = self.wire.send("client_to_server", "features_and_labels",
-                                  self.client.encrypt_block(s.x[block], s.y[block]))
+            data = self.wire.send(
+                "client_to_server", "features_and_labels", self.client.encrypt_block(s.x[block], s.y[block])
+            )
             self.timings["client_encrypt_seconds"] += time.perf_counter() - start
             start = time.perf_counter()
             self.server.receive_block(index, data)
@@ -260,16 +224,20 @@ class Protocol:
         size = self.setup.layout.block
         for index, first in enumerate(range(0, len(s.val_x), size)):
             start = time.perf_counter()
-            data = self.wire.send("client_to_server", "validation_features",
-                                  self.client.encrypt_features(s.val_x[first:first + size]))
+            data = self.wire.send(
+                "client_to_server", "validation_features", self.client.encrypt_features(s.val_x[first : first + size])
+            )
             self.timings["client_encrypt_seconds"] += time.perf_counter() - start
             start = time.perf_counter()
             self.server.receive_validation(index, data)
             self.timings["server_load_seconds"] += time.perf_counter() - start
         start = time.perf_counter()
         zero = np.zeros((s.y.shape[1], s.x.shape[1]))
-        state = self.wire.send("client_to_server", "initial_weights",
-                               {"u": self.client.encrypt_weights(zero), "w": self.client.encrypt_weights(zero, ("update",))})
+        state = self.wire.send(
+            "client_to_server",
+            "initial_weights",
+            {"u": self.client.encrypt_weights(zero), "w": self.client.encrypt_weights(zero, ("update",))},
+        )
         self.timings["client_encrypt_seconds"] += time.perf_counter() - start
         self.server.receive_weights(state)
 
@@ -310,24 +278,36 @@ class Protocol:
         bar.close()
         judge = self._judge
         wasted = iteration - judge.rows[-1]["epoch"] * s.iterations_per_epoch if stopped else 0
-        stats = {"ckks": s.params.describe(), "preset": config.preset, "layout": s.layout.describe(),
-                 "softmax": s.poly.describe(), "levels_per_iteration": LEVELS_PER_ITERATION,
-                 "iterations": iteration, "iterations_after_last_validated_epoch": wasted,
-                 "seconds_per_iteration": float(np.mean(step_seconds)), "epochs_run": len(judge.rows),
-                 "best_epoch": judge.stopping.best_epoch, "stopped_early": stopped,
-                 "effective_batch_size": s.schedule.blocks_per_batch * len(s.schedule.blocks[0]),
-                 "refreshes": self.refreshes, "operations": dict(server.engine.counts), "bytes": self.wire.summary(),
-                 "server_disk_bytes": server.store.bytes_on_disk,
-                 "timings": {**{k: round(v, 3) for k, v in self.timings.items()},
-                             "server_validation_seconds": round(server.validation_seconds, 3),
-                             "client_validation_seconds": round(judge.seconds, 3),
-                             "training_seconds": round(time.perf_counter() - run_start, 3)},
-                 "hetal_seconds_per_iteration": HETAL_SECONDS_PER_ITERATION,
-                 "hetal_seconds_per_run": HETAL_SECONDS_PER_RUN, "config": asdict(config)}
+        stats = {
+            "ckks": s.params.describe(),
+            "preset": config.preset,
+            "layout": s.layout.describe(),
+            "softmax": s.poly.describe(),
+            "levels_per_iteration": LEVELS_PER_ITERATION,
+            "iterations": iteration,
+            "iterations_after_last_validated_epoch": wasted,
+            "seconds_per_iteration": float(np.mean(step_seconds)),
+            "epochs_run": len(judge.rows),
+            "best_epoch": judge.stopping.best_epoch,
+            "stopped_early": stopped,
+            "effective_batch_size": s.schedule.blocks_per_batch * len(s.schedule.blocks[0]),
+            "refreshes": self.refreshes,
+            "operations": dict(server.engine.counts),
+            "bytes": self.wire.summary(),
+            "server_disk_bytes": server.store.bytes_on_disk,
+            "timings": {
+                **{k: round(v, 3) for k, v in self.timings.items()},
+                "server_validation_seconds": round(server.validation_seconds, 3),
+                "client_validation_seconds": round(judge.seconds, 3),
+                "training_seconds": round(time.perf_counter() - run_start, 3),
+            },
+            "hetal_seconds_per_iteration": HETAL_SECONDS_PER_ITERATION,
+            "hetal_seconds_per_run": HETAL_SECONDS_PER_RUN,
+            "config": asdict(config),
+        }
         return HeadRun(judge.best_weights, s.scaler, judge.rows, stats)
 
-    def exchange(self, pending, iteration: int, lr: float, finished_epoch: int | None = None,
-                  names=("u", "w")) -> bool:
+    def exchange(self, pending, iteration: int, lr: float, finished_epoch: int | None = None, names=("u", "w")) -> bool:
         """One round trip: the server sends its weights (and any pending validation logits); the client judges
         the logits, re-encrypts the weights and answers with fresh weights and its decision. True: stop."""
         start = time.perf_counter()
@@ -335,12 +315,16 @@ class Protocol:
         stop = False
         if pending is not None:
             epoch, logits = pending
-            stop = self._judge.decide(epoch, self.client, self.wire.send("server_to_client", "validation_logits",
-                                                                         logits))
+            stop = self._judge.decide(
+                epoch, self.client, self.wire.send("server_to_client", "validation_logits", logits)
+            )
         self.wire.send("client_to_server", "decision", b"\x01" if stop else b"\x00")
         if not stop:
-            fresh = self.wire.send("client_to_server", "refresh",
-                                   self.client.refresh(weights, iteration, lr, validate=finished_epoch is not None))
+            fresh = self.wire.send(
+                "client_to_server",
+                "refresh",
+                self.client.refresh(weights, iteration, lr, validate=finished_epoch is not None),
+            )
             if finished_epoch is not None:
                 self._judge.candidates[finished_epoch] = self.client.last_refreshed["w"]
             self.server.receive_weights(fresh)
@@ -376,7 +360,13 @@ class _Judge:
         if is_best:
             self.best_weights = weights
         self.seconds += time.perf_counter() - start
-        row = {"epoch": epoch, **metrics, "best": is_best, "seconds": self.epoch_seconds[epoch], **self.evaluate(weights)}
+        row = {
+            "epoch": epoch,
+            **metrics,
+            "best": is_best,
+            "seconds": self.epoch_seconds[epoch],
+            **self.evaluate(weights),
+        }
         self.rows.append(row)
         if self.on_epoch:
             self.on_epoch(row)

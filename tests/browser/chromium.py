@@ -1,4 +1,5 @@
 """Debian's Chromium for Playwright: found on PATH or through ENCVIT_CHROMIUM, never downloaded."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,14 @@ ENV_VARIABLE = "ENCVIT_CHROMIUM"
 NAMES = ("chromium", "chromium-browser")
 # Playwright adds most of these itself; they are listed so that the browser stays off the network whatever its
 # defaults become. --headless and --no-sandbox (Chromium's sandbox cannot run as root) come from the options below.
-ARGS = ("--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync")
+ARGS = (
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 VIEWPORT = {"width": 1280, "height": 900}
 
 
@@ -23,17 +30,21 @@ def find_chromium() -> str:
     if configured:
         found = shutil.which(configured)
         if not found:
-            raise ChromiumNotFound(f"{ENV_VARIABLE}={configured} is not an executable file: point it at a "
-                                   f"Chromium binary (e.g. {ENV_VARIABLE}=/usr/bin/chromium) or unset it to use "
-                                   "chromium on PATH")
+            raise ChromiumNotFound(
+                f"{ENV_VARIABLE}={configured} is not an executable file: point it at a "
+                f"Chromium binary (e.g. {ENV_VARIABLE}=/usr/bin/chromium) or unset it to use "
+                "chromium on PATH"
+            )
         return found
     for name in NAMES:
         found = shutil.which(name)
         if found:
             return found
-    raise ChromiumNotFound(f"Chromium is not installed (no {' or '.join(NAMES)} on PATH): install Debian's chromium "
-                           f"(`sudo apt-get install chromium`; `make setup` does it as root) or set {ENV_VARIABLE} "
-                           "to a Chromium binary. Playwright cannot download its own browser here.")
+    raise ChromiumNotFound(
+        f"Chromium is not installed (no {' or '.join(NAMES)} on PATH): install Debian's chromium "
+        f"(`sudo apt-get install chromium`; `make setup` does it as root) or set {ENV_VARIABLE} "
+        "to a Chromium binary. Playwright cannot download its own browser here."
+    )
 
 
 def launch_options() -> dict:

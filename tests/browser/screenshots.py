@@ -1,4 +1,5 @@
 """The demo's pictures in docs/, taken in Chromium by a user's steps (`python scripts/app_screenshots.py`)."""
+
 from __future__ import annotations
 
 import io
@@ -8,7 +9,7 @@ import numpy as np
 from PIL import Image
 from playwright.sync_api import Page, expect
 
-from encvit.atomic import atomic_path
+from encvit.common.atomic import atomic_path
 
 from .user import ATTACK_MS, go_to_page, open_app, prediction_tables, reconstructions, type_passphrase, wait_until_idle
 

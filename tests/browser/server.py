@@ -1,4 +1,5 @@
 """The demo served by `streamlit run app/Home.py` on a free port of 127.0.0.1, with its output in a log file."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,9 +10,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 APP = Path(__file__).resolve().parents[2] / "app" / "Home.py"
 _LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never goes through a proxy
@@ -47,9 +48,25 @@ def free_port() -> int:
 def serve_app(log: Path, app: Path = APP, timeout: float = 90.0) -> Iterator[AppServer]:
     """Run `streamlit run app` headless and offline on a free local port; yield it; always stop it."""
     port = free_port()
-    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true",
-               "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
-               "--browser.gatherUsageStats", "false", "--global.developmentMode", "false"]
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app),
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--server.fileWatcherType",
+        "none",
+        "--browser.gatherUsageStats",
+        "false",
+        "--global.developmentMode",
+        "false",
+    ]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:

@@ -3,6 +3,7 @@
 Only `wait_until_idle` looks at Streamlit's internals (data-testid attributes): a user sees that a page is
 finished, a test has to ask.
 """
+
 from __future__ import annotations
 
 import re
@@ -89,5 +90,5 @@ def read_table(table: Locator) -> list[dict[str, str]]:
     rows = []
     for row in table.get_by_role("row").all()[1:]:
         cells = row.get_by_role("rowheader").all_inner_texts() + row.get_by_role("cell").all_inner_texts()
-        rows.append(dict(zip(header, (c.strip() for c in cells))))
+        rows.append(dict(zip(header, (c.strip() for c in cells), strict=False)))
     return rows
