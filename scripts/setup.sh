@@ -30,5 +30,5 @@ if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
 fi
 EXTRAS=(all)  # the [project.optional-dependencies] of pyproject.toml to install: all of them
 quiet "$PIP" install -q -e ".[$(IFS=,; echo "${EXTRAS[*]}")]"
-"$VENV/bin/python" -c "import encvit, torch, timm, tenseal, streamlit, nbval, playwright, peft, ray"
+"$VENV/bin/python" -c "import encvit, torch, timm, tenseal, streamlit, nbval, playwright, peft, ray, fastapi, uvicorn, httpx"
 touch "$VENV/.installed"

@@ -23,10 +23,10 @@ from .plain import check_weights
 class Client:
     """Secret key, encryption and decryption for one packed layout."""
 
-    def __init__(self, params: ckks.CKKSParams, layout: Layout, threads: int = 1):
+    def __init__(self, params: ckks.CKKSParams, layout: Layout, threads: int = 1, context=None):
         self.params = params
         self.layout = layout
-        self.context = ckks.new_context(params)
+        self.context = ckks.new_context(params) if context is None else context  # a saved one: a resumed run
         self._engine = Engine(self.context, threads=threads)  # encoding, and threads for many ciphertexts
         self._encryptor = sealapi.Encryptor(self._engine.seal, ckks.secret_key(self.context))
         self._decryptor = sealapi.Decryptor(self._engine.seal, ckks.secret_key(self.context))
@@ -39,6 +39,10 @@ class Client:
             "update": top - (LEVELS_PER_ITERATION - 1),
         }
         self.last_refreshed: dict[str, np.ndarray] = {}
+
+    def private_bytes(self) -> bytes:
+        """The whole context with its secret key, for the client's own run folder (never for the server)."""
+        return self.context.serialize(save_secret_key=True)
 
     def public_bytes(self) -> bytes:
         """Parameters and evaluation keys for the server (no secret key)."""

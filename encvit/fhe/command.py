@@ -5,12 +5,13 @@ The options are read without TenSEAL or torch, so `encvit --help` loads neither.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import fields
 from types import SimpleNamespace
 
 from ..common.errors import ConfigError, check_output_path
 from ..data.names import DATASET_HELP
-from .config import TRAINABLE_PRESETS, FHEConfig
+from .config import TOKEN_ENV, TRAINABLE_PRESETS, FHEConfig, RemoteOptions, ServeConfig
 
 
 def cmd_fhe_train(args) -> int:
@@ -20,7 +21,12 @@ def cmd_fhe_train(args) -> int:
 
     names = {f.name for f in fields(FHEConfig)}
     config = FHEConfig(**{k: v for k, v in vars(args).items() if k in names})
-    r = fhe_train(config, args.out, args.overwrite, progress=not args.no_progress)
+    remote = None
+    if args.server is not None:
+        remote = RemoteOptions(args.server, args.token_file, args.server_wait, args.keep_on_server)
+    elif args.token_file is not None or args.keep_on_server:
+        raise ConfigError("--token-file and --keep-on-server go with --server URL")
+    r = fhe_train(config, args.out, args.overwrite, progress=not args.no_progress, remote=remote)
     ckks = r["stats"]["ckks"]
     print(
         f"CKKS: ring degree {ckks['poly_modulus_degree']}, moduli {ckks['coeff_mod_bit_sizes']} "
@@ -134,7 +140,61 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="RUN", help="run directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--server",
+        metavar="URL",
+        help="train on `encvit fhe-serve` at URL (default: a server in this "
+        "process); needs --out, and the same command run again goes on with the job",
+    )
+    p.add_argument("--token-file", metavar="PATH", help=f"the server's token (default: the variable {TOKEN_ENV})")
+    p.add_argument(
+        "--server-wait",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long to keep asking a server that does not answer (default 600)",
+    )
+    p.add_argument(
+        "--keep-on-server",
+        action="store_true",
+        help="leave the job's ciphertexts on the server at the end (default: the server deletes them)",
+    )
     p.set_defaults(func=cmd_fhe_train)
+
+    s = SimpleNamespace(**{f.name: f.default for f in fields(ServeConfig)})
+    p = subparsers.add_parser(
+        "fhe-serve",
+        help="serve encrypted head training to clients over HTTP (BlindTuner's "
+        "server: public keys and ciphertexts only)",
+    )
+    p.add_argument("--data", required=True, metavar="DIR", help="the server's folder: tokens, jobs and ciphertexts")
+    p.add_argument("--host", default=s.host, help=f"address to listen on (default {s.host}: this machine only)")
+    p.add_argument("--port", type=int, default=s.port, help=f"port (default {s.port}; 0: any free port)")
+    p.add_argument("--ssl-certfile", metavar="PEM", help="serve HTTPS with this certificate (with --ssl-keyfile)")
+    p.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow another address than loopback without TLS (tokens and ciphertexts in the clear)",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=s.max_upload_mb,
+        help=f"largest request body, MB (default {s.max_upload_mb:g})",
+    )
+    p.add_argument("--max-jobs", type=int, default=s.max_jobs, help=f"open jobs per token (default {s.max_jobs})")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=s.threads,
+        help=f"threads for independent ciphertexts (default {s.threads}: this machine's cores)",
+    )
+    p.add_argument(
+        "--new-token", metavar="NAME", help="print a new token called NAME and exit (only its hash is stored in DIR)"
+    )
+    p.add_argument("--revoke-token", metavar="NAME", help="remove the token called NAME and exit")
+    p.set_defaults(func=cmd_fhe_serve)
 
     p = subparsers.add_parser(
         "features",
@@ -150,6 +210,57 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="F.npz", help="the features file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing features file")
     p.set_defaults(func=cmd_features)
+
+
+def cmd_fhe_serve(args) -> int:
+    """Run `encvit fhe-serve`: manage tokens, or serve until stopped (Ctrl-C or SIGTERM)."""
+    from pathlib import Path
+
+    config = ServeConfig(
+        args.data,
+        args.host,
+        args.port,
+        args.ssl_certfile,
+        args.ssl_keyfile,
+        args.insecure,
+        args.max_upload_mb,
+        args.max_jobs,
+        args.threads,
+    )
+    data = check_output_path(config.data, "--data", folder=True)
+    if args.new_token is not None and args.revoke_token is not None:
+        raise ConfigError("--new-token and --revoke-token: one at a time")
+    if args.new_token is not None or args.revoke_token is not None:
+        from .tokens import TokenStore
+
+        data.mkdir(parents=True, exist_ok=True)
+        store = TokenStore(data)
+        if args.new_token is not None:
+            print(store.new(args.new_token))
+        else:
+            store.revoke(args.revoke_token)
+            print(f"revoked {args.revoke_token}; its requests get 401 from now on")
+        return 0
+    from .service import check_exposure, serve
+
+    check_exposure(config.host, config.ssl_certfile, config.ssl_keyfile, config.insecure)
+    data.mkdir(parents=True, exist_ok=True)
+    if not (data / "tokens.json").exists():
+        print(
+            f"note: {data} holds no token yet: make one with `encvit fhe-serve --data {data} --new-token NAME`",
+            file=sys.stderr,
+        )
+    serve(
+        Path(data),
+        config.host,
+        config.port,
+        config.ssl_certfile,
+        config.ssl_keyfile,
+        config.max_upload_mb,
+        config.max_jobs,
+        config.threads,
+    )
+    return 0
 
 
 def cmd_features(args) -> int:

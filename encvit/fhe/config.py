@@ -83,3 +83,57 @@ class FHEConfig:
                 f"feature group), got {self.batch_size}"
             )
         return self
+
+
+TOKEN_ENV = "ENCVIT_FHE_TOKEN"
+
+
+@dataclass
+class RemoteOptions:
+    """`fhe-train --server`: where the encrypted head trains, with which token, how long to wait for the server."""
+
+    server: str = option(None, text())
+    token_file: str | None = option(None, optional(path()))
+    server_wait: float = option(600.0, number(0, 86400))
+    keep_on_server: bool = False
+
+    def __post_init__(self):
+        check_options(self)
+        if not self.server.startswith(("http://", "https://")):
+            raise ConfigError(f"--server {self.server}: give the URL the server printed, e.g. http://127.0.0.1:8765")
+
+    def token(self) -> str:
+        """The token from --token-file, else from ENCVIT_FHE_TOKEN; ConfigError when neither gives one."""
+        if self.token_file is not None:
+            try:
+                token = Path(self.token_file).read_text().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"--token-file {self.token_file} cannot be read: {exc}") from None
+            if not token or len(token.split()) != 1:
+                raise ConfigError(f"--token-file {self.token_file} must hold one token on one line")
+            return token
+        token = os.environ.get(TOKEN_ENV, "").strip()
+        if not token:
+            raise ConfigError(
+                f"--server needs a token: set {TOKEN_ENV} or pass --token-file (the server's operator "
+                "makes one with `encvit fhe-serve --data DIR --new-token NAME`)"
+            )
+        return token
+
+
+@dataclass
+class ServeConfig:
+    """`encvit fhe-serve`: where the server listens and what it accepts."""
+
+    data: str = option(None, path())
+    host: str = option("127.0.0.1", text())
+    port: int = option(8765, integer(0, 65535))
+    ssl_certfile: str | None = option(None, optional(path()))
+    ssl_keyfile: str | None = option(None, optional(path()))
+    insecure: bool = False
+    max_upload_mb: float = option(256.0, number(0, 1 << 20, low_open=True))
+    max_jobs: int = option(4, integer(1, 1000))
+    threads: int = option(default_threads(), integer(1, 256))
+
+    def __post_init__(self):
+        check_options(self)

@@ -28,14 +28,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..common.atomic import output_lock, replace_folder, write_text
+from ..common.atomic import output_lock, replace_folder, write_bytes, write_text
 from ..common.errors import ConfigError, check_output_path
 from ..common.timing import machine
 from ..models.adapters import AdapterInfo, save_adapter
 from ..models.backbones import create_backbone, describe
 from ..models.methods import prepare
+from .checkpoint import SECRET_FILE, Checkpoint, fingerprint, state_folder
 from .components import choose
-from .config import FHEConfig
+from .config import FHEConfig, RemoteOptions
 from .features import check_splits, dataset_features, read_features_file, sha256_of
 from .head import FeatureSplits
 from .reference import logistic_reference
@@ -116,9 +117,11 @@ def write_run(
     exact: HeadRun,
     result: dict,
     derived_extra: dict | None = None,
+    secret: bytes | None = None,
 ) -> Path:
     """Write the run directory atomically: files into RUN.partial, then swapped in by renames. Without a `model` (a
-    run on a features file) the head for the raw features is written as head.safetensors."""
+    run on a features file) the head for the raw features is written as head.safetensors. A remote run's `secret`
+    context (the client's keys) is kept as RUN/secret-context.tenseal, readable by its owner only."""
     import tenseal
 
     from ..training.run import versions
@@ -169,6 +172,8 @@ def write_run(
             ),
         )
         write_text(staging / "result.json", json.dumps(result, indent=1, default=float))
+        if secret is not None:
+            write_bytes(staging / SECRET_FILE, secret, mode=0o600)
         details = {**encrypted.stats, "numpy_twins": compare(encrypted, twin, exact)}
         write_text(staging / "fhe.json", json.dumps(details, indent=1, default=float))
         replace_folder(staging, out)  # a kill at any instant leaves the old run or the new one
@@ -218,21 +223,50 @@ def load_features(config: FHEConfig, progress: bool = True) -> tuple[FeatureSpli
 
 
 def fhe_train(
-    config: FHEConfig, out: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True
+    config: FHEConfig,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    remote: RemoteOptions | None = None,
 ) -> dict:
     """Get the features, choose the projection, compute the reference, train the head on ciphertexts and its numpy
-    twins, write the run."""
+    twins, write the run. With `remote`, the server is `encvit fhe-serve` at its URL, and a rerun of a run that
+    was cut off takes up its job."""
     from ..training.run import prepare_run_dir
 
     start = time.perf_counter()
     config.check()
+    if remote is not None:
+        if out is None:
+            raise ConfigError("--server needs --out RUN: the client keeps its keys and progress beside the run")
+        remote.token()  # a missing token is refused before any work
     locked = check_output_path(out, "--out", folder=True) if out is not None else None
     with output_lock(locked) if locked else contextlib.nullcontext():  # one command at a time writes the run
         run_dir = prepare_run_dir(locked, overwrite) if locked else None
-        return _fhe_train(config, run_dir, progress, start)
+        return _fhe_train(config, run_dir, progress, start, remote, overwrite)
 
 
-def _fhe_train(config: FHEConfig, run_dir: Path | None, progress: bool, start: float) -> dict:
+def _remote(remote: RemoteOptions, run_dir: Path, features: FeatureSplits, config: FHEConfig, overwrite: bool):
+    """The HTTP transport and the client's checkpoint beside the run; a checkpoint of another run is refused."""
+    from .remote import Http
+
+    checkpoint = Checkpoint(state_folder(run_dir))
+    print_ = fingerprint(features, asdict(config))
+    if overwrite and checkpoint.exists():
+        checkpoint.remove()  # its job stays on the server until its owner deletes it (DELETE /jobs/ID)
+    checkpoint.check_same_run(remote.server, print_)
+    transport = Http(remote.server, remote.token(), remote.server_wait, remote.keep_on_server)
+    return transport, checkpoint, print_
+
+
+def _fhe_train(
+    config: FHEConfig,
+    run_dir: Path | None,
+    progress: bool,
+    start: float,
+    remote: RemoteOptions | None = None,
+    overwrite: bool = False,
+) -> dict:
     features, model, source = load_features(config, progress)
     check_splits(features, config.limit)
     chosen, selection = choose(features, config) if config.components == "auto" else (config.components, [])
@@ -240,7 +274,19 @@ def _fhe_train(config: FHEConfig, run_dir: Path | None, progress: bool, start: f
     reference = logistic_reference(features)
     twin = train_reference(features, resolved)  # first: a learning rate that diverges fails here, in seconds
     exact = train_reference(features, resolved, exact=True)
-    encrypted = train_encrypted(features, resolved, progress=progress)
+    transport = checkpoint = None
+    print_ = ""
+    if remote is not None:
+        transport, checkpoint, print_ = _remote(remote, run_dir, features, resolved, overwrite)
+    encrypted = train_encrypted(
+        features,
+        resolved,
+        progress=progress,
+        transport=transport,
+        checkpoint=checkpoint,
+        fingerprint=print_,
+        keep=remote.keep_on_server if remote else False,
+    )
     if model is not None:
         head_model(features, encrypted, model)
     result = {
@@ -257,8 +303,13 @@ def _fhe_train(config: FHEConfig, run_dir: Path | None, progress: bool, start: f
         "components": chosen,
         "components_selection": selection,
     }
+    if remote is not None:
+        result["server"] = {"url": remote.server, "job": transport.job, "http": dict(transport.http)}
     if run_dir is not None:
-        write_run(run_dir, resolved, features, encrypted, twin, model, exact, result, derived)
+        secret = checkpoint.private_bytes() if checkpoint is not None else None
+        write_run(run_dir, resolved, features, encrypted, twin, model, exact, result, derived, secret)
+        if checkpoint is not None:
+            checkpoint.remove()
     return {
         **result,
         **compare(encrypted, twin, exact),

@@ -54,6 +54,15 @@ class CiphertextStore:
 
         return self.engine.map(load, range(self.sizes[name]))
 
+    def restore(self, sizes: dict[str, int]) -> None:
+        """Take up the lists a previous store in this folder held (a server started again on its data)."""
+        self.sizes = dict(sizes)
+        self.bytes_on_disk = self.folder_bytes()
+
+    def folder_bytes(self) -> int:
+        """Bytes of every ciphertext file in the folder."""
+        return sum(path.stat().st_size for path in self.folder.glob("*.ct"))
+
     def close(self) -> None:
         """Remove the folder if the store made it."""
         if self._owned:
