@@ -20,10 +20,16 @@ _LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0
 
 @dataclass(frozen=True)
 class AppServer:
-    """A running Streamlit server: its URL and the file its output goes to."""
+    """A running Streamlit server: its URL, the file its output goes to and its process id."""
 
     url: str
     log: Path
+    pid: int = 0
+
+    def peak_rss_mb(self) -> float:
+        """The server's peak resident memory so far (MiB), from /proc (VmHWM)."""
+        with open(f"/proc/{self.pid}/status") as status:
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
 
     def log_size(self) -> int:
         """Bytes logged so far: pass to `problems` to see only what came after."""
@@ -70,7 +76,7 @@ def serve_app(log: Path, app: Path = APP, timeout: float = 90.0) -> Iterator[App
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            server = AppServer(f"http://127.0.0.1:{port}", Path(log))
+            server = AppServer(f"http://127.0.0.1:{port}", Path(log), process.pid)
             _wait_until_healthy(server, process, timeout)
             yield server
         finally:

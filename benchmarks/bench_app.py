@@ -1,0 +1,175 @@
+"""The demo in front of a class: N visitors at once, each uploading an image and pasting a passphrase, twice.
+
+    python benchmarks/bench_app.py [--visitors 1 5 10 20] [--rounds 2] [--timeout 120] [--json PATH]
+
+For each N, a fresh `streamlit run app/Home.py` on a free port of 127.0.0.1 (so its peak memory is this N's);
+the teacher opens the page first (the server's first visit, which loads the backbone and adapters); then N
+visitors, each in a Chromium context of their own (tests/browser/classroom.py), open the main page at once, and
+each uploads an image of their own and pastes a passphrase with no pause between, and waits for the upload's
+predictions, `--rounds` times. The browsers share the machine with the server, as a class's laptops do not.
+
+Reported per N: uploads answered, page open (to the first predictions) and Enter to result (to the upload's
+predictions with the new key) as median (min–max), the server's peak RSS (VmHWM) and CPU seconds, and beside each
+row the load average before and after and the clock. Sizes also come from the environment: ENCVIT_BENCH_VISITORS
+(e.g. "1 5"), ENCVIT_BENCH_ROUNDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the browser tooling lives with the tests that use it
+
+from browser.chromium import ChromiumNotFound, find_chromium  # noqa: E402
+from browser.classroom import as_dicts, class_visit, lost_work  # noqa: E402
+from browser.server import serve_app  # noqa: E402
+
+from encvit.common.timing import Report, cpu_mhz, markdown_table, spread_cell, summarize  # noqa: E402
+
+# The issue's goals at 20 visitors on 2 cores, the browsers on the same machine.
+GOALS = {"result median (s)": 5.0, "result max (s)": 15.0, "open median (s)": 20.0, "peak RSS (MiB)": 2048.0}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (from /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def one_class(visitors: int, rounds: int, timeout: float, folder: Path) -> dict:
+    """A fresh server, the teacher's first visit, then `visitors` at once; what they saw and what it cost."""
+    row = {"visitors": visitors, "rounds": rounds, "load_before": load(), "cpu_mhz": cpu_mhz()}
+    with serve_app(folder / f"server-{visitors}.log") as server:
+        started = time.perf_counter()
+        (teacher,) = class_visit(server.url, 1, 0, folder, timeout)
+        row["first_visit_s"] = teacher.open_seconds
+        cpu_before = cpu_seconds(server.pid)
+        visits = class_visit(server.url, visitors, rounds, folder, timeout)
+        row.update(
+            server_cpu_s=round(cpu_seconds(server.pid) - cpu_before, 1),
+            peak_rss_mb=round(server.peak_rss_mb(), 1),
+            load_after=load(),
+            seconds=round(time.perf_counter() - started, 1),
+            server_problems=server.problems(),
+        )
+    opens = [v.open_seconds for v in visits if v.open_seconds is not None]
+    results = [r.seconds for v in visits for r in v.rounds if r.seconds is not None]
+    row.update(
+        uploads=visitors * rounds,
+        answered=len(results),
+        lost=lost_work(visits),
+        open=summarize(opens).to_dict() if opens else None,
+        result=summarize(results).to_dict() if results else None,
+        visits=as_dicts(visits),
+    )
+    return row
+
+
+def cell(summary: dict | None) -> str:
+    """'median (min–max)' in seconds, or a dash when nothing was measured."""
+    return spread_cell(summary, " s", digits=1) if summary else "–"
+
+
+def table(rows: list[dict]) -> str:
+    header = [
+        "visitors",
+        "uploads answered",
+        "page open",
+        "Enter to result",
+        "server peak RSS (MiB)",
+        "server CPU (s)",
+        "first visit",
+        "load average before → after",
+        "clock (MHz)",
+    ]
+    lines = [
+        [
+            row["visitors"],
+            f"{row['answered']} of {row['uploads']}",
+            cell(row["open"]),
+            cell(row["result"]),
+            f"{row['peak_rss_mb']:,.0f}",
+            f"{row['server_cpu_s']:.1f}",
+            f"{row['first_visit_s']:.1f} s" if row["first_visit_s"] is not None else "–",
+            f"{row['load_before']:.2f} → {row['load_after']:.2f}",
+            f"{row['cpu_mhz']:.0f}",
+        ]
+        for row in rows
+    ]
+    return markdown_table(header, lines)
+
+
+def goals(row: dict) -> list[str]:
+    """The issue's goals, each met or not, for one row (they are set for 20 visitors)."""
+    measured = {
+        "result median (s)": row["result"]["median"] if row["result"] else float("inf"),
+        "result max (s)": row["result"]["max"] if row["result"] else float("inf"),
+        "open median (s)": row["open"]["median"] if row["open"] else float("inf"),
+        "peak RSS (MiB)": row["peak_rss_mb"],
+    }
+    lines = [f"every upload answered: {'met' if row['answered'] == row['uploads'] else 'NOT met'}"]
+    lines += [
+        f"{name} at most {limit:g}: {measured[name]:.1f}, {'met' if measured[name] <= limit else 'NOT met'}"
+        for name, limit in GOALS.items()
+    ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--visitors",
+        type=int,
+        nargs="+",
+        default=[int(n) for n in env("ENCVIT_BENCH_VISITORS", "1 5 10 20").split()],
+        help="class sizes, one fresh server each (default 1 5 10 20)",
+    )
+    parser.add_argument("--rounds", type=int, default=int(env("ENCVIT_BENCH_ROUNDS", 2)), help="uploads per visitor")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds a visitor waits for an answer")
+    parser.add_argument("--json", metavar="PATH", help="also write the report, every visit included, as JSON")
+    args = parser.parse_args(argv)
+    if min(args.visitors) < 1 or args.rounds < 1 or args.timeout <= 0:
+        parser.error("--visitors at least 1, --rounds at least 1 and a positive --timeout")
+    try:
+        find_chromium()
+    except ChromiumNotFound as exc:
+        parser.error(str(exc))
+    report = Report("benchmarks/bench_app.py", list(sys.argv[1:] if argv is None else argv), settings=vars(args))
+    print(report.header(), flush=True)
+    with tempfile.TemporaryDirectory(prefix="encvit-bench-app-") as folder:
+        for visitors in args.visitors:
+            row = one_class(visitors, args.rounds, args.timeout, Path(folder))
+            report.results.append(row)
+            print(
+                f"  {visitors} visitors: {row['answered']} of {row['uploads']} uploads answered, "
+                f"page open {cell(row['open'])}, Enter to result {cell(row['result'])}, "
+                f"peak RSS {row['peak_rss_mb']:,.0f} MiB, load {row['load_before']:.2f} → {row['load_after']:.2f}",
+                flush=True,
+            )
+            for line in row["lost"] + row["server_problems"]:
+                print(f"    {line}", flush=True)
+    print()
+    print(table(report.results))
+    largest = max(report.results, key=lambda row: row["visitors"])
+    print(f"\nGoals (set for 20 visitors on 2 cores), at {largest['visitors']} visitors:")
+    for line in goals(largest):
+        print(f"- {line}")
+    print(report.finish(args.json))
+    return 0 if all(row["answered"] == row["uploads"] for row in report.results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
