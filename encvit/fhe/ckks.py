@@ -112,6 +112,8 @@ def load_public(data: bytes) -> tuple[ts.Context, sealapi.GaloisKeys]:
     """The server's side of `public_bytes`: a public TenSEAL context and the rotation keys."""
     (size,) = struct.unpack_from("<Q", data)
     context = ts.context_from(data[8 : 8 + size])
+    if context.has_secret_key() or context.is_private():  # a server never holds the client's secret key
+        raise SecretKeyError("the uploaded context holds a secret key: the server never takes one")
     keys = sealapi.GaloisKeys()
     _load(data[8 + size :], lambda path: keys.load(context.seal_context().data, path))
     return context, keys
