@@ -455,3 +455,52 @@ def test_bench_attack_reports_each_attack_per_round_with_what_it_recovered(tmp_p
         assert ratios["median"] == pytest.approx(expected, rel=1e-6)
     assert [s["positions_exact"] for s in result["quality"]["known-plaintext, M = 16"]] == [1.0, 1.0]
     assert data["settings"]["photo_block"] == 4
+
+
+def test_the_shaped_link_carries_bytes_unchanged_at_its_bandwidth_and_round_trip():
+    import socket
+    import socketserver
+    import threading
+    import time
+
+    shaped_link = load_benchmark("shaped_link")
+
+    class Echo(socketserver.BaseRequestHandler):
+        def handle(self):
+            while data := self.request.recv(65536):
+                self.request.sendall(data)
+
+    payload = np.random.default_rng(0).bytes(1_000_000)
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Echo) as echo:
+        threading.Thread(target=echo.serve_forever, daemon=True).start()
+        try:
+            with shaped_link.ShapedLink("127.0.0.1", echo.server_address[1], mbit=40, rtt_ms=100) as link:
+                port = int(link.url.rsplit(":", 1)[1])
+                start = time.monotonic()
+                with socket.create_connection(("127.0.0.1", port)) as conn:
+                    conn.sendall(payload)
+                    received = b""
+                    while len(received) < len(payload):
+                        received += conn.recv(65536)
+                seconds = time.monotonic() - start
+        finally:
+            echo.shutdown()
+    assert received == payload
+    # 1 MB at 40 Mbit/s is 0.2 s each way (pipelined), plus a round trip of 0.1 s at least
+    assert 0.3 <= seconds < 10, seconds
+
+
+def test_the_service_benchmark_projects_links_from_bytes_and_round_trips_and_weighs_zstd():
+    bench = load_benchmark("bench_fhe_service")
+    loopback = {
+        "seconds_per_iteration": 2.0,
+        "mb_up_per_iteration": 10.0,
+        "mb_down_per_iteration": 5.0,
+        "requests_per_iteration": 3.0,
+    }
+    assert bench.projected(loopback, 100, 20) == pytest.approx(2.0 + 15 * 8 / 100 + 3 * 0.020)
+    assert bench.projected(loopback, 10, 20) > bench.projected(loopback, 100, 20) > bench.projected(loopback, 1000, 1)
+    for direction, z in bench.zstd_figures(8, classes=3).items():
+        assert 0 < z["zstd_mb"] < z["raw_mb"] and z["ratio"] == pytest.approx(z["zstd_mb"] / z["raw_mb"]), direction
+        saved = (z["raw_mb"] - z["zstd_mb"]) * 8
+        assert z["break_even_mbit"] == pytest.approx(saved / (z["compress_seconds"] + z["decompress_seconds"]))

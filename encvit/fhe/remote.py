@@ -94,6 +94,8 @@ class Http(Transport):
             time.sleep(pause)
             pause = min(2 * pause, LONGEST_PAUSE)
         self.http["requests"] += 1
+        route = path.split("/")[3] if path.count("/") >= 3 else path.strip("/") or "/"
+        self.http[f"{method} {route}"] += 1  # e.g. "POST step", "GET weights": round trips by kind
         self.http["bytes_up"] += len(body or b"")
         self.http["bytes_down"] += len(response.content)
         if response.status_code >= 400:
