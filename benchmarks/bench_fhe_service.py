@@ -4,7 +4,7 @@ process, a shaped link, the server's memory with two jobs, and whether SEAL's zs
     python benchmarks/bench_fhe_service.py [--dim 768] [--samples 4096] [--epochs 2] [--repeats 2] [--warmup 0]
                                            [--link 100:20] [--json PATH]
 
-1. Loopback. Random features (`--dim` wide, 10 classes, `--samples` training samples, 512 validation and test),
+1. Loopback. Random features (`--dim` wide, 10 classes, `--samples` training samples, 500 validation and test),
    every feature kept (`--components all`), batch 1024. Each round runs the command in process and through a
    server on 127.0.0.1 (its own process), in alternating order; a run's seconds per iteration are its training
    seconds (steps, refreshes, validation) over its iterations. The report gives the median (min-max) of each, their
@@ -35,6 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from bench_fhe_memory import write_features  # noqa: E402
 from shaped_link import ShapedLink  # noqa: E402
 
 from encvit.common.timing import Report, argv_of, compare, markdown_table, spread_cell, summarize  # noqa: E402
@@ -43,19 +44,6 @@ ENCVIT = [sys.executable, "-m", "encvit.cli"]
 LINKS = {"10 Mbit/s, 20 ms": (10, 20), "100 Mbit/s, 20 ms": (100, 20), "1 Gbit/s, 1 ms": (1000, 1)}
 TRAINING_ROUTES = ("GET weights", "PUT weights", "POST step", "GET validation-logits")
 GOAL_RATIO = 1.10  # loopback: at most 10% more per iteration than in process
-
-
-def write_features(path: Path, dim: int, train: int, seed: int = 0) -> Path:
-    """Random class-dependent features, 10 classes, 512 validation and test samples."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(10, dim))
-    arrays = {}
-    for split, n in (("train", train), ("val", 512), ("test", 512)):
-        y = np.arange(n) % 10
-        arrays[f"{split}_x"] = (centres[y] + 2 * rng.normal(size=(n, dim))).astype(np.float32)
-        arrays[f"{split}_y"] = y
-    np.savez(path, **arrays)
-    return path
 
 
 class Server:
@@ -222,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     print(report.header())
     with tempfile.TemporaryDirectory(prefix="encvit-bench-service-") as tmp:
         folder = Path(tmp)
-        features = write_features(folder / "f.npz", args.dim, args.samples)
+        features = folder / "f.npz"
+        write_features(str(features), args.dim, args.samples)
         server = Server(folder, args.threads)
         try:
             runs = {"in process": [], "loopback": []}

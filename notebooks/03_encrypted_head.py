@@ -38,7 +38,7 @@
 # Everything is done by `encvit.fhe`; the cells only call it. Sizes come from the environment:
 # `ENCVIT_QUICK=1` (set by the test suite) trains on a few dozen images. Section 7 shows the complete runs of
 # `encvit fhe-train` on both datasets, shipped with the package; section 8 the paper's width, 768 features, and what
-# the client's projection buys there.
+# the client's projection buys there; section 9 the server in a process of its own, reached over HTTP.
 
 # %%
 import os
@@ -278,11 +278,82 @@ print(
 # takes at width k (`benchmarks/bench_fhe.py`, batch 1024, 2 cores).
 
 # %%
-from pathlib import Path
+from encvit.common.shipped import SHIPPED_FHE_RUNS
 
-import encvit.fhe
-
-projection = Path(encvit.fhe.__file__).parent / "runs" / "projection-tokens768.csv"
+projection = SHIPPED_FHE_RUNS / "projection-tokens768.csv"
 display(pd.read_csv(projection).round(2))
 plt.imshow(plt.imread(projection.with_suffix(".png")))
 plt.axis("off")
+
+# %% [markdown]
+# ## 9 · The server in a process of its own, over HTTP
+#
+# So far the server was an object in this notebook's process. `encvit fhe-serve` runs it on its own, on this or
+# another machine: it stores only a hash of each client's token, keeps every job on its disk (a restart loses at
+# most one step) and refuses an upload that holds a secret key. The client sends the very messages of sections 2-5
+# through another transport (`encvit.fhe.remote.Http` instead of the in-memory one): the protocol does not change.
+# The cell starts a server on 127.0.0.1, makes a token, trains the head of section 5 through it and compares.
+
+# %%
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from encvit.fhe.remote import Http
+from encvit.fhe.train import train_encrypted
+
+server_dir = Path(tempfile.mkdtemp(prefix="encvit-notebook-server-"))
+serve = [sys.executable, "-m", "encvit.cli", "fhe-serve", "--data", str(server_dir)]
+token = subprocess.run([*serve, "--new-token", "notebook"], capture_output=True, text=True, check=True).stdout.strip()
+server = subprocess.Popen([*serve, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+url = server.stdout.readline().split()[-1]  # the server prints `serving on URL` once it listens
+wire = Http(url, token)
+remote = train_encrypted(features, config, progress=False, transport=wire, keep=True)
+print(
+    f"through {url}: test accuracy {remote.best['test_acc']:.2f}% (in this process, section 5: "
+    f"{encrypted.best['test_acc']:.2f}%), best epoch {remote.best_epoch} ({encrypted.best_epoch})"
+)
+round_trips = {k: v for k, v in wire.http.items() if " " in k}
+print(
+    f"{wire.http['requests']} requests, {wire.http['bytes_up'] / 1e6:.1f} MB up, "
+    f"{wire.http['bytes_down'] / 1e6:.1f} MB down; by route: {round_trips}"
+)
+
+# %% [markdown]
+# What the server's disk holds for the job (kept here with `keep=True`; by default it is deleted when the client
+# finishes): public keys, ciphertexts, and its own bookkeeping. Each file is tried as a TenSEAL context: none
+# holds a secret key.
+
+# %%
+import tenseal
+
+
+def kind_of(path: Path) -> str:
+    parent = path.parent.name
+    return path.name if parent == wire.job else parent.split("-")[0] if "-" in parent else parent
+
+
+held = pd.DataFrame(
+    [
+        {"kind": kind_of(p), "bytes": p.stat().st_size}
+        for p in (server_dir / "jobs" / wire.job).rglob("*")
+        if p.is_file()
+    ]
+)
+display(held.groupby("kind")["bytes"].agg(files="count", MB=lambda b: b.sum() / 1e6).round(2))
+private = 0
+for path in server_dir.rglob("*"):
+    if path.is_file():
+        data = path.read_bytes()
+        for candidate in (data, data[8 : 8 + int.from_bytes(data[:8], "little")]):
+            try:
+                private += tenseal.context_from(candidate).is_private()
+            except Exception:  # ciphertexts, JSON: not a context
+                pass
+print(f"files on the server that load as a context with a secret key: {private}")
+Http(url, token).request("DELETE", f"/jobs/{wire.job}")  # the client removes its job
+server.kill()
+server.wait()
+shutil.rmtree(server_dir)
