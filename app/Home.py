@@ -1,6 +1,11 @@
 """The encvit demo: encrypt images with a key and classify them with adapters trained on encrypted images.
 
 Run with `streamlit run app/Home.py`. This script only lays out widgets; the work is in `encvit.demo`.
+
+Everything a visitor changes (key, images, runs, grid) sits in one fragment, so a change reruns that part alone.
+That also keeps uploads: a whole-page rerun that starts while the browser still waits for Streamlit's answer to an
+upload (where to send the file) drops that answer and the file with it, and pressing Enter in the passphrase box
+right after choosing a file did just that. A form would not help: Enter submits a form before the file is there.
 """
 
 from pathlib import Path
@@ -12,31 +17,54 @@ from encvit.cipher import Key
 from encvit.common.errors import EncvitError
 from encvit.common.shipped import DEMO_PASSPHRASE, list_samples
 from encvit.demo import home as demo
-from encvit.demo.access import app_access
+from encvit.demo.access import adapter_stamp, app_access
+from encvit.demo.serving import adapter_digest, freeze_heap, inference_threads, shared
 from encvit.models import load_runs, shipped_comparison
 
 st.set_page_config(page_title="encvit demo", page_icon="🔐", layout="wide")
-# A few images through a small ViT: a second thread saves little, and on a busy machine its synchronisation
-# made one page run 70x slower (5 s instead of 0.07 s on 2 cores under load).
-torch.set_num_threads(1)
+torch.set_num_threads(inference_threads())
+SHIPPED = "Shipped comparison (fashion5k)"
 
 
 @st.cache_resource(show_spinner="Loading the backbone and adapters…", max_entries=4)
 def cached_runs(folder: str, stamp: tuple):
     """Every run below `folder` as (model, adapter info): loaded once, and again when an adapter file changes.
     Only called once the folder and every adapter's backbone were allowed."""
-    return load_runs(folder)
+    models = load_runs(folder)
+    freeze_heap()  # the models live as long as the server: out of the way of the collection after every page run
+    return models
 
 
-def show_error(exc: Exception) -> None:
+@st.cache_data(show_spinner=False, max_entries=32)
+def checked_adapters(_access, stamp: tuple, backbones: frozenset) -> dict[str, str]:
+    """Each run's adapter hash, once its backbone (read from the file's header) was allowed: once per file change."""
+    runs = {name: Path(path) for name, path, *_ in stamp}
+    _access.check_backbones(runs)
+    return {name: adapter_digest(run / "adapter.safetensors") for name, run in runs.items()}
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def samples_at(names: tuple[str, ...], shape: demo.Geometry) -> list[demo.DemoImage]:
+    """Shipped samples at the models' input size, read and decoded once."""
+    samples = {s.path.name: s for s in list_samples()}
+    return demo.sample_images([samples[name] for name in names], shape)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def read_upload(file_id: str, name: str, _data: bytes, shape: demo.Geometry):
+    """An upload decoded at the models' input size, once per upload: (image, None) or (None, message)."""
+    return demo.read_upload(_data, name, shape)
+
+
+@st.cache_data(show_spinner=False, max_entries=1024)
+def shown_png(digest: str, fingerprint: str | None, grid: int | None, factor: int, _image, _key) -> bytes:
+    """The enlarged PNG of an image (encrypted when a key is given), drawn once per image, key and grid."""
+    return demo.shown_png(_image, factor, _key, grid)
+
+
+def show_error(exc: Exception, where=st) -> None:
     """An error's one line, shown as written (file names and formulas are not Markdown)."""
-    st.error(demo.escape_markdown(exc))
-
-
-@st.cache_resource(show_spinner=False, max_entries=16)
-def passphrase_key(passphrase: str, block_size: int, channels: int) -> Key:
-    """The key of a passphrase (scrypt takes a moment, so each one is derived once)."""
-    return Key.generate(block_size, channels, passphrase=passphrase)
+    where.error(demo.escape_markdown(exc))
 
 
 st.title("Classifying encrypted images")
@@ -45,17 +73,17 @@ st.caption(
     "key classify it without seeing the plain image. Try another key and watch the predictions go wrong."
 )
 
-# ---- adapters ----------------------------------------------------------------------------------------
+# ---- adapters: the operator's choice, for the whole page ----------------------------------------------
 sidebar = st.sidebar
 sidebar.header("Adapters")
-source = sidebar.radio("Runs", ["Shipped comparison (fashion5k)", "Run directories in a folder"], key="runs_source")
+source = sidebar.radio("Runs", [SHIPPED, "Run directories in a folder"], key="runs_source")
 folder = str(shipped_comparison())
 try:
     access = app_access()
 except EncvitError as exc:
     show_error(exc)
     st.stop()
-if source != "Shipped comparison (fashion5k)":
+if source != SHIPPED:
     folder = sidebar.text_input(
         "Folder holding run directories",
         key="runs_folder",
@@ -69,137 +97,167 @@ try:
     found = access.runs(folder)
     if not found:
         raise EncvitError(f"{folder} holds no run directories (no adapter.safetensors below it)")
-    access.check_backbones(found)  # from the adapters' headers, before any backbone is built
-    stamp = tuple((name, (run / "adapter.safetensors").stat().st_mtime_ns) for name, run in found.items())
+    stamp = adapter_stamp(found)
+    adapters = checked_adapters(access, stamp, access.backbones)  # before any backbone is built
     models = cached_runs(str(Path(folder).resolve()), stamp)
 except (EncvitError, OSError) as exc:
     show_error(exc)
     st.stop()
 
-infos = {name: info for name, (_, info) in models.items()}
-if st.session_state.get("runs_of") != folder or "runs" not in st.session_state:
-    # Another folder (or back from the other page): start from its default runs, not from an empty choice.
-    st.session_state.runs, st.session_state.runs_of = demo.default_runs(infos), folder
-chosen = sidebar.multiselect(
-    "Runs to compare",
-    sorted(infos),
-    key="runs",
-    help="Encrypted runs see the encrypted image, plain runs the plain one.",
-)
-chosen_models = {name: models[name] for name in chosen}
-try:
-    shape = demo.geometry({name: infos[name] for name in chosen} or infos)
-except EncvitError as exc:
-    show_error(exc)
-    st.stop()
 
-# ---- key ---------------------------------------------------------------------------------------------
-sidebar.header("Key")
-key_source = sidebar.radio("Key from", ["Passphrase", "Key file", "New random key"], key="key_source")
-key = None
-if key_source == "Passphrase":
-    passphrase = sidebar.text_input(
-        "Passphrase",
-        value=DEMO_PASSPHRASE,
-        key="passphrase",
-        help=f"The shipped encrypted adapters were trained with {DEMO_PASSPHRASE!r}.",
+# ---- what a visitor changes: one fragment -------------------------------------------------------------
+@st.fragment
+def visitor(models: dict, adapters: dict[str, str], folder: str) -> None:
+    """Key, images, runs and grid, and what they give: rerun alone when one of them changes."""
+    serving = shared()
+    infos = {name: info for name, (_, info) in models.items()}
+    key_box, images_box, options_box = st.container(), st.container(), st.container()
+    waiting = st.empty()
+
+    def wait(ahead: int) -> None:
+        waiting.info(f"The server is busy: {ahead} ahead of you. Your turn comes in a moment.", icon="⏳")
+
+    # runs and display
+    if st.session_state.get("runs_of") != folder or "runs" not in st.session_state:
+        # Another folder (or back from another page): start from its default runs, not from an empty choice.
+        st.session_state.runs, st.session_state.runs_of = demo.default_runs(infos), folder
+    runs_column, grid_column = options_box.columns([4, 1], vertical_alignment="bottom")
+    chosen = runs_column.multiselect(
+        "Runs to compare",
+        sorted(infos),
+        key="runs",
+        help="Encrypted runs see the encrypted image, plain runs the plain one.",
     )
-    if passphrase:
-        key = passphrase_key(passphrase, shape.patch_size, shape.channels)
-    else:
-        sidebar.warning("Type a passphrase.")
-elif key_source == "Key file":
-    upload = sidebar.file_uploader("Key file (JSON)", type=["json"], key="key_file")
-    if upload is not None:
-        try:
-            key = demo.key_from_bytes(upload.getvalue(), upload.name)
-        except EncvitError as exc:
-            show_error(exc)
-else:
-    another = sidebar.button("Generate another", key="new_random_key")
-    if another or "random_key" not in st.session_state:
-        st.session_state.random_key = Key.generate(shape.patch_size, shape.channels)
-    key = st.session_state.random_key
-if key is None:
-    st.info("Choose a key in the sidebar: a passphrase, a key file or a new random key.")
-    st.stop()
-sidebar.markdown(f"Fingerprint: `{key.fingerprint}`")
-sidebar.caption(demo.escape_markdown(key.describe()))
-try:
-    demo.check_key(key, shape)
-except EncvitError as exc:
-    show_error(exc)
-    st.stop()
-grid = sidebar.checkbox("Show the block grid", value=False, key="grid")
+    grid = grid_column.checkbox("Show the block grid", value=False, key="grid")
+    try:
+        shape = demo.geometry({name: infos[name] for name in chosen} or infos)
+    except EncvitError as exc:
+        show_error(exc)
+        return
 
-# ---- images ------------------------------------------------------------------------------------------
-st.header("Images")
-samples = {s.path.name + (f" ({s.label})" if s.label else ""): s for s in list_samples()}
-picked = st.multiselect(
-    "Shipped samples",
-    list(samples),
-    key="samples",
-    default=[n for n, s in samples.items() if s.label in shape.class_names][:3],
-    help="cfashion-N.png is fashion-N.png in colour, as in the dataset cfashion5k.",
-)
-uploads = st.file_uploader(
-    "Or upload PNG / JPEG images", type=["png", "jpg", "jpeg"], accept_multiple_files=True, key="uploads"
-)
-images = demo.sample_images([samples[n] for n in picked], shape)
-uploaded, errors = demo.read_uploads(((u.name, u.getvalue()) for u in uploads or []), shape)
-for message in errors:
-    st.error(demo.escape_markdown(message))
-images += uploaded
-st.session_state.main_page_choice = (key, images)  # what the Attacker's view page attacks
-if not images:
-    st.info("Pick a shipped sample or upload an image.")
-    st.stop()
-
-mismatch = demo.key_mismatch({name: infos[name] for name in chosen}, key)
-if mismatch:
-    st.warning(demo.escape_markdown(mismatch), icon="⚠️")
-
-name, data, mime = demo.encrypted_download(images, key)
-key_name, key_data = demo.key_download(key)
-left, right, _ = st.columns([2, 1, 2])
-left.download_button(
-    "Download encrypted " + ("image" if len(images) == 1 else f"images (zip of {len(images)})"),
-    data,
-    file_name=name,
-    mime=mime,
-    key="download_images",
-    on_click="ignore",
-)
-right.download_button(
-    "Download key file", key_data, file_name=key_name, mime="application/json", key="download_key", on_click="ignore"
-)
-
-# ---- predictions -------------------------------------------------------------------------------------
-predictions = demo.classify(chosen_models, images, key)
-factor = demo.display_factor(shape.image_size)
-st.header("Predictions")
-st.caption(
-    f"Models take {shape.image_size}x{shape.image_size} images; the key permutes every "
-    f"{key.block_size}x{key.block_size} block. Shown enlarged {factor}x (nearest neighbour)."
-)
-for index, image in enumerate(images):
-    with st.container(border=True):
-        original, encrypted, table = st.columns([1, 1, 3])
-        # PNG, not Streamlit's default JPEG, whose colour subsampling would blur a block's pixels into each other
-        original.image(
-            demo.enlarge(image.array, factor, key.block_size if grid else None), caption=image.name, output_format="PNG"
+    # key
+    key_box.header("Key")
+    source_column, input_column = key_box.columns([1, 2])
+    key_source = source_column.radio("Key from", ["Passphrase", "Key file", "New random key"], key="key_source")
+    key = None
+    if key_source == "Passphrase":
+        passphrase = input_column.text_input(
+            "Passphrase",
+            value=DEMO_PASSPHRASE,
+            key="passphrase",
+            help=f"The shipped encrypted adapters were trained with {DEMO_PASSPHRASE!r}. Press Enter to use another.",
         )
-        encrypted.image(
-            demo.enlarge(key.encrypt(image.array), factor, key.block_size if grid else None),
-            caption=f"encrypted with {key.fingerprint}",
-            output_format="PNG",
-        )
-        if image.label:
-            table.markdown(f"True label: **{demo.escape_markdown(image.label)}**")
-        note = demo.grey_runs_note(image, {name: infos[name] for name in chosen})
-        if note:
-            table.caption(demo.escape_markdown(note))
-        if predictions:
-            table.table(demo.prediction_table(predictions, infos, index, image.label))
+        if passphrase:
+            key = serving.key(passphrase, shape.patch_size, shape.channels, wait)
         else:
-            table.info("Choose runs to compare in the sidebar.")
+            input_column.warning("Type a passphrase.")
+    elif key_source == "Key file":
+        upload = input_column.file_uploader("Key file (JSON)", type=["json"], key="key_file")
+        if upload is not None:
+            try:
+                key = demo.key_from_bytes(upload.getvalue(), upload.name)
+            except EncvitError as exc:
+                show_error(exc, input_column)
+    else:
+        another = input_column.button("Generate another", key="new_random_key")
+        if another or "random_key" not in st.session_state:
+            st.session_state.random_key = Key.generate(shape.patch_size, shape.channels)
+        key = st.session_state.random_key
+    if key is None:
+        st.info("Choose a key above: a passphrase, a key file or a new random key.")
+        return
+    input_column.markdown(f"Fingerprint: `{key.fingerprint}`")
+    input_column.caption(demo.escape_markdown(key.describe()))
+    try:
+        demo.check_key(key, shape)
+    except EncvitError as exc:
+        show_error(exc)
+        return
+
+    # images
+    images_box.header("Images")
+    samples = {s.path.name + (f" ({s.label})" if s.label else ""): s for s in list_samples()}
+    samples_column, uploads_column = images_box.columns(2)
+    picked = samples_column.multiselect(
+        "Shipped samples",
+        list(samples),
+        key="samples",
+        default=[n for n, s in samples.items() if s.label in shape.class_names][:3],
+        help="cfashion-N.png is fashion-N.png in colour, as in the dataset cfashion5k.",
+    )
+    uploads = uploads_column.file_uploader(
+        "Or upload PNG / JPEG images",
+        type=["png", "jpg", "jpeg"],
+        accept_multiple_files=True,
+        key="uploads",
+        help="Each file is listed here once it has arrived; its predictions follow below.",
+    )
+    images = samples_at(tuple(samples[n].path.name for n in picked), shape)
+    for upload in uploads or []:
+        image, error = read_upload(upload.file_id, upload.name, upload.getvalue(), shape)
+        if error:
+            st.error(demo.escape_markdown(error))
+        else:
+            images.append(image)
+    st.session_state.main_page_choice = (key, images)  # what the Attacker's view page attacks
+    if not images:
+        st.info("Pick a shipped sample or upload an image.")
+        return
+
+    mismatch = demo.key_mismatch({name: infos[name] for name in chosen}, key)
+    if mismatch:
+        st.warning(demo.escape_markdown(mismatch), icon="⚠️")
+    name, mime = demo.download_name(images, key)
+    key_name, key_data = demo.key_download(key)
+    left, right, _ = st.columns([2, 1, 2])
+    left.download_button(
+        "Download encrypted " + ("image" if len(images) == 1 else f"images (zip of {len(images)})"),
+        lambda: demo.encrypted_download(images, key)[1],  # made only when asked for
+        file_name=name,
+        mime=mime,
+        key="download_images",
+        on_click="ignore",
+    )
+    right.download_button(
+        "Download key file",
+        key_data,
+        file_name=key_name,
+        mime="application/json",
+        key="download_key",
+        on_click="ignore",
+    )
+
+    # predictions
+    chosen_models = {name: models[name] for name in chosen}
+    predictions = serving.classify(chosen_models, adapters, images, key, waiting=wait)
+    waiting.empty()
+    factor = demo.display_factor(shape.image_size)
+    block = key.block_size if grid else None
+    st.header("Predictions")
+    st.caption(
+        f"Models take {shape.image_size}x{shape.image_size} images; the key permutes every "
+        f"{key.block_size}x{key.block_size} block. Shown enlarged {factor}x (nearest neighbour)."
+    )
+    for index, image in enumerate(images):
+        with st.container(border=True):
+            original, encrypted, table = st.columns([1, 1, 3])
+            original.image(
+                shown_png(image.digest, None, block, factor, image, None), caption=image.name, output_format="PNG"
+            )
+            encrypted.image(
+                shown_png(image.digest, key.fingerprint, block, factor, image, key),
+                caption=f"encrypted with {key.fingerprint}",
+                output_format="PNG",  # as drawn: Streamlit would otherwise make the PNG a JPEG
+            )
+            if image.label:
+                table.markdown(f"True label: **{demo.escape_markdown(image.label)}**")
+            note = demo.grey_runs_note(image, {name: infos[name] for name in chosen})
+            if note:
+                table.caption(demo.escape_markdown(note))
+            if predictions:
+                table.table(demo.prediction_table(predictions, infos, index, image.label))
+            else:
+                table.info("Choose runs to compare above.")
+
+
+visitor(models, adapters, folder)

@@ -103,7 +103,7 @@ def test_home_shows_original_encrypted_and_top3_per_method(demo_key):
     assert all("correct" in t.columns for t in prediction_tables(at))  # shipped samples carry true labels
     assert sum("True label" in m.value for m in at.main.markdown) == 3
     assert len(at.main.image) == 6  # original and encrypted, side by side, for each image
-    assert any(demo_key.fingerprint in m.value for m in at.sidebar.markdown)
+    assert any(demo_key.fingerprint in m.value for m in at.main.markdown)  # beside the passphrase
     labels = [b.label for b in at.get("download_button")]
     assert labels == ["Download encrypted images (zip of 3)", "Download key file"]
 

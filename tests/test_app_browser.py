@@ -28,6 +28,7 @@ from browser import (
     upload_images,
     wait_until_idle,
 )
+from browser.classroom import class_visit, lost_work
 from browser.screenshots import OTHER_PASSPHRASE, looks_rendered, take_attackers_view_screenshot, take_screenshots
 from playwright.sync_api import Page, expect
 
@@ -39,6 +40,7 @@ from encvit.models.predict import find_runs, shipped_comparison
 
 # pytest-playwright's own base_url fixture (used when pytest-base-url is not installed) warns about itself.
 pytestmark = pytest.mark.filterwarnings("ignore:Session-scoped fixtures defined as instance methods")
+CLASS_VISITORS = int(os.environ.get("ENCVIT_CLASS_VISITORS", "4"))  # a whole class: ENCVIT_CLASS_VISITORS=20
 PREDICTION = re.compile(r"^(?P<label>.+) (?P<percent>\d+)%$")
 WRONG_KEY = "is not the key the encrypted adapters were trained with"
 
@@ -201,6 +203,17 @@ def test_docs_screenshots_show_the_pages(page, app_server, tmp_path):
         rendered, stats = looks_rendered(shot)
         assert rendered, f"{shot.name} looks blank: {stats}"
     assert not app_server.problems()
+
+
+def test_a_class_at_once_loses_no_upload(app_server, tmp_path):
+    """Visitors in browser contexts of their own open the page at once; each uploads an image and pastes a
+    passphrase with no pause between, twice: every upload gets its predictions, made with the new key."""
+    logged_before = app_server.log_size()
+    visits = class_visit(app_server.url, CLASS_VISITORS, rounds=2, folder=tmp_path)
+    lost = lost_work(visits)
+    assert not lost, f"{len(lost)} of {2 * CLASS_VISITORS} uploads without predictions:\n" + "\n".join(lost)
+    assert [v.answered for v in visits] == [2] * CLASS_VISITORS
+    assert not app_server.problems(since=logged_before)
 
 
 # ---- a missing browser is a broken set-up, reported as such ----------------------------------------------------

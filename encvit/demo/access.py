@@ -96,6 +96,16 @@ class Access:
         return load_runs(folder)
 
 
+def adapter_stamp(runs: Mapping[str, Path]) -> tuple[tuple[str, str, int, int], ...]:
+    """(name, run directory, modification time in ns, size) of every run's adapter file: changes when one is
+    rewritten, so that what is kept of the files (headers, hashes, loaded models) is read again."""
+    stamps = []
+    for name, run in runs.items():
+        stat = (Path(run) / "adapter.safetensors").stat()
+        stamps.append((name, str(run), stat.st_mtime_ns, stat.st_size))
+    return tuple(stamps)
+
+
 def app_access(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Access:
     """The app's access from its command line (`--runs DIR`, repeatable; it replaces the environment's folders),
     else ENCVIT_APP_RUNS, else ./runs (folders separated by os.pathsep); backbones: the shipped ones plus

@@ -6,6 +6,8 @@ first, so the encrypted image shown is exactly the one the encrypted adapters cl
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import json
 import re
@@ -50,6 +52,13 @@ class DemoImage:
     name: str
     array: np.ndarray
     label: str | None = None
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """A short SHA-256 of the pixels the models see: the image's name among kept predictions and drawings."""
+        digest = hashlib.sha256(f"{self.array.shape}|{self.array.dtype}|".encode())
+        digest.update(np.ascontiguousarray(self.array).tobytes())
+        return digest.hexdigest()[:16]
 
 
 def escape_markdown(text: str) -> str:
@@ -138,15 +147,18 @@ def read_image(data: bytes, name: str, shape: Geometry, label: str | None = None
     return DemoImage(name, to_array(image, shape.channels, resize=(shape.image_size, shape.image_size)), label)
 
 
+def read_upload(data: bytes, name: str, shape: Geometry) -> tuple[DemoImage | None, str | None]:
+    """(image, None) for a readable upload, (None, the message naming it) for an unreadable one."""
+    try:
+        return read_image(data, name, shape), None
+    except EncvitError as exc:
+        return None, str(exc)
+
+
 def read_uploads(files: Iterable[tuple[str, bytes]], shape: Geometry) -> tuple[list[DemoImage], list[str]]:
     """The readable images among (name, bytes) uploads and one error message for each unreadable one."""
-    images, errors = [], []
-    for name, data in files:
-        try:
-            images.append(read_image(data, name, shape))
-        except EncvitError as exc:
-            errors.append(str(exc))
-    return images, errors
+    read = [read_upload(data, name, shape) for name, data in files]
+    return [image for image, _ in read if image is not None], [error for _, error in read if error is not None]
 
 
 def sample_images(samples: Iterable[Sample], shape: Geometry) -> list[DemoImage]:
@@ -188,6 +200,20 @@ def display_factor(image_size: int, target: int = 192) -> int:
     return max(1, target // image_size)
 
 
+def shown_png(image: DemoImage, factor: int, key: Key | None = None, grid: int | None = None) -> bytes:
+    """The PNG the page shows: the image (encrypted with `key` if given) enlarged `factor` times, with the lines
+    between `grid` x `grid` blocks if given. PNG, not JPEG, whose colour subsampling would blur a block's pixels
+    into each other."""
+    return png_bytes(enlarge(key.encrypt(image.array) if key is not None else image.array, factor, grid))
+
+
+def download_name(images: list[DemoImage], key: Key) -> tuple[str, str]:
+    """(file name, MIME type) of `encrypted_download`, known without encrypting anything."""
+    if len(images) == 1:
+        return f"{Path(images[0].name).stem}-encrypted.png", "image/png"
+    return f"encrypted-{key.fingerprint}.zip", "application/zip"
+
+
 def encrypted_download(images: list[DemoImage], key: Key) -> tuple[str, bytes, str]:
     """(file name, content, MIME type): one encrypted PNG, or a zip of them for several images."""
     encrypted = [(f"{Path(i.name).stem}-encrypted.png", png_bytes(key.encrypt(i.array))) for i in images]
@@ -199,7 +225,8 @@ def encrypted_download(images: list[DemoImage], key: Key) -> tuple[str, bytes, s
         for name, data in encrypted:
             seen[name] = seen.get(name, 0) + 1
             archive.writestr(name if seen[name] == 1 else f"{Path(name).stem}-{seen[name]}.png", data)
-    return f"encrypted-{key.fingerprint}.zip", buffer.getvalue(), "application/zip"
+    name, mime = download_name(images, key)
+    return name, buffer.getvalue(), mime
 
 
 # ---- predictions -----------------------------------------------------------------------------------

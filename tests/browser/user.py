@@ -57,15 +57,15 @@ def upload_images(page: Page, files: list[Path] | list[FilePayload]) -> None:
 
 
 def type_passphrase(page: Page, passphrase: str) -> None:
-    """Replace the passphrase in the sidebar and press Enter."""
+    """Replace the passphrase and press Enter."""
     box = page.get_by_role("textbox", name="Passphrase")  # get_by_label also finds the radio option "Passphrase"
     box.fill(passphrase)
     box.press("Enter")
 
 
 def shown_fingerprint(page: Page) -> str:
-    """The key fingerprint the sidebar shows."""
-    line = page.get_by_role("region", name="Sidebar").get_by_text(re.compile(r"^Fingerprint:"))
+    """The key fingerprint the page shows beside the key."""
+    line = page.get_by_role("main").get_by_text(re.compile(r"^Fingerprint:"))
     return line.locator("code").inner_text()
 
 
