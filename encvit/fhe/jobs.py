@@ -377,7 +377,8 @@ class JobStore:
         self.root = data / "jobs"
         self.root.mkdir(parents=True, exist_ok=True)
         self.threads, self.max_jobs = threads, max_jobs
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._jobs: dict[str, Job] = {}
+        self._loaded: OrderedDict[str, Job] = OrderedDict()  # most recently asked for last
         self._lock = threading.Lock()
         for left in [*self.root.glob("*.partial"), *self.root.glob("*.deleted")]:  # what a kill cut short
             shutil.rmtree(left, ignore_errors=True)
@@ -395,18 +396,21 @@ class JobStore:
         if not (len(job_id) == 16 and all(c in "0123456789abcdef" for c in job_id)):
             raise NotFound(f"no job {job_id[:40]!r}")
         with self._lock:
-            job = self._jobs.get(job_id)
+            job = self._jobs.get(job_id)  # one Job object per job, so that its lock is the only one
             if job is None:
                 folder = self.root / job_id
                 if not (folder / JOB_FILE).exists():
                     raise NotFound(f"no job {job_id}")
-                job = Job(folder, self.threads)
-                self._jobs[job_id] = job
-            self._jobs.move_to_end(job_id)
-            while len(self._jobs) > LOADED_JOBS:
-                _, old = self._jobs.popitem(last=False)
-                if not old.lock.locked():
-                    old.unload()
+                job = self._jobs[job_id] = Job(folder, self.threads)
+            self._loaded.pop(job_id, None)
+            self._loaded[job_id] = job
+            for other_id, other in list(self._loaded.items())[:-LOADED_JOBS]:  # keys stay loaded for a few only
+                if other.lock.acquire(blocking=False):  # never under a request that is using them
+                    try:
+                        other.unload()
+                        del self._loaded[other_id]
+                    finally:
+                        other.lock.release()
         if not secrets.compare_digest(job.state["owner"], owner):
             raise NotFound(f"no job {job_id}")
         return job
@@ -455,7 +459,9 @@ class JobStore:
         with job.lock:
             with self._lock:
                 self._jobs.pop(job_id, None)
+                self._loaded.pop(job_id, None)
             job.unload()
+            job.state = {**job.state, "status": "deleted"}  # a request that found it before now gets 409
             trash = job.folder.with_name(job.folder.name + ".deleted")
             with contextlib.suppress(FileNotFoundError):
                 job.folder.rename(trash)

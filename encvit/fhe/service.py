@@ -9,6 +9,7 @@ a 4xx answer with a one-line JSON error, and the server and its other jobs go on
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import math
 import socket
@@ -88,6 +89,12 @@ def make_app(data: Path, max_upload_mb: float = 256, max_jobs: int = 4, threads:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(OSError)
+    async def machine_limit(request: Request, exc: OSError):  # the server's disk or files, not the request
+        if exc.errno == errno.ENOSPC:
+            return error_response(507, "the server's disk is full: nothing of this request was kept")
+        return error_response(500, f"the server could not read or write its files ({exc.strerror or exc})")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):  # a bug: one line for the client, the server goes on
