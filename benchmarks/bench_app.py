@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -44,6 +45,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's children that have ended (Playwright's driver and the
+    browser it started, once the class is over; the server still runs, so it is not counted)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 def load() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -55,10 +63,11 @@ def one_class(visitors: int, rounds: int, timeout: float, folder: Path) -> dict:
         started = time.perf_counter()
         (teacher,) = class_visit(server.url, 1, 0, folder, timeout)
         row["first_visit_s"] = teacher.open_seconds
-        cpu_before = cpu_seconds(server.pid)
+        cpu_before, browsers_before = cpu_seconds(server.pid), children_cpu_seconds()
         visits = class_visit(server.url, visitors, rounds, folder, timeout)
         row.update(
             server_cpu_s=round(cpu_seconds(server.pid) - cpu_before, 1),
+            browsers_cpu_s=round(children_cpu_seconds() - browsers_before, 1),
             peak_rss_mb=round(server.peak_rss_mb(), 1),
             load_after=load(),
             seconds=round(time.perf_counter() - started, 1),
@@ -90,6 +99,7 @@ def table(rows: list[dict]) -> str:
         "Enter to result",
         "server peak RSS (MiB)",
         "server CPU (s)",
+        "browsers' CPU (s)",
         "first visit",
         "load average before → after",
         "clock (MHz)",
@@ -102,6 +112,7 @@ def table(rows: list[dict]) -> str:
             cell(row["result"]),
             f"{row['peak_rss_mb']:,.0f}",
             f"{row['server_cpu_s']:.1f}",
+            f"{row['browsers_cpu_s']:.1f}",
             f"{row['first_visit_s']:.1f} s" if row["first_visit_s"] is not None else "–",
             f"{row['load_before']:.2f} → {row['load_after']:.2f}",
             f"{row['cpu_mhz']:.0f}",

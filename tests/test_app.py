@@ -23,12 +23,13 @@ from streamlit.testing.v1 import AppTest
 from encvit.cipher.images import colour_images
 from encvit.cipher.key import Key
 from encvit.common.errors import AttackError, ConfigError, KeyFileError
-from encvit.common.shipped import DEMO_PASSPHRASE, SAMPLES_DIR
+from encvit.common.shipped import DEMO_PASSPHRASE, SAMPLES_DIR, list_samples
 from encvit.demo import attackers_view as attack_demo
 from encvit.demo import home as demo
+from encvit.demo import serving
 from encvit.demo.access import NotAllowedError, app_access
 from encvit.models.adapters import read_adapter, read_adapter_info
-from encvit.models.predict import find_runs, shipped_comparison
+from encvit.models.predict import find_runs, load_runs, shipped_comparison
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "Home.py")
 TIMEOUT = 180  # the first run loads the backbone and adapters; later runs take them from st.cache_resource
@@ -369,6 +370,150 @@ def test_app_access_settings(tmp_path):
     access.check_backbone(info, "run a")
     with pytest.raises(NotAllowedError, match="run a needs the backbone vit_small_patch16_224"):
         app_access([], {}).check_backbone(info, "run a")
+
+
+# ---- work once: what the page keeps, and the queue every visitor's heavy work goes through ------------------
+@pytest.fixture
+def classified(monkeypatch):
+    """A fresh shared Serving, and a record of every batch the models classify: (run, image names) per call."""
+    serving.shared.cache_clear()
+    calls = []
+    original = demo.classify
+
+    def recording(models, images, key, top_k=3):
+        calls.extend((name, tuple(i.name for i in images)) for name in models)
+        return original(models, images, key, top_k)
+
+    monkeypatch.setattr("encvit.demo.home.classify", recording)
+    yield calls
+    serving.shared.cache_clear()
+
+
+def test_a_page_run_classifies_only_what_it_has_not_seen(classified):
+    at = home()
+    samples = ("fashion-0.png", "fashion-1.png", "fashion-2.png")
+    runs = ["full-encrypted", "melo-encrypted", "proposed-encrypted", "proposed-plain"]
+    assert sorted(classified) == sorted((run, samples) for run in runs)  # one batch per model
+    classified.clear()
+    at.checkbox(key="grid").check().run()
+    at.multiselect(key="runs").set_value(runs[1:]).run()
+    assert classified == [] and len(prediction_tables(at)) == 3
+    at.file_uploader(key="uploads").set_value(("photo.png", png(), "image/png")).run()
+    assert sorted(classified) == [(run, ("photo.png",)) for run in runs[1:]]  # the new image alone
+    classified.clear()
+    at.text_input(key="passphrase").input("another passphrase").run()
+    assert sorted(classified) == [(run, (*samples, "photo.png")) for run in runs[1:3]]  # the plain run knew them
+    classified.clear()
+    AppTest.from_file(APP, default_timeout=TIMEOUT).run()  # another visitor, the same defaults
+    at.text_input(key="passphrase").input(DEMO_PASSPHRASE).run()
+    assert classified == [] and not at.exception
+    assert [list(t.index) for t in prediction_tables(at)] == [runs[1:]] * 4
+
+
+def test_kept_predictions_are_those_the_models_give(infos, demo_key):
+    models = load_runs(shipped_comparison())
+    adapters = {name: f"hash-of-{name}" for name in models}
+    shape = demo.geometry(infos)
+    images = demo.sample_images([s for s in list_samples() if s.label in shape.class_names][:4], shape)
+    kept = serving.Serving()
+    first = kept.classify(models, adapters, images[:2], demo_key)
+    again = kept.classify(models, adapters, images, demo_key)  # two kept, two new
+    assert again == demo.classify(models, images, demo_key) and {n: p[:2] for n, p in again.items()} == first
+    other = Key.generate(demo_key.block_size, demo_key.channels, passphrase="other")
+    assert kept.classify(models, adapters, images, other) == demo.classify(models, images, other)
+    retrained = {**adapters, "melo-encrypted": "another hash"}  # a new adapter file is never answered from the old
+    assert kept.predictions.get(("another hash", demo_key.fingerprint, images[0].digest, 3)) is None
+    kept.classify(models, retrained, images[:1], demo_key)
+    assert kept.predictions.get(("another hash", demo_key.fingerprint, images[0].digest, 3)) is not None
+
+
+def test_a_key_is_derived_once_and_kept_under_a_hash(monkeypatch):
+    derived = []
+    generate = Key.generate.__func__
+    monkeypatch.setattr(
+        Key, "generate", classmethod(lambda cls, *a, **kw: derived.append(kw) or generate(cls, *a, **kw))
+    )
+    kept = serving.Serving()
+    first = kept.key("a passphrase", 4, 3)
+    assert kept.key("a passphrase", 4, 3) is first and len(derived) == 1
+    assert kept.key("a passphrase", 8, 3).block_size == 8 and len(derived) == 2
+    assert not any("a passphrase" in str(name) for name in kept.kept._items)  # filed under a hash
+
+
+def test_kept_drops_the_least_recently_used():
+    kept = serving.Kept(2)
+    kept.put("a", 1)
+    kept.put("b", 2)
+    assert kept.get("a") == 1  # now the most recently used
+    kept.put("c", 3)
+    assert (kept.get("a"), kept.get("b"), kept.get("c"), len(kept)) == (1, None, 3, 2)
+
+
+def test_turns_serve_in_order_and_say_how_many_are_ahead():
+    import threading
+    import time
+
+    turns = serving.Turns(slots=1, poll=0.01)
+    served, told, entered = [], {}, threading.Event()
+    release = threading.Event()
+
+    def holder():
+        with turns.turn():
+            entered.set()
+            release.wait(5)
+            served.append("holder")
+
+    def visitor(name):
+        with turns.turn(lambda ahead: told.setdefault(name, []).append(ahead)):
+            served.append(name)
+
+    threads = [threading.Thread(target=holder)]
+    threads[0].start()
+    assert entered.wait(5)
+    for name in ("first", "second", "third"):
+        threads.append(threading.Thread(target=visitor, args=(name,)))
+        threads[-1].start()
+        while turns.ahead() < len(threads):  # each one queued before the next comes
+            time.sleep(0.001)
+    assert turns.ahead() == 4  # one served, three waiting
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert served == ["holder", "first", "second", "third"]
+    assert told["first"][0] == 1 and told["second"][0] == 2 and told["third"][0] == 3
+    assert all(counts == sorted(counts, reverse=True) for counts in told.values())  # the count only goes down
+    assert turns.ahead() == 0
+
+
+def test_a_visitor_who_leaves_the_queue_gives_the_place_up():
+    class Rerun(Exception):
+        pass
+
+    turns = serving.Turns(slots=1, poll=0.01)
+
+    def leave(ahead):
+        raise Rerun  # Streamlit stops a run this way when the visitor changes something
+
+    with turns.turn():
+        with pytest.raises(Rerun):
+            with turns.turn(leave):
+                pass
+        assert turns.ahead() == 1  # the one being served, nobody waiting
+    with turns.turn():  # the queue still works
+        assert turns.ahead() == 1
+    with pytest.raises(ValueError, match="at least one slot"):
+        serving.Turns(slots=0)
+
+
+def test_machine_settings_for_the_queue():
+    import gc
+
+    assert [serving.inference_threads(c) for c in (1, 2, 4, 8, 16, 64)] == [1, 1, 1, 2, 4, 4]
+    try:
+        serving.freeze_heap()
+        assert gc.get_freeze_count() > 0  # the loaded objects are out of the collection's way
+    finally:
+        gc.unfreeze()
 
 
 # ---- the comparison page ----------------------------------------------------------------------------

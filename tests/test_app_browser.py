@@ -5,9 +5,12 @@ shipped adapters are retrained from time to time, so predictions are checked for
 A test of another page opens it with `go_to_page(app, "Its name in the sidebar")`.
 """
 
+import io
 import os
 import re
+import zipfile
 
+import numpy as np
 import pytest
 from browser import (
     ATTACK_MS,
@@ -30,6 +33,7 @@ from browser import (
 )
 from browser.classroom import class_visit, lost_work
 from browser.screenshots import OTHER_PASSPHRASE, looks_rendered, take_attackers_view_screenshot, take_screenshots
+from PIL import Image
 from playwright.sync_api import Page, expect
 
 from encvit.cipher.key import Key
@@ -194,6 +198,22 @@ def test_downloaded_key_file_is_the_key_in_use(app, shape, tmp_path):
     key = Key.load(saved)
     assert key.fingerprint == shown_fingerprint(app) == fingerprint(DEMO_PASSPHRASE, shape)
     assert saved.name == f"key-{key.fingerprint}.json"
+
+
+def test_downloaded_zip_holds_the_images_encrypted_with_the_key_in_use(app, shape, tmp_path):
+    with app.expect_download() as download:  # the zip is made when the button is clicked, not on every page run
+        app.get_by_role("button", name="Download encrypted images (zip of 3)").click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    key = Key.generate(shape.patch_size, shape.channels, passphrase=DEMO_PASSPHRASE)
+    assert saved.name == f"encrypted-{key.fingerprint}.zip"
+    with zipfile.ZipFile(saved) as archive:
+        names = archive.namelist()
+        assert names == [f"fashion-{i}-encrypted.png" for i in range(3)]  # the three samples picked on arrival
+        for name in names:
+            encrypted = np.asarray(Image.open(io.BytesIO(archive.read(name))))
+            plain = demo.read_image((SAMPLES_DIR / name.replace("-encrypted", "")).read_bytes(), name, shape)
+            assert np.array_equal(key.decrypt(encrypted), plain.array)
 
 
 def test_docs_screenshots_show_the_pages(page, app_server, tmp_path):

@@ -1,4 +1,7 @@
-"""The comparison of the three methods on plain and encrypted images, and what each method trains."""
+"""The comparison of the three methods on plain and encrypted images, and what each method trains.
+
+The folder box and the results it names are one fragment: typing another folder reruns that part alone.
+"""
 
 from pathlib import Path
 
@@ -21,25 +24,33 @@ def parameter_rows():
 
 
 st.title("Full fine-tuning, MeLo and the proposed method")
-folder = st.text_input(
-    "Comparison folder (written by `encvit compare`)", value=str(shipped_comparison()), key="comparison_folder"
-)
-try:
-    runs, summary, meta = load_results(app_access().folder(folder))
-except EncvitError as exc:
-    st.error(demo.escape_markdown(exc))
-else:
-    st.header("Test accuracy")
-    st.markdown(
-        (Path(folder) / "results.md").read_text()
-        if (Path(folder) / "results.md").exists()
-        else f"Backbone {demo.escape_markdown(meta.get('backbone'))}, "
-        f"dataset {demo.escape_markdown(meta.get('dataset'))}."
+
+
+@st.fragment
+def results() -> None:
+    """The comparison folder's accuracy table, chart and summary, or one message on what is wrong with it."""
+    folder = st.text_input(
+        "Comparison folder (written by `encvit compare`)", value=str(shipped_comparison()), key="comparison_folder"
     )
-    if (Path(folder) / "results.png").exists():
-        st.image(str(Path(folder) / "results.png"), caption="results.png")
-    with st.expander("Per-cell summary (summary.csv)"):
-        st.dataframe(summary, hide_index=True)
+    try:
+        runs, summary, meta = load_results(app_access().folder(folder))
+    except EncvitError as exc:
+        st.error(demo.escape_markdown(exc))
+    else:
+        st.header("Test accuracy")
+        st.markdown(
+            (Path(folder) / "results.md").read_text()
+            if (Path(folder) / "results.md").exists()
+            else f"Backbone {demo.escape_markdown(meta.get('backbone'))}, "
+            f"dataset {demo.escape_markdown(meta.get('dataset'))}."
+        )
+        if (Path(folder) / "results.png").exists():
+            st.image(str(Path(folder) / "results.png"), caption="results.png")
+        with st.expander("Per-cell summary (summary.csv)"):
+            st.dataframe(summary, hide_index=True)
+
+
+results()
 
 st.header("Trainable parameters")
 st.caption(

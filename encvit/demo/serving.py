@@ -23,7 +23,8 @@ from torch import nn
 
 from ..cipher.key import Key
 from ..models.adapters import AdapterInfo
-from .home import DemoImage, classify, is_encrypted
+from . import home
+from .home import DemoImage, is_encrypted
 
 T = TypeVar("T")
 Predictions = dict[str, list[list[tuple[str, float]]]]  # run -> per image, top-k (class, probability)
@@ -182,8 +183,9 @@ class Serving:
                     missing = [i for i, top in enumerate(per_image) if top is None]
                     if not missing:
                         continue
-                    batch = [images[i] for i in missing]
-                    for i, top in zip(missing, classify({name: models[name]}, batch, key, top_k)[name], strict=True):
+                    batch = [images[i] for i in missing]  # one batch through the model
+                    tops = home.classify({name: models[name]}, batch, key, top_k)[name]
+                    for i, top in zip(missing, tops, strict=True):
                         per_image[i] = top
                         self.predictions.put(self._name(models[name][1], adapters[name], images[i], key, top_k), top)
         return found
