@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test figures
+.PHONY: setup demo lab test figures
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
@@ -15,6 +15,14 @@ RUNS ?= runs
 demo: setup
 	STREAMLIT_BROWSER_GATHER_USAGE_STATS=false $(VENV)/bin/streamlit run app/Home.py --server.headless true \
 		--server.address $(ADDRESS) -- --runs $(RUNS)
+
+# The teacher's second door: JupyterLab on the four notebooks (notebooks/) with the project's kernel (this venv's
+# python3), at http://localhost:8888 (the address it prints carries the login token), on the same ADDRESS as `make demo`.
+# Jupyter refuses to run as root unless told: as root (a container, a lab machine's image) it is told.
+LAB_PORT ?= 8888
+lab: setup
+	$(VENV)/bin/jupyter lab --no-browser --ip $(ADDRESS) --port $(LAB_PORT) --ServerApp.root_dir=notebooks \
+		--MultiKernelManager.default_kernel_name=python3 $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # ruff (lint and format) first: a style slip fails in a second, before the suite's minutes
 test: setup

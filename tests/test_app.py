@@ -713,14 +713,73 @@ def test_block_mean_thumbnails_are_the_plain_images_at_a_lower_resolution(demo_k
 
 # ---- who can reach the app --------------------------------------------------------------------------------
 def test_make_demo_serves_this_machine_only_unless_told_otherwise():
-    import subprocess
-
-    root = Path(APP).parents[1]
-
     def demo_command(*settings: str) -> str:
-        shown = subprocess.run(["make", "-n", "demo", *settings], cwd=root, capture_output=True, text=True, check=True)
-        return next(line for line in shown.stdout.replace("\\\n", " ").splitlines() if "streamlit run" in line)
+        return make_command("demo", *settings)
 
     assert "--server.address 127.0.0.1 " in demo_command() and demo_command().endswith("-- --runs runs")
     assert "--server.address 0.0.0.0 " in demo_command("ADDRESS=0.0.0.0")
     assert demo_command("RUNS=/data/runs").endswith("-- --runs /data/runs")
+
+
+def make_command(target: str, *settings: str) -> str:
+    """The command `make TARGET SETTINGS` runs (the set-up step it may run first left out)."""
+    import subprocess
+
+    shown = subprocess.run(
+        ["make", "-n", target, *settings], cwd=Path(APP).parents[1], capture_output=True, text=True, check=True
+    )
+    word = {"demo": "streamlit run", "lab": "jupyter lab"}[target]
+    return next(line for line in shown.stdout.replace("\\\n", " ").splitlines() if word in line)
+
+
+def test_make_lab_serves_the_four_notebooks_with_the_projects_kernel():
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from browser.server import free_port
+
+    assert "--ip 127.0.0.1 " in make_command("lab") and "--ip 0.0.0.0 " in make_command("lab", "ADDRESS=0.0.0.0")
+    port, token = free_port(), "a-token-for-this-test"
+    command = make_command("lab", f"LAB_PORT={port}")
+    assert command.startswith(".venv/bin/jupyter lab ") and "--ServerApp.root_dir=notebooks" in command
+    local = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    url = f"http://127.0.0.1:{port}/api"
+
+    def get(path: str, with_token: bool = True):
+        with local.open(f"{url}/{path}" + (f"?token={token}" if with_token else ""), timeout=5) as answer:
+            return json.loads(answer.read())
+
+    lab = subprocess.Popen(
+        command,
+        shell=True,
+        cwd=Path(APP).parents[1],
+        env={**os.environ, "JUPYTER_TOKEN": token},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert lab.poll() is None, f"make lab exited with status {lab.returncode}"
+            try:
+                get("status")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "JupyterLab did not answer within 120 s"
+                time.sleep(0.5)
+        notebooks = {item["name"] for item in get("contents")["content"]}
+        assert {p.name for p in (Path(APP).parents[1] / "notebooks").glob("*.ipynb")} <= notebooks
+        assert len([n for n in notebooks if n.endswith(".ipynb")]) == 4
+        assert get("kernelspecs")["default"] == "python3"  # started from the venv: its python runs the kernel
+        from jupyter_client.manager import KernelManager
+
+        assert KernelManager(kernel_name="python3").format_kernel_cmd()[0] == sys.executable
+        with pytest.raises(urllib.error.HTTPError, match="403"):
+            get("contents", with_token=False)  # a visitor without the token reads nothing
+    finally:
+        os.killpg(lab.pid, signal.SIGTERM)
+        lab.wait(30)
