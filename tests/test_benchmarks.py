@@ -281,6 +281,28 @@ def test_bench_fhe_memory_runs_both_sizes_alternating_and_reports_their_ratio(tm
     assert "peak RSS at 40 / 20 samples" in out and "load average" in out and " cores, load average " in out
 
 
+def test_bench_app_reports_a_class_with_the_machine_beside_each_figure(tmp_path):
+    from encvit.common.timing import spread_cell, summarize
+
+    report = tmp_path / "app.json"
+    out = run("bench_app.py", "--visitors", "1", "--rounds", "2", "--json", str(report))
+    assert "command: python benchmarks/bench_app.py --visitors 1 --rounds 2" in out and " cores, load average " in out
+    ((header, rows),) = tables(out)
+    (row,) = json.loads(report.read_text())["results"]
+    cells = dict(zip(header, rows[0], strict=True))
+    assert row["answered"] == row["uploads"] == 2 and row["lost"] == [] and cells["uploads answered"] == "2 of 2"
+    (visit,) = row["visits"]
+    results = [step["seconds"] for step in visit["rounds"]]
+    assert [step["outcome"] for step in visit["rounds"]] == ["answered", "answered"] and min(results) > 0
+    assert cells["page open"] == spread_cell(summarize([visit["open_seconds"]]), " s", digits=1)
+    assert cells["Enter to result"] == spread_cell(summarize(results), " s", digits=1)  # median (min–max)
+    assert row["result"]["max"] == max(results)
+    assert 100 < row["peak_rss_mb"] and cells["server peak RSS (MiB)"] == f"{row['peak_rss_mb']:,.0f}"
+    assert row["server_cpu_s"] > 0 and row["browsers_cpu_s"] > 0 and row["first_visit_s"] > 0
+    assert cells["load average before → after"] == f"{row['load_before']:.2f} → {row['load_after']:.2f}"
+    assert "every upload answered: met" in out and "load average at the end" in out
+
+
 def test_benchmarks_refuse_bad_repeats():
     scripts = ("bench_methods.py", "bench_train.py", "bench_cipher.py", "bench_fhe.py", "bench_attack.py")
     # In parallel: each spends its seconds importing torch before argparse refuses.
