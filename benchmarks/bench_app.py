@@ -1,6 +1,6 @@
 """The demo in front of a class: N visitors at once, each uploading an image and pasting a passphrase, twice.
 
-    python benchmarks/bench_app.py [--visitors 1 5 10 20] [--rounds 2] [--timeout 120] [--json PATH]
+    python benchmarks/bench_app.py [--visitors 1 5 10 20] [--rounds 2] [--timeout 120] [--floor] [--json PATH]
 
 For each N, a fresh `streamlit run app/Home.py` on a free port of 127.0.0.1 (so its peak memory is this N's);
 the teacher opens the page first (the server's first visit, which loads the backbone and adapters); then N
@@ -9,8 +9,10 @@ each uploads an image of their own and pastes a passphrase with no pause between
 predictions, `--rounds` times. The browsers share the machine with the server, as a class's laptops do not.
 
 Reported per N: uploads answered, page open (to the first predictions) and Enter to result (to the upload's
-predictions with the new key) as median (min–max), the server's peak RSS (VmHWM) and CPU seconds, and beside each
-row the load average before and after and the clock. Sizes also come from the environment: ENCVIT_BENCH_VISITORS
+predictions with the new key) as median (min–max), the server's peak RSS (VmHWM) and CPU seconds, the whole
+machine's CPU seconds (the rest is mostly the browsers), and beside each row the load average before and after and
+the clock. `--floor` adds the page open of a Streamlit page of three small tables for as many visitors: what the
+browsers and Streamlit cost whatever the app does. Sizes also come from the environment: ENCVIT_BENCH_VISITORS
 (e.g. "1 5"), ENCVIT_BENCH_ROUNDS.
 """
 
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -34,6 +35,14 @@ from browser.server import serve_app  # noqa: E402
 
 from encvit.common.timing import Report, cpu_mhz, markdown_table, spread_cell, summarize  # noqa: E402
 
+# What a page open costs the browsers whatever the app does: a Streamlit page of three small tables (the class's
+# visitors wait for the third table of predictions, so they wait here for the third table too).
+FLOOR_APP = """import streamlit as st
+
+st.title("Three tables")
+for _ in range(3):
+    st.table({"run": ["a run"], "top-1": ["a class 90%"]})
+"""
 # The issue's goals at 20 visitors on 2 cores, the browsers on the same machine.
 GOALS = {"result median (s)": 5.0, "result max (s)": 15.0, "open median (s)": 20.0, "peak RSS (MiB)": 2048.0}
 
@@ -45,29 +54,40 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def children_cpu_seconds() -> float:
-    """User + system CPU seconds of this process's children that have ended (Playwright's driver and the
-    browser it started, once the class is over; the server still runs, so it is not counted)."""
-    used = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return used.ru_utime + used.ru_stime
+def machine_cpu_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores, every process: from /proc/stat)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(field) for field in stat.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
 
 
 def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def one_class(visitors: int, rounds: int, timeout: float, folder: Path) -> dict:
-    """A fresh server, the teacher's first visit, then `visitors` at once; what they saw and what it cost."""
+def floor_opens(visitors: int, timeout: float, folder: Path) -> dict | None:
+    """Page open of FLOOR_APP for `visitors` at once (after one first visit), as a summary dict."""
+    app = folder / "floor_app.py"
+    app.write_text(FLOOR_APP)
+    with serve_app(folder / f"floor-{visitors}.log", app=app) as server:
+        class_visit(server.url, 1, 0, folder, timeout)
+        opens = [v.open_seconds for v in class_visit(server.url, visitors, 0, folder, timeout) if v.open_seconds]
+    return summarize(opens).to_dict() if opens else None
+
+
+def one_class(visitors: int, rounds: int, timeout: float, folder: Path, floor: bool = False) -> dict:
+    """A fresh server, the teacher's first visit, then `visitors` at once; what they saw and what it cost.
+    With `floor`, then the same number of visitors opening FLOOR_APP."""
     row = {"visitors": visitors, "rounds": rounds, "load_before": load(), "cpu_mhz": cpu_mhz()}
     with serve_app(folder / f"server-{visitors}.log") as server:
         started = time.perf_counter()
         (teacher,) = class_visit(server.url, 1, 0, folder, timeout)
         row["first_visit_s"] = teacher.open_seconds
-        cpu_before, browsers_before = cpu_seconds(server.pid), children_cpu_seconds()
+        cpu_before, machine_before = cpu_seconds(server.pid), machine_cpu_seconds()
         visits = class_visit(server.url, visitors, rounds, folder, timeout)
         row.update(
             server_cpu_s=round(cpu_seconds(server.pid) - cpu_before, 1),
-            browsers_cpu_s=round(children_cpu_seconds() - browsers_before, 1),
+            machine_cpu_s=round(machine_cpu_seconds() - machine_before, 1),
             peak_rss_mb=round(server.peak_rss_mb(), 1),
             load_after=load(),
             seconds=round(time.perf_counter() - started, 1),
@@ -82,6 +102,7 @@ def one_class(visitors: int, rounds: int, timeout: float, folder: Path) -> dict:
         open=summarize(opens).to_dict() if opens else None,
         result=summarize(results).to_dict() if results else None,
         visits=as_dicts(visits),
+        floor_open=floor_opens(visitors, timeout, folder) if floor else None,
     )
     return row
 
@@ -99,8 +120,9 @@ def table(rows: list[dict]) -> str:
         "Enter to result",
         "server peak RSS (MiB)",
         "server CPU (s)",
-        "browsers' CPU (s)",
+        "machine CPU (s)",
         "first visit",
+        "floor: page open of three tables",
         "load average before → after",
         "clock (MHz)",
     ]
@@ -112,8 +134,9 @@ def table(rows: list[dict]) -> str:
             cell(row["result"]),
             f"{row['peak_rss_mb']:,.0f}",
             f"{row['server_cpu_s']:.1f}",
-            f"{row['browsers_cpu_s']:.1f}",
+            f"{row['machine_cpu_s']:.1f}",
             f"{row['first_visit_s']:.1f} s" if row["first_visit_s"] is not None else "–",
+            cell(row["floor_open"]),
             f"{row['load_before']:.2f} → {row['load_after']:.2f}",
             f"{row['cpu_mhz']:.0f}",
         ]
@@ -150,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=int(env("ENCVIT_BENCH_ROUNDS", 2)), help="uploads per visitor")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds a visitor waits for an answer")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time the same number of visitors opening a Streamlit page of three tables (what any page costs)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the report, every visit included, as JSON")
     args = parser.parse_args(argv)
     if min(args.visitors) < 1 or args.rounds < 1 or args.timeout <= 0:
@@ -162,12 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     print(report.header(), flush=True)
     with tempfile.TemporaryDirectory(prefix="encvit-bench-app-") as folder:
         for visitors in args.visitors:
-            row = one_class(visitors, args.rounds, args.timeout, Path(folder))
+            row = one_class(visitors, args.rounds, args.timeout, Path(folder), args.floor)
             report.results.append(row)
             print(
                 f"  {visitors} visitors: {row['answered']} of {row['uploads']} uploads answered, "
                 f"page open {cell(row['open'])}, Enter to result {cell(row['result'])}, "
-                f"peak RSS {row['peak_rss_mb']:,.0f} MiB, load {row['load_before']:.2f} → {row['load_after']:.2f}",
+                f"peak RSS {row['peak_rss_mb']:,.0f} MiB, load {row['load_before']:.2f} → {row['load_after']:.2f}"
+                + (f"; floor: page open {cell(row['floor_open'])}" if args.floor else ""),
                 flush=True,
             )
             for line in row["lost"] + row["server_problems"]:

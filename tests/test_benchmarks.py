@@ -285,8 +285,9 @@ def test_bench_app_reports_a_class_with_the_machine_beside_each_figure(tmp_path)
     from encvit.common.timing import spread_cell, summarize
 
     report = tmp_path / "app.json"
-    out = run("bench_app.py", "--visitors", "1", "--rounds", "2", "--json", str(report))
-    assert "command: python benchmarks/bench_app.py --visitors 1 --rounds 2" in out and " cores, load average " in out
+    out = run("bench_app.py", "--visitors", "1", "--rounds", "2", "--floor", "--json", str(report))
+    assert "command: python benchmarks/bench_app.py --visitors 1 --rounds 2 --floor" in out
+    assert " cores, load average " in out
     ((header, rows),) = tables(out)
     (row,) = json.loads(report.read_text())["results"]
     cells = dict(zip(header, rows[0], strict=True))
@@ -298,7 +299,8 @@ def test_bench_app_reports_a_class_with_the_machine_beside_each_figure(tmp_path)
     assert cells["Enter to result"] == spread_cell(summarize(results), " s", digits=1)  # median (min–max)
     assert row["result"]["max"] == max(results)
     assert 100 < row["peak_rss_mb"] and cells["server peak RSS (MiB)"] == f"{row['peak_rss_mb']:,.0f}"
-    assert row["server_cpu_s"] > 0 and row["browsers_cpu_s"] > 0 and row["first_visit_s"] > 0
+    assert 0 < row["server_cpu_s"] < row["machine_cpu_s"] and row["first_visit_s"] > 0
+    assert cells["floor: page open of three tables"] == spread_cell(row["floor_open"], " s", digits=1)
     assert cells["load average before → after"] == f"{row['load_before']:.2f} → {row['load_after']:.2f}"
     assert "every upload answered: met" in out and "load average at the end" in out
 

@@ -81,8 +81,14 @@ def _caption(page: Page, text: str):
     return page.get_by_role("main").get_by_role("paragraph").filter(has_text=re.compile(f"^{re.escape(text)}$"))
 
 
-async def _visit(browser: Browser, url: str, visitor: int, uploads: list[Path], timeout: float) -> Visit:
-    """What one visitor does and sees; never raises for what the page does (it is recorded instead)."""
+def passphrase(visitor: int, round_: int) -> str:
+    """The passphrase a visitor pastes in a round: no two alike, so every round needs a key of its own."""
+    return f"visitor {visitor} round {round_}"
+
+
+async def _visit(browser: Browser, url: str, visitor: int, uploads: list[tuple[Path, str]], timeout: float) -> Visit:
+    """What one visitor does and sees, given (file, the fingerprint of its round's passphrase) per round; never
+    raises for what the page does (it is recorded instead)."""
     seen = Visit(visitor)
     context = await browser.new_context(base_url=url, viewport=VIEWPORT)
     try:
@@ -97,28 +103,27 @@ async def _visit(browser: Browser, url: str, visitor: int, uploads: list[Path], 
             seen.problem = f"the page showed no predictions within {timeout:.0f} s: {type(exc).__name__}"
             return seen
         seen.open_seconds = time.perf_counter() - start
-        for number, path in enumerate(uploads, 1):
-            passphrase = f"visitor {visitor} round {number}"
-            step = Round(path.name, passphrase)
+        for number, (path, key) in enumerate(uploads, 1):
+            step = Round(path.name, passphrase(visitor, number))
             seen.rounds.append(step)
             uploader = page.get_by_role("region", name=UPLOADER)
             async with page.expect_file_chooser() as chooser:
                 await uploader.get_by_role("button", name=re.compile(r"^(Upload|Add files)$")).click()
             await (await chooser.value).set_files(path)
             box = page.get_by_role("textbox", name="Passphrase")  # pasted at once, no pause after the upload
-            await box.fill(passphrase)
+            await box.fill(step.passphrase)
             await box.press("Enter")
             entered = time.perf_counter()
             shown = SAMPLES_ON_ARRIVAL + seen.answered + 1  # a lost upload leaves one image fewer
             try:
                 await _caption(page, path.name).wait_for()
-                await _caption(page, f"encrypted with {fingerprint(passphrase)}").nth(shown - 1).wait_for()
+                await _caption(page, f"encrypted with {key}").nth(shown - 1).wait_for()
                 await tables.nth(shown - 1).wait_for()
                 step.seconds, step.outcome = time.perf_counter() - entered, "answered"
             except Exception:  # noqa: BLE001 - what the visitor sees instead is recorded below
                 step.outcome, step.detail = await _what_went_wrong(page, path.name, timeout)
                 step.detail += (
-                    f"; {await _caption(page, f'encrypted with {fingerprint(passphrase)}').count()} images encrypted "
+                    f"; {await _caption(page, f'encrypted with {key}').count()} images encrypted "
                     f"with the new key, {await tables.count()} prediction tables"
                 )
     except Exception as exc:  # noqa: BLE001 - a crashed page is a finding, not a crash of the whole class
@@ -140,7 +145,11 @@ async def _what_went_wrong(page: Page, name: str, timeout: float) -> tuple[str, 
 
 
 async def _class(url: str, visitors: int, rounds: int, folder: Path, timeout: float) -> list[Visit]:
-    uploads = {v: [upload_file(folder, v, r) for r in range(1, rounds + 1)] for v in range(1, visitors + 1)}
+    # Files and fingerprints (scrypt: 40 ms each) are made before anyone arrives, not in the visitors' timed waits.
+    uploads = {
+        v: [(upload_file(folder, v, r), fingerprint(passphrase(v, r))) for r in range(1, rounds + 1)]
+        for v in range(1, visitors + 1)
+    }
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(**launch_options())
         try:
