@@ -111,7 +111,8 @@ def visitor(models: dict, adapters: dict[str, str], folder: str) -> None:
     """Key, images, runs and grid, and what they give: rerun alone when one of them changes."""
     serving = shared()
     infos = {name: info for name, (_, info) in models.items()}
-    key_box, images_box, options_box = st.container(), st.container(), st.container()
+    key_box, images_box = st.columns(2, gap="large")
+    options_box = st.container()
     waiting = st.empty()
 
     def wait(ahead: int) -> None:
@@ -136,12 +137,12 @@ def visitor(models: dict, adapters: dict[str, str], folder: str) -> None:
         return
 
     # key
-    key_box.header("Key")
-    source_column, input_column = key_box.columns([1, 2])
-    key_source = source_column.radio("Key from", ["Passphrase", "Key file", "New random key"], key="key_source")
+    key_box.subheader("Key")
+    key_choices = ["Passphrase", "Key file", "New random key"]
+    key_source = key_box.radio("Key from", key_choices, key="key_source", horizontal=True)
     key = None
     if key_source == "Passphrase":
-        passphrase = input_column.text_input(
+        passphrase = key_box.text_input(
             "Passphrase",
             value=DEMO_PASSPHRASE,
             key="passphrase",
@@ -150,24 +151,24 @@ def visitor(models: dict, adapters: dict[str, str], folder: str) -> None:
         if passphrase:
             key = serving.key(passphrase, shape.patch_size, shape.channels, wait)
         else:
-            input_column.warning("Type a passphrase.")
+            key_box.warning("Type a passphrase.")
     elif key_source == "Key file":
-        upload = input_column.file_uploader("Key file (JSON)", type=["json"], key="key_file")
+        upload = key_box.file_uploader("Key file (JSON)", type=["json"], key="key_file")
         if upload is not None:
             try:
                 key = demo.key_from_bytes(upload.getvalue(), upload.name)
             except EncvitError as exc:
-                show_error(exc, input_column)
+                show_error(exc, key_box)
     else:
-        another = input_column.button("Generate another", key="new_random_key")
+        another = key_box.button("Generate another", key="new_random_key")
         if another or "random_key" not in st.session_state:
             st.session_state.random_key = Key.generate(shape.patch_size, shape.channels)
         key = st.session_state.random_key
     if key is None:
         st.info("Choose a key above: a passphrase, a key file or a new random key.")
         return
-    input_column.markdown(f"Fingerprint: `{key.fingerprint}`")
-    input_column.caption(demo.escape_markdown(key.describe()))
+    key_box.markdown(f"Fingerprint: `{key.fingerprint}`")
+    key_box.caption(demo.escape_markdown(key.describe()))
     try:
         demo.check_key(key, shape)
     except EncvitError as exc:
@@ -175,17 +176,16 @@ def visitor(models: dict, adapters: dict[str, str], folder: str) -> None:
         return
 
     # images
-    images_box.header("Images")
+    images_box.subheader("Images")
     samples = {s.path.name + (f" ({s.label})" if s.label else ""): s for s in list_samples()}
-    samples_column, uploads_column = images_box.columns(2)
-    picked = samples_column.multiselect(
+    picked = images_box.multiselect(
         "Shipped samples",
         list(samples),
         key="samples",
         default=[n for n, s in samples.items() if s.label in shape.class_names][:3],
         help="cfashion-N.png is fashion-N.png in colour, as in the dataset cfashion5k.",
     )
-    uploads = uploads_column.file_uploader(
+    uploads = images_box.file_uploader(
         "Or upload PNG / JPEG images",
         type=["png", "jpg", "jpeg"],
         accept_multiple_files=True,

@@ -19,7 +19,8 @@ _CONTENT_HEIGHT = "() => Math.max(...[...document.querySelectorAll('*')].map(ele
 
 
 def take_screenshots(page: Page, out_dir: Path) -> list[Path]:
-    """app.png (main page), app-wrong-key.png (another passphrase typed) and app-comparison.png, in `out_dir`."""
+    """app.png (main page), app-wrong-key.png (another passphrase typed: the warning and the predictions it
+    concerns) and app-comparison.png, in `out_dir`."""
     out_dir = Path(out_dir)
     open_app(page)
     expect(prediction_tables(page)).to_have_count(3)
@@ -28,7 +29,7 @@ def take_screenshots(page: Page, out_dir: Path) -> list[Path]:
     type_passphrase(page, OTHER_PASSPHRASE)
     expect(page.get_by_role("alert").filter(has_text="is not the key")).to_be_visible()
     wait_until_idle(page)
-    shots.append(save_png(window(page), out_dir / "app-wrong-key.png"))
+    shots.append(save_png(whole_page(page), out_dir / "app-wrong-key.png"))
 
     go_to_page(page, "Comparison")
     expect(page.get_by_role("heading", name="Trainable parameters")).to_be_visible()
