@@ -329,16 +329,11 @@ print(
 # %%
 import tenseal
 
-
-def kind_of(path: Path) -> str:
-    parent = path.parent.name
-    return path.name if parent == wire.job else parent.split("-")[0] if "-" in parent else parent
-
-
-held = pd.DataFrame(
+job_dir = server_dir / "jobs" / wire.job
+held = pd.DataFrame(  # by what the job's folder holds: job.json, public.bin, store/, weights-N/, logits-N/
     [
-        {"kind": kind_of(p), "bytes": p.stat().st_size}
-        for p in (server_dir / "jobs" / wire.job).rglob("*")
+        {"kind": p.relative_to(job_dir).parts[0].split("-")[0], "bytes": p.stat().st_size}
+        for p in job_dir.rglob("*")
         if p.is_file()
     ]
 )

@@ -94,7 +94,8 @@ class Http(Transport):
             time.sleep(pause)
             pause = min(2 * pause, LONGEST_PAUSE)
         self.http["requests"] += 1
-        route = path.split("/")[3] if path.count("/") >= 3 else path.strip("/") or "/"
+        parts = path.strip("/").split("/")  # /jobs, /jobs/ID, /jobs/ID/step, /jobs/ID/train/3
+        route = parts[2] if len(parts) > 2 else "job" if len(parts) == 2 else parts[0]
         self.http[f"{method} {route}"] += 1  # e.g. "POST step", "GET weights": round trips by kind
         self.http["bytes_up"] += len(body or b"")
         self.http["bytes_down"] += len(response.content)
