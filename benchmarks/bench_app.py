@@ -1,6 +1,7 @@
 """The demo in front of a class: N visitors at once, each uploading an image and pasting a passphrase, twice.
 
-    python benchmarks/bench_app.py [--visitors 1 5 10 20] [--rounds 2] [--timeout 120] [--floor] [--json PATH]
+    python benchmarks/bench_app.py [--visitors 1 5 10 20] [--rounds 2] [--timeout 120] [--settle 180] [--floor]
+                                    [--json PATH]
 
 For each N, a fresh `streamlit run app/Home.py` on a free port of 127.0.0.1 (so its peak memory is this N's);
 the teacher opens the page first (the server's first visit, which loads the backbone and adapters); then N
@@ -73,6 +74,14 @@ def floor_opens(visitors: int, timeout: float, folder: Path) -> dict | None:
         class_visit(server.url, 1, 0, folder, timeout)
         opens = [v.open_seconds for v in class_visit(server.url, visitors, 0, folder, timeout) if v.open_seconds]
     return summarize(opens).to_dict() if opens else None
+
+
+def settle(limit: float, most: float) -> None:
+    """Wait (at most `most` seconds) until the 1-minute load average is below `limit`: a row's 'load before'
+    should be the machine's own, not what the previous row's class left."""
+    deadline = time.monotonic() + most
+    while os.getloadavg()[0] > limit and time.monotonic() < deadline:
+        time.sleep(5)
 
 
 def one_class(visitors: int, rounds: int, timeout: float, folder: Path, floor: bool = False) -> dict:
@@ -174,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=int(env("ENCVIT_BENCH_ROUNDS", 2)), help="uploads per visitor")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds a visitor waits for an answer")
     parser.add_argument(
+        "--settle",
+        type=float,
+        default=180.0,
+        help="before each class size, wait up to this many seconds for the load average to fall below half the "
+        "cores (default 180; 0 to start at once)",
+    )
+    parser.add_argument(
         "--floor",
         action="store_true",
         help="also time the same number of visitors opening a Streamlit page of three tables (what any page costs)",
@@ -190,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.header(), flush=True)
     with tempfile.TemporaryDirectory(prefix="encvit-bench-app-") as folder:
         for visitors in args.visitors:
+            settle((os.cpu_count() or 1) / 2, args.settle)
             row = one_class(visitors, args.rounds, args.timeout, Path(folder), args.floor)
             report.results.append(row)
             print(

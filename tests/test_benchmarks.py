@@ -285,8 +285,8 @@ def test_bench_app_reports_a_class_with_the_machine_beside_each_figure(tmp_path)
     from encvit.common.timing import spread_cell, summarize
 
     report = tmp_path / "app.json"
-    out = run("bench_app.py", "--visitors", "1", "--rounds", "2", "--floor", "--json", str(report))
-    assert "command: python benchmarks/bench_app.py --visitors 1 --rounds 2 --floor" in out
+    out = run("bench_app.py", "--visitors", "1", "--rounds", "2", "--floor", "--settle", "0", "--json", str(report))
+    assert "command: python benchmarks/bench_app.py --visitors 1 --rounds 2 --floor --settle 0" in out
     assert " cores, load average " in out
     ((header, rows),) = tables(out)
     (row,) = json.loads(report.read_text())["results"]

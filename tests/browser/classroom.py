@@ -27,6 +27,14 @@ from .chromium import VIEWPORT, launch_options
 
 SAMPLES_ON_ARRIVAL = 3  # the main page picks three shipped samples for a new visitor
 UPLOADER = "Or upload PNG / JPEG images"
+POLL_MS = 100
+# Waiting costs: a pending Playwright wait on a role locator re-reads the accessibility tree many times a second
+# (3% of a core per waiting page, measured: 30% of this machine for twenty visitors). So a visitor first waits for
+# the page's text to hold what they expect, read every POLL_MS, and only then finds it by role, once.
+_TEXT_HOLDS = """([texts, counts]) => {
+    const text = document.body ? document.body.textContent : "";
+    return texts.every((wanted, i) => text.split(wanted).length - 1 >= counts[i]);
+}"""
 
 
 @dataclass
@@ -86,6 +94,11 @@ def passphrase(visitor: int, round_: int) -> str:
     return f"visitor {visitor} round {round_}"
 
 
+async def _until_text(page: Page, wanted: dict[str, int]) -> None:
+    """Wait until the page's text holds each of `wanted`'s strings at least as many times as given."""
+    await page.wait_for_function(_TEXT_HOLDS, arg=[list(wanted), list(wanted.values())], polling=POLL_MS)
+
+
 async def _visit(browser: Browser, url: str, visitor: int, uploads: list[tuple[Path, str]], timeout: float) -> Visit:
     """What one visitor does and sees, given (file, the fingerprint of its round's passphrase) per round; never
     raises for what the page does (it is recorded instead)."""
@@ -98,6 +111,7 @@ async def _visit(browser: Browser, url: str, visitor: int, uploads: list[tuple[P
         await page.goto("/")
         tables = _tables(page)
         try:
+            await _until_text(page, {"top-1": SAMPLES_ON_ARRIVAL})
             await tables.nth(SAMPLES_ON_ARRIVAL - 1).wait_for()
         except Exception as exc:  # noqa: BLE001 - a page that never opens is what this records
             seen.problem = f"the page showed no predictions within {timeout:.0f} s: {type(exc).__name__}"
@@ -116,6 +130,7 @@ async def _visit(browser: Browser, url: str, visitor: int, uploads: list[tuple[P
             entered = time.perf_counter()
             shown = SAMPLES_ON_ARRIVAL + seen.answered + 1  # a lost upload leaves one image fewer
             try:
+                await _until_text(page, {path.name: 2, f"encrypted with {key}": shown, "top-1": shown})
                 await _caption(page, path.name).wait_for()
                 await _caption(page, f"encrypted with {key}").nth(shown - 1).wait_for()
                 await tables.nth(shown - 1).wait_for()
