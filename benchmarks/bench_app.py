@@ -1,7 +1,7 @@
 """The demo in front of a class: N visitors at once, each uploading an image and pasting a passphrase, twice.
 
     python benchmarks/bench_app.py [--visitors 1 5 10 20] [--rounds 2] [--timeout 120] [--settle 180] [--floor]
-                                    [--json PATH]
+                                    [--app app/Home.py] [--json PATH]
 
 For each N, a fresh `streamlit run app/Home.py` on a free port of 127.0.0.1 (so its peak memory is this N's);
 the teacher opens the page first (the server's first visit, which loads the backbone and adapters); then N
@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the browser tooling lives with the te
 
 from browser.chromium import ChromiumNotFound, find_chromium  # noqa: E402
 from browser.classroom import as_dicts, class_visit, lost_work  # noqa: E402
-from browser.server import serve_app  # noqa: E402
+from browser.server import APP, serve_app  # noqa: E402
 
 from encvit.common.timing import Report, cpu_mhz, markdown_table, spread_cell, summarize  # noqa: E402
 
@@ -84,11 +84,11 @@ def settle(limit: float, most: float) -> None:
         time.sleep(5)
 
 
-def one_class(visitors: int, rounds: int, timeout: float, folder: Path, floor: bool = False) -> dict:
-    """A fresh server, the teacher's first visit, then `visitors` at once; what they saw and what it cost.
+def one_class(visitors: int, rounds: int, timeout: float, folder: Path, floor: bool = False, app: Path = APP) -> dict:
+    """A fresh server of `app`, the teacher's first visit, then `visitors` at once; what they saw and what it cost.
     With `floor`, then the same number of visitors opening FLOOR_APP."""
     row = {"visitors": visitors, "rounds": rounds, "load_before": load(), "cpu_mhz": cpu_mhz()}
-    with serve_app(folder / f"server-{visitors}.log") as server:
+    with serve_app(folder / f"server-{visitors}.log", app=app) as server:
         started = time.perf_counter()
         (teacher,) = class_visit(server.url, 1, 0, folder, timeout)
         row["first_visit_s"] = teacher.open_seconds
@@ -194,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time the same number of visitors opening a Streamlit page of three tables (what any page costs)",
     )
+    parser.add_argument(
+        "--app", type=Path, default=APP, help="the page the class opens (default app/Home.py; e.g. an older version)"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the report, every visit included, as JSON")
     args = parser.parse_args(argv)
     if min(args.visitors) < 1 or args.rounds < 1 or args.timeout <= 0:
@@ -202,12 +205,13 @@ def main(argv: list[str] | None = None) -> int:
         find_chromium()
     except ChromiumNotFound as exc:
         parser.error(str(exc))
-    report = Report("benchmarks/bench_app.py", list(sys.argv[1:] if argv is None else argv), settings=vars(args))
+    settings = {**vars(args), "app": str(args.app)}
+    report = Report("benchmarks/bench_app.py", list(sys.argv[1:] if argv is None else argv), settings=settings)
     print(report.header(), flush=True)
     with tempfile.TemporaryDirectory(prefix="encvit-bench-app-") as folder:
         for visitors in args.visitors:
             settle((os.cpu_count() or 1) / 2, args.settle)
-            row = one_class(visitors, args.rounds, args.timeout, Path(folder), args.floor)
+            row = one_class(visitors, args.rounds, args.timeout, Path(folder), args.floor, args.app)
             report.results.append(row)
             print(
                 f"  {visitors} visitors: {row['answered']} of {row['uploads']} uploads answered, "
