@@ -37,10 +37,14 @@ TIMEOUT = 180  # the first run loads the backbone and adapters; later runs take 
 
 @pytest.fixture(scope="module", autouse=True)
 def restore_torch_threads():
-    """The app sets torch to one thread; AppTest runs it in this process, so give later tests theirs back."""
+    """The app sets torch's threads and freezes the heap once its models are loaded (`serving.freeze_heap`); AppTest
+    runs it in this process, so give later tests their threads and a collector that sees every object back."""
+    import gc
+
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="module")
