@@ -150,6 +150,7 @@ def visitor(models: dict, adapters: dict[str, str], folder: str) -> None:
         )
         if passphrase:
             key = serving.key(passphrase, shape.patch_size, shape.channels, wait)
+            waiting.empty()
         else:
             key_box.warning("Type a passphrase.")
     elif key_source == "Key file":
