@@ -307,9 +307,9 @@ def test_two_jobs_of_two_tokens_train_at_once_while_health_answers(service, tmp_
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        runs = [
-            client(service["features"], url, service["tokens"][name], tmp_path / name, EPOCHS)
-            for name in ("alice", "bob")
+        runs = [  # bob's with --keep-on-server: its ciphertexts stay until deleted (alice's go, as by default)
+            client(service["features"], url, service["tokens"][name], tmp_path / name, EPOCHS, *extra)
+            for name, extra in (("alice", ()), ("bob", ("--keep-on-server",)))
         ]
         for process in runs:
             finish(process)
@@ -319,19 +319,13 @@ def test_two_jobs_of_two_tokens_train_at_once_while_health_answers(service, tmp_
     for name in ("alice", "bob"):
         assert abs(result(tmp_path / name)["encrypted_test_acc"] - service["solo"]["encrypted_test_acc"]) <= 0.5
     assert slowest[0] < 2.0, f"/health took {slowest[0]:.2f} s while two jobs trained"
-
-
-def test_a_job_run_with_keep_on_server_keeps_its_ciphertexts_until_deleted(service, tmp_path):
-    # (without it the server deletes them: the first test of this module)
-    out = tmp_path / "run"
-    finish(client(service["features"], service["server"].url, service["tokens"]["alice"], out, 1, "--keep-on-server"))
-    job = result(out)["server"]["job"]
-    folder = service["data"] / "jobs" / job
-    assert any((folder / "store").iterdir()) and any(folder.glob("weights-*"))
-    with api(service) as http:
-        assert http.get(f"/jobs/{job}").json()["status"] == "kept"
-        assert http.delete(f"/jobs/{job}").status_code == 200
-    assert not folder.exists()
+    kept, gone = (service["data"] / "jobs" / result(tmp_path / name)["server"]["job"] for name in ("bob", "alice"))
+    assert any((kept / "store").iterdir()) and any(kept.glob("weights-*"))
+    assert [p.name for p in gone.iterdir()] == ["job.json"]
+    with api(service, "bob") as http:
+        assert http.get(f"/jobs/{kept.name}").json()["status"] == "kept"
+        assert http.delete(f"/jobs/{kept.name}").status_code == 200
+    assert not kept.exists()
 
 
 def test_a_missing_token_is_refused_before_any_work(service, tmp_path, monkeypatch):
