@@ -246,7 +246,8 @@ def guarded():
         original = getattr(home, name)
         patch.setattr(home, name, work_started)
         for module in [m for n, m in list(sys.modules.items()) if n == "encvit" or n.startswith("encvit.")]:
-            if getattr(module, name, None) is original:
+            # vars(), not getattr(): getattr on a package's lazy face would load the name, patched, into its cache
+            if vars(module).get(name) is original:
                 patch.setattr(module, name, work_started)
 
     def alarm(*_):
