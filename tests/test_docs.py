@@ -102,6 +102,9 @@ def test_every_docs_page_is_linked_from_the_readme():
 def named_code(text: str) -> tuple[set[str], set[str]]:
     """The dotted names (`encvit.cipher.Key`) and file paths (`encvit/fhe/server.py`) a page names."""
     dotted = set(re.findall(r"\bencvit(?:\.[A-Za-z_][A-Za-z0-9_]*)+", text))
+    # `from encvit import attack_demo as a` names encvit.attack_demo
+    for module, names in re.findall(r"\bfrom (encvit[\w.]*) import ([\w ,]+)", text):
+        dotted |= {f"{module}.{name.split()[0]}" for name in names.split(",") if name.strip()}
     paths = set(re.findall(r"\bencvit/[A-Za-z0-9_/.-]*[A-Za-z0-9_]", text))
     return dotted, paths
 
@@ -137,5 +140,8 @@ def test_every_module_and_file_a_page_names_exists(doc):
 def test_the_name_check_catches_a_moved_module():
     dotted, paths = named_code("see `encvit.train.TrainConfig` in encvit/train.py and `encvit.cipher.Key`")
     assert dotted == {"encvit.train.TrainConfig", "encvit.cipher.Key"} and paths == {"encvit/train.py"}
+    shown, _ = named_code("from encvit import attack_demo as a, cipher\nfrom encvit.demo import viz")
+    assert {"encvit.attack_demo", "encvit.cipher", "encvit.demo.viz"} <= shown
+    assert not resolves("encvit.attack_demo") and resolves("encvit.demo.viz")
     assert not resolves("encvit.train.TrainConfig") and resolves("encvit.cipher.Key")
     assert not (ROOT / "encvit/train.py").exists()
