@@ -18,10 +18,11 @@ from encvit.common.errors import EncvitError
 from encvit.common.shipped import DEMO_PASSPHRASE, list_samples
 from encvit.demo import home as demo
 from encvit.demo.access import adapter_stamp, app_access
-from encvit.demo.serving import adapter_digest, freeze_heap, inference_threads, shared
+from encvit.demo.serving import QUIET_STATUS_CSS, adapter_digest, freeze_heap, inference_threads, shared
 from encvit.models import load_runs, shipped_comparison
 
 st.set_page_config(page_title="encvit demo", page_icon="🔐", layout="wide")
+st.html(QUIET_STATUS_CSS)  # no 'Running...' animation in every waiting visitor's browser
 torch.set_num_threads(inference_threads())
 SHIPPED = "Shipped comparison (fashion5k)"
 

@@ -9,6 +9,7 @@ import io
 import os
 import re
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,6 +189,23 @@ def test_comparison_page_shows_accuracy_and_parameter_counts(app):
 
     go_to_page(app, "Home")  # and back: the main page starts again from its defaults
     expect(prediction_tables(app)).to_have_count(3)
+
+
+def test_no_page_draws_streamlits_running_widget(app):
+    """The widget's animation cost every waiting visitor's browser a share of a core (QUIET_STATUS_CSS)."""
+    import streamlit
+
+    bundle = Path(streamlit.__file__).parent / "static"
+    assert any("stStatusWidget" in f.read_text(errors="ignore") for f in bundle.rglob("*.js")), (
+        "Streamlit's frontend no longer names its status widget stStatusWidget: the rule hides nothing"
+    )
+    probe = "text => document.body.insertAdjacentHTML('beforeend', `<div data-testid='stStatusWidget'>${text}</div>`)"
+    for name in ("Comparison", "Attacker's view", "Home"):
+        if name != "Home" or not app.url.endswith("/"):
+            go_to_page(app, name)
+        wait_until_idle(app, ATTACK_MS)
+        app.evaluate(probe, f"Running on {name}")  # a widget as Streamlit draws it while the page runs
+        expect(app.get_by_text(f"Running on {name}"), f"the running widget shows on {name}").to_be_hidden()
 
 
 def test_downloaded_key_file_is_the_key_in_use(app, shape, tmp_path):

@@ -10,11 +10,13 @@ import streamlit as st
 from encvit.common.errors import EncvitError
 from encvit.demo import home as demo
 from encvit.demo.access import app_access
+from encvit.demo.serving import QUIET_STATUS_CSS
 from encvit.experiments.compare import load_results
 from encvit.models import shipped_comparison
 from encvit.models.methods import PAPER_UNIT
 
 st.set_page_config(page_title="encvit comparison", page_icon="📊", layout="wide")
+st.html(QUIET_STATUS_CSS)  # no 'Running...' animation in every waiting visitor's browser
 
 
 @st.cache_resource(show_spinner=False)

@@ -15,9 +15,10 @@ from encvit.common.errors import EncvitError
 from encvit.data import FASHION_CLASSES
 from encvit.demo import attackers_view as attack_demo
 from encvit.demo import home as demo
-from encvit.demo.serving import shared
+from encvit.demo.serving import QUIET_STATUS_CSS, shared
 
 st.set_page_config(page_title="encvit attacker's view", page_icon="🕵️", layout="wide")
+st.html(QUIET_STATUS_CSS)  # no 'Running...' animation in every waiting visitor's browser
 IMAGES_PER_ROW = 4
 
 

@@ -13,6 +13,7 @@ EXTRA_OF = {
     "skimage": "attacks",
     "sklearn": "attacks",  # and fhe: see extra_for
     "streamlit": "app",
+    "cachetools": "app",
     "ray": "cluster",
     "peft": "peft",
     "jupytext": "notebooks",

@@ -15,10 +15,10 @@ import gc
 import hashlib
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import TypeVar
 
+from cachetools import LRUCache
 from torch import nn
 
 from ..cipher.key import Key
@@ -28,6 +28,12 @@ from .home import DemoImage, is_encrypted
 
 T = TypeVar("T")
 Predictions = dict[str, list[list[tuple[str, float]]]]  # run -> per image, top-k (class, probability)
+
+
+# Streamlit's "Running..." status widget redraws itself for as long as a page runs: 4.6% of a core per waiting page
+# against 1.9% without it (a page sleeping in its run, measured in headless Chromium). Twenty visitors waiting in the
+# queue at once spent most of a core on it. The queue's own note tells a waiting visitor where they are.
+QUIET_STATUS_CSS = "<style>[data-testid='stStatusWidget']{display:none}</style>"
 
 
 def inference_threads(cores: int | None = None) -> int:
@@ -52,31 +58,27 @@ def freeze_heap() -> None:
 
 
 class Kept:
-    """A bounded mapping, least recently used out first, shared safely between sessions' threads."""
+    """A bounded mapping, least recently used out first (cachetools' LRUCache), shared safely between sessions'
+    threads: the cache itself is not thread-safe, so every access holds a lock."""
 
     def __init__(self, size: int):
         self.size = size
-        self._items: OrderedDict = OrderedDict()
+        self._items = LRUCache(maxsize=size)
         self._lock = threading.Lock()
 
     def get(self, key: Hashable):
         """The value kept for `key` (now the most recently used), or None."""
         with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
+            return self._items.get(key)
 
     def put(self, key: Hashable, value) -> None:
         """Keep `value` for `key`, dropping the least recently used beyond `size`."""
         with self._lock:
             self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
 
     def __len__(self) -> int:
-        return len(self._items)
+        with self._lock:
+            return len(self._items)
 
 
 class Turns:
