@@ -11,10 +11,11 @@ predictions, `--rounds` times. The browsers share the machine with the server, a
 
 Reported per N: uploads answered, page open (to the first predictions) and Enter to result (to the upload's
 predictions with the new key) as median (min–max), the server's peak RSS (VmHWM) and CPU seconds, the whole
-machine's CPU seconds (the rest is mostly the browsers), and beside each row the load average before and after and
-the clock. `--floor` adds the page open of a Streamlit page of three small tables for as many visitors: what the
-browsers and Streamlit cost whatever the app does. Sizes also come from the environment: ENCVIT_BENCH_VISITORS
-(e.g. "1 5"), ENCVIT_BENCH_ROUNDS.
+machine's CPU seconds (the rest is mostly the browsers) and, below the table, where they went by process (Chromium's
+renderers, browser, GPU and utility processes, the server, the Playwright driver; benchmarks/cpu_by_kind.py), and
+beside each row the load average before and after and the clock. `--floor` adds the page open of a Streamlit page
+of three small tables for as many visitors: what the browsers and Streamlit cost whatever the app does. Sizes also
+come from the environment: ENCVIT_BENCH_VISITORS (e.g. "1 5"), ENCVIT_BENCH_ROUNDS.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the browser tooling lives with the te
 from browser.chromium import ChromiumNotFound, find_chromium  # noqa: E402
 from browser.classroom import as_dicts, class_visit, lost_work  # noqa: E402
 from browser.server import APP, serve_app  # noqa: E402
+from cpu_by_kind import CpuByKind  # noqa: E402
 
 from encvit.common.timing import Report, cpu_mhz, markdown_table, spread_cell, summarize  # noqa: E402
 
@@ -93,8 +95,10 @@ def one_class(visitors: int, rounds: int, timeout: float, folder: Path, floor: b
         (teacher,) = class_visit(server.url, 1, 0, folder, timeout)
         row["first_visit_s"] = teacher.open_seconds
         cpu_before, machine_before = cpu_seconds(server.pid), machine_cpu_seconds()
-        visits = class_visit(server.url, visitors, rounds, folder, timeout)
+        with CpuByKind() as by_kind:
+            visits = class_visit(server.url, visitors, rounds, folder, timeout)
         row.update(
+            cpu_by_kind=by_kind.seconds,
             server_cpu_s=round(cpu_seconds(server.pid) - cpu_before, 1),
             machine_cpu_s=round(machine_cpu_seconds() - machine_before, 1),
             peak_rss_mb=round(server.peak_rss_mb(), 1),
@@ -224,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    {line}", flush=True)
     print()
     print(table(report.results))
+    print("\nCPU seconds of the class by process:")
+    for row in report.results:
+        spent = ", ".join(f"{kind} {seconds:.1f}" for kind, seconds in row["cpu_by_kind"].items())
+        print(f"- {row['visitors']} visitors: {spent}")
     largest = max(report.results, key=lambda row: row["visitors"])
     print(f"\nGoals (set for 20 visitors on 2 cores), at {largest['visitors']} visitors:")
     for line in goals(largest):

@@ -303,6 +303,10 @@ def test_bench_app_reports_a_class_with_the_machine_beside_each_figure(tmp_path)
     assert cells["floor: page open of three tables"] == spread_cell(row["floor_open"], " s", digits=1)
     assert cells["load average before → after"] == f"{row['load_before']:.2f} → {row['load_after']:.2f}"
     assert "every upload answered: met" in out and "load average at the end" in out
+    spent = row["cpu_by_kind"]
+    assert spent["chromium renderer"] > 0 and spent["server (streamlit)"] > 0, spent
+    assert sum(spent.values()) <= row["machine_cpu_s"] + 2  # a part of the machine's time (reads 0.5 s apart)
+    assert f"- 1 visitors: {next(iter(spent))} {next(iter(spent.values())):.1f}" in out
 
 
 def test_benchmarks_refuse_bad_repeats():
@@ -528,3 +532,15 @@ def test_the_service_benchmark_projects_links_from_bytes_and_round_trips_and_wei
         assert 0 < z["zstd_mb"] < z["raw_mb"] and z["ratio"] == pytest.approx(z["zstd_mb"] / z["raw_mb"]), direction
         saved = (z["raw_mb"] - z["zstd_mb"]) * 8
         assert z["break_even_mbit"] == pytest.approx(saved / (z["compress_seconds"] + z["decompress_seconds"]))
+
+
+def test_cpu_by_kind_counts_a_process_that_starts_inside_the_block_under_its_kind():
+    cpu_by_kind = load_benchmark("cpu_by_kind")
+    assert cpu_by_kind.kind_of("/usr/lib/chromium/chromium --type=renderer --lang=en") == "chromium renderer"
+    assert cpu_by_kind.kind_of("/usr/lib/chromium/chromium --headless --no-sandbox") == "chromium browser"
+    assert cpu_by_kind.kind_of("python -m streamlit run app/Home.py") == "server (streamlit)"
+    burn = "import time\nend = time.process_time() + 0.8\nwhile time.process_time() < end: pass"
+    with cpu_by_kind.CpuByKind(interval=0.1) as spent:
+        subprocess.run([sys.executable, "-c", burn, "streamlit"], check=True)  # named a server by its command line
+    # the child's 0.8 s of work and start-up, less what it spent after the last reading (at most 0.1 s)
+    assert 0.7 <= spent.seconds["server (streamlit)"] < 3, spent.seconds
