@@ -98,7 +98,7 @@ def one_class(visitors: int, rounds: int, timeout: float, folder: Path, floor: b
         with CpuByKind() as by_kind:
             visits = class_visit(server.url, visitors, rounds, folder, timeout)
         row.update(
-            cpu_by_kind=by_kind.seconds,
+            cpu_by_kind={kind: round(seconds, 1) for kind, seconds in by_kind.seconds.items()},
             server_cpu_s=round(cpu_seconds(server.pid) - cpu_before, 1),
             machine_cpu_s=round(machine_cpu_seconds() - machine_before, 1),
             peak_rss_mb=round(server.peak_rss_mb(), 1),

@@ -90,4 +90,4 @@ class CpuByKind:
         spent: Counter = Counter()
         for process, last in self._last.items():
             spent[self._kind[process]] += last - self._first[process]
-        self.seconds = {kind: round(seconds, 1) for kind, seconds in spent.most_common()}
+        self.seconds = dict(spent.most_common())

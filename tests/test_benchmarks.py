@@ -544,3 +544,20 @@ def test_cpu_by_kind_counts_a_process_that_starts_inside_the_block_under_its_kin
         subprocess.run([sys.executable, "-c", burn, "streamlit"], check=True)  # named a server by its command line
     # the child's 0.8 s of work and start-up, less what it spent after the last reading (at most 0.1 s)
     assert 0.7 <= spent.seconds["server (streamlit)"] < 3, spent.seconds
+
+
+def test_bench_running_widget_reports_each_pages_share_of_a_core_with_the_machine(tmp_path):
+    from encvit.common.timing import spread_cell
+
+    report = tmp_path / "widget.json"
+    out = run("bench_running_widget.py", "--repeats", "1", "--seconds", "2", "--json", str(report))
+    assert "command: python benchmarks/bench_running_widget.py --repeats 1 --seconds 2" in out
+    assert " cores, load average " in out and "load average at the end" in out
+    ((header, rows),) = tables(out)
+    (result,) = json.loads(report.read_text())["results"]
+    assert [row[0] for row in rows] == ["widget shown", "widget hidden"]
+    for name, share, ratio in rows:
+        (measured,) = result["shares"][name]
+        assert 0 <= measured < 2 and share == spread_cell(result["summaries"][name], "%", digits=1, factor=100)
+        assert ratio == spread_cell(result["ratios"][name], "x")
+    assert rows[0][2] == "1.00x"  # the baseline against itself

@@ -30,9 +30,9 @@ T = TypeVar("T")
 Predictions = dict[str, list[list[tuple[str, float]]]]  # run -> per image, top-k (class, probability)
 
 
-# Streamlit's "Running..." status widget redraws itself for as long as a page runs: 4.6% of a core per waiting page
-# against 1.9% without it (a page sleeping in its run, measured in headless Chromium). Twenty visitors waiting in the
-# queue at once spent most of a core on it. The queue's own note tells a waiting visitor where they are.
+# Streamlit's "Running..." status widget redraws itself for as long as a page runs: 3.3% of a core per waiting page
+# against 1.2% without it (benchmarks/bench_running_widget.py), in every browser of a class waiting in the queue.
+# The queue's own note tells a waiting visitor where they are.
 QUIET_STATUS_CSS = "<style>[data-testid='stStatusWidget']{display:none}</style>"
 
 
