@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the browser tooling lives with the te
 from browser.chromium import ChromiumNotFound, find_chromium  # noqa: E402
 from browser.classroom import as_dicts, class_visit, lost_work  # noqa: E402
 from browser.server import APP, serve_app  # noqa: E402
-from cpu_by_kind import CpuByKind  # noqa: E402
+from cpu_by_kind import CpuByKind, process_cpu  # noqa: E402
 
 from encvit.common.timing import Report, cpu_mhz, markdown_table, spread_cell, summarize  # noqa: E402
 
@@ -48,13 +48,6 @@ for _ in range(3):
 """
 # The issue's goals at 20 visitors on 2 cores, the browsers on the same machine.
 GOALS = {"result median (s)": 5.0, "result max (s)": 15.0, "open median (s)": 20.0, "peak RSS (MiB)": 2048.0}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far (from /proc)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_cpu_seconds() -> float:
@@ -94,12 +87,12 @@ def one_class(visitors: int, rounds: int, timeout: float, folder: Path, floor: b
         started = time.perf_counter()
         (teacher,) = class_visit(server.url, 1, 0, folder, timeout)
         row["first_visit_s"] = teacher.open_seconds
-        cpu_before, machine_before = cpu_seconds(server.pid), machine_cpu_seconds()
+        cpu_before, machine_before = process_cpu(server.pid)[1], machine_cpu_seconds()
         with CpuByKind() as by_kind:
             visits = class_visit(server.url, visitors, rounds, folder, timeout)
         row.update(
             cpu_by_kind={kind: round(seconds, 1) for kind, seconds in by_kind.seconds.items()},
-            server_cpu_s=round(cpu_seconds(server.pid) - cpu_before, 1),
+            server_cpu_s=round(process_cpu(server.pid)[1] - cpu_before, 1),
             machine_cpu_s=round(machine_cpu_seconds() - machine_before, 1),
             peak_rss_mb=round(server.peak_rss_mb(), 1),
             load_after=load(),

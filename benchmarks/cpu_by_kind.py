@@ -32,8 +32,8 @@ def kind_of(command: str) -> str:
     return "other"
 
 
-def _cpu_seconds(pid: str) -> tuple[str, float] | None:
-    """(start time, user + system CPU seconds) of `pid`, or None once it is gone."""
+def process_cpu(pid: int | str) -> tuple[str, float] | None:
+    """(start time, user + system CPU seconds so far) of process `pid` from /proc, or None once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
@@ -59,7 +59,7 @@ class CpuByKind:
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
                 continue
-            found = _cpu_seconds(pid)
+            found = process_cpu(pid)
             if found is None:
                 continue
             process = (pid, found[0])  # a pid with its start time: a reused pid is another process

@@ -62,7 +62,6 @@ class Kept:
     threads: the cache itself is not thread-safe, so every access holds a lock."""
 
     def __init__(self, size: int):
-        self.size = size
         self._items = LRUCache(maxsize=size)
         self._lock = threading.Lock()
 
