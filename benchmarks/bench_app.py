@@ -196,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", metavar="PATH", help="also write the report, every visit included, as JSON")
     args = parser.parse_args(argv)
-    if min(args.visitors) < 1 or args.rounds < 1 or args.timeout <= 0:
-        parser.error("--visitors at least 1, --rounds at least 1 and a positive --timeout")
+    if min(args.visitors) < 1 or args.rounds < 1 or args.timeout <= 0 or args.settle < 0:
+        parser.error("--visitors at least 1, --rounds at least 1, a positive --timeout and --settle at least 0")
+    if not args.app.is_file():
+        parser.error(f"--app {args.app}: no such page (a Streamlit script, e.g. app/Home.py)")
     try:
         find_chromium()
     except ChromiumNotFound as exc:

@@ -561,3 +561,28 @@ def test_bench_running_widget_reports_each_pages_share_of_a_core_with_the_machin
         assert 0 <= measured < 2 and share == spread_cell(result["summaries"][name], "%", digits=1, factor=100)
         assert ratio == spread_cell(result["ratios"][name], "x")
     assert rows[0][2] == "1.00x"  # the baseline against itself
+
+
+def test_the_browser_benchmarks_refuse_bad_values_before_any_work(tmp_path):
+    bad = {
+        "bench_app.py --settle": ["bench_app.py", "--settle", "-1"],
+        "bench_app.py --app": ["bench_app.py", "--app", str(tmp_path / "no-such-page.py")],
+        "bench_app.py --visitors": ["bench_app.py", "--visitors", "0"],
+        "bench_running_widget.py --repeats": ["bench_running_widget.py", "--repeats", "0"],
+        "bench_running_widget.py --seconds": ["bench_running_widget.py", "--seconds", "0"],
+    }
+    running = {  # in parallel: each spends its seconds importing torch before argparse refuses
+        name: subprocess.Popen(
+            [sys.executable, str(BENCHMARKS / script), *args, "--json", str(tmp_path / f"{i}.json")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, (name, (script, *args)) in enumerate(bad.items())
+    }
+    for name, process in running.items():
+        out, err = process.communicate(timeout=300)
+        flag = name.split()[1]
+        assert process.returncode == 2 and flag in err and "Traceback" not in err, (name, err[-500:])
+        assert "command:" not in out, name  # refused before the report starts
+    assert not list(tmp_path.glob("*.json"))
