@@ -18,11 +18,12 @@ from encvit.common.errors import EncvitError
 from encvit.common.shipped import DEMO_PASSPHRASE, list_samples
 from encvit.demo import home as demo
 from encvit.demo.access import adapter_stamp, app_access
+from encvit.demo.card import CARD_CSS, image_card
 from encvit.demo.serving import QUIET_STATUS_CSS, adapter_digest, freeze_heap, inference_threads, shared
 from encvit.models import load_runs, shipped_comparison
 
 st.set_page_config(page_title="encvit demo", page_icon="🔐", layout="wide")
-st.html(QUIET_STATUS_CSS)  # no 'Running...' animation in every waiting visitor's browser
+st.html(QUIET_STATUS_CSS + CARD_CSS)  # no 'Running...' animation in waiting browsers; the image cards' style
 torch.set_num_threads(inference_threads())
 SHIPPED = "Shipped comparison (fashion5k)"
 
@@ -240,26 +241,20 @@ def visitor(models: dict, adapters: dict[str, str], folder: str) -> None:
         f"Models take {shape.image_size}x{shape.image_size} images; the key permutes every "
         f"{key.block_size}x{key.block_size} block. Shown enlarged {factor}x (nearest neighbour)."
     )
+    if not predictions:
+        st.info("Choose runs to compare above.")
     for index, image in enumerate(images):
-        with st.container(border=True):
-            original, encrypted, table = st.columns([1, 1, 3])
-            original.image(
-                shown_png(image.digest, None, block, factor, image, None), caption=image.name, output_format="PNG"
-            )
-            encrypted.image(
+        st.html(  # one element per image, not ten: see encvit.demo.card
+            image_card(
+                image.name,
+                shown_png(image.digest, None, block, factor, image, None),
                 shown_png(image.digest, key.fingerprint, block, factor, image, key),
-                caption=f"encrypted with {key.fingerprint}",
-                output_format="PNG",  # as drawn: Streamlit would otherwise make the PNG a JPEG
+                key.fingerprint,
+                label=image.label,
+                note=demo.grey_runs_note(image, {name: infos[name] for name in chosen}),
+                table=demo.prediction_table(predictions, infos, index, image.label) if predictions else None,
             )
-            if image.label:
-                table.markdown(f"True label: **{demo.escape_markdown(image.label)}**")
-            note = demo.grey_runs_note(image, {name: infos[name] for name in chosen})
-            if note:
-                table.caption(demo.escape_markdown(note))
-            if predictions:
-                table.table(demo.prediction_table(predictions, infos, index, image.label))
-            else:
-                table.info("Choose runs to compare above.")
+        )
 
 
 visitor(models, adapters, folder)

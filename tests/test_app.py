@@ -4,6 +4,7 @@ The shipped adapters are retrained from time to time, so these tests check struc
 a warning present or absent, errors naming files), never particular predictions.
 """
 
+import base64
 import io
 import json
 import os
@@ -12,15 +13,18 @@ import shutil
 import struct
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
+import lxml.html
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from encvit.cipher.images import colour_images
+from encvit.cipher.images import colour_images, png_bytes
 from encvit.cipher.key import Key
 from encvit.common.errors import AttackError, ConfigError, KeyFileError
 from encvit.common.shipped import DEMO_PASSPHRASE, SAMPLES_DIR, list_samples
@@ -28,6 +32,7 @@ from encvit.demo import attackers_view as attack_demo
 from encvit.demo import home as demo
 from encvit.demo import serving
 from encvit.demo.access import NotAllowedError, app_access
+from encvit.demo.card import image_card
 from encvit.models.adapters import read_adapter, read_adapter_info
 from encvit.models.predict import find_runs, load_runs, shipped_comparison
 
@@ -86,8 +91,47 @@ def seen(alerts) -> list[str]:
     return [re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", alert.value) for alert in alerts]
 
 
-def prediction_tables(at: AppTest) -> list:
-    return [t.value for t in at.main.table if any(c.startswith("top-") for c in t.value.columns)]
+@dataclass
+class Card:
+    """An image's card on the main page as a user sees it: images with captions, notes and the predictions."""
+
+    captions: list[str]
+    images: list[np.ndarray]
+    text: str
+    notes: list[str]
+    table: pd.DataFrame | None
+
+
+def shown_png(source: str) -> np.ndarray:
+    """The pixels of an image the page holds as a data URI, which must be a PNG (lossless: every pixel as drawn)."""
+    assert source.startswith("data:image/png;base64,"), source[:40]
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))))
+
+
+def image_cards(at: AppTest) -> list[Card]:
+    """The main page's image cards (st.html elements), in order, read as a browser reads their HTML."""
+    cards = []
+    for element in at.main.html:
+        card = lxml.html.fromstring(element.value)
+        if "encvit-card" not in card.get("class", ""):
+            continue
+        tables = card.xpath(".//table")
+        cards.append(
+            Card(
+                captions=[c.text_content() for c in card.xpath(".//figcaption")],
+                images=[shown_png(img.get("src")) for img in card.xpath(".//img")],
+                text=card.text_content(),
+                notes=[p.text_content() for p in card.xpath(".//p[@class='encvit-note']")],
+                table=pd.read_html(io.StringIO(lxml.html.tostring(tables[0], encoding="unicode")))[0].set_index("run")
+                if tables
+                else None,
+            )
+        )
+    return cards
+
+
+def prediction_tables(at: AppTest) -> list[pd.DataFrame]:
+    return [card.table for card in image_cards(at) if card.table is not None]
 
 
 def assert_top3_for_each_method(at: AppTest, count: int) -> None:
@@ -101,13 +145,31 @@ def assert_top3_for_each_method(at: AppTest, count: int) -> None:
 
 
 # ---- the main page ----------------------------------------------------------------------------------
+def test_an_image_card_shows_names_labels_and_runs_as_text_never_as_html():
+    name, label, run = "<img src=x onerror=alert(1)>.png", "<i>Coat</i>", "a <b>run</b> & co"
+    plain, encrypted = (np.full((8, 8, 3), value, np.uint8) for value in (10, 200))
+    table = pd.DataFrame({"run": [run], "sees": ["plain"], "top-1": ["Coat 90%"]}).set_index("run")
+    shown = image_card(name, png_bytes(plain), png_bytes(encrypted), "f1ng", label=label, note="1*4*4", table=table)
+    card = lxml.html.fromstring(shown)
+    assert not card.xpath(".//b | .//i | .//script") and len(card.xpath(".//img")) == 2  # only the card's own tags
+    assert [c.text_content() for c in card.xpath(".//figcaption")] == [name, "encrypted with f1ng"]
+    assert [shown_png(img.get("src")).tolist() for img in card.xpath(".//img")] == [plain.tolist(), encrypted.tolist()]
+    assert f"True label: {label}" in card.text_content() and card.xpath(".//p[@class='encvit-note']")[0].text == "1*4*4"
+    read = pd.read_html(io.StringIO(shown))[0]
+    assert list(read.columns) == ["run", "sees", "top-1"] and read.iloc[0].tolist() == [run, "plain", "Coat 90%"]
+    bare = lxml.html.fromstring(image_card("a.png", png_bytes(plain), png_bytes(plain), "f1ng"))
+    assert not bare.xpath(".//table | .//p") and len(bare.xpath(".//figure")) == 2  # no label, note or runs: none shown
+
+
 def test_home_shows_original_encrypted_and_top3_per_method(demo_key):
     at = home()
     assert not at.error and not at.warning
     assert_top3_for_each_method(at, count=3)
     assert all("correct" in t.columns for t in prediction_tables(at))  # shipped samples carry true labels
-    assert sum("True label" in m.value for m in at.main.markdown) == 3
-    assert len(at.main.image) == 6  # original and encrypted, side by side, for each image
+    cards = image_cards(at)
+    assert [card.text.count("True label: ") for card in cards] == [1, 1, 1]
+    assert [len(card.images) for card in cards] == [2, 2, 2]  # original and encrypted, side by side
+    assert all(card.captions[1] == f"encrypted with {demo_key.fingerprint}" for card in cards)
     assert any(demo_key.fingerprint in m.value for m in at.main.markdown)  # beside the passphrase
     labels = [b.label for b in at.get("download_button")]
     assert labels == ["Download encrypted images (zip of 3)", "Download key file"]
@@ -218,58 +280,37 @@ def test_bad_uploads_show_an_error_naming_the_file_and_the_app_goes_on():
 def test_block_grid_and_run_choice():
     at = home()
     at.checkbox(key="grid").check().run()
-    assert not at.exception and len(at.main.image) == 6
+    assert not at.exception and [len(card.images) for card in image_cards(at)] == [2, 2, 2]
     at.multiselect(key="runs").set_value(["melo-encrypted", "full-plain"]).run()
     tables = prediction_tables(at)
     assert len(tables) == 3 and all(list(t.index) == ["melo-encrypted", "full-plain"] for t in tables)
     at.multiselect(key="runs").set_value([]).run()
-    assert not prediction_tables(at) and any("Choose runs" in i.value for i in at.info)
+    assert not prediction_tables(at) and len(image_cards(at)) == 3  # the images are still shown
+    assert [i.value for i in at.info] == ["Choose runs to compare above."]  # once, not once per image
 
 
-@pytest.fixture
-def shown_images(monkeypatch):
-    """The image files a page showed, by the URL its st.image element holds (AppTest keeps them in memory)."""
-    import streamlit.testing.v1.app_test as app_test
-    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
-
-    stores = []
-
-    class Recording(MemoryMediaFileStorage):
-        def __init__(self, *args):
-            super().__init__(*args)
-            stores.append(self)
-
-    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", Recording)
-
-    def read(image) -> np.ndarray:
-        file = stores[-1].get_file(image.proto.imgs[0].url.rsplit("/", 1)[1])
-        assert file.mimetype == "image/png"  # lossless: every pixel as the key made it
-        return np.asarray(Image.open(io.BytesIO(file.content)))
-
-    return read
-
-
-def test_a_colour_sample_is_encrypted_across_its_three_channels(shown_images, demo_key, infos):
+def test_a_colour_sample_is_encrypted_across_its_three_channels(demo_key, infos):
     at = home()
     at.multiselect(key="samples").set_value(["fashion-5.png (Sandal)", "cfashion-5.png (Sandal)"]).run()
-    assert not at.exception and not at.error and len(at.main.image) == 4
+    assert not at.exception and not at.error and len(image_cards(at)) == 2
     assert_top3_for_each_method(at, count=2)
     shape, factor = demo.geometry(infos), demo.display_factor(demo.geometry(infos).image_size)
     grey, colour = (
         demo.read_image((SAMPLES_DIR / name).read_bytes(), name, shape) for name in ("fashion-5.png", "cfashion-5.png")
     )
-    plain, encrypted = (shown_images(image) for image in at.main.image[2:])
+    plain, encrypted = image_cards(at)[1].images
     assert (plain[..., 0] != plain[..., 1]).any() and (plain[..., 1] != plain[..., 2]).any()  # kept in colour
     assert np.array_equal(plain, demo.enlarge(colour.array, factor))
     assert np.array_equal(encrypted, demo.enlarge(demo_key.encrypt(colour.array), factor))
     for a, b in ((0, 1), (1, 2), (0, 2)):
         assert (encrypted[..., a] != encrypted[..., b]).mean() > 0.5
     assert not np.array_equal(encrypted, demo.enlarge(demo_key.encrypt(grey.array), factor))
-    notes = [c for c in seen(at.main.caption) if c.startswith("A colour image")]
-    assert len(notes) == 1 and "trained on grey images (fashion5k)" in notes[0]  # for cfashion-5.png only
+    notes = [card.notes for card in image_cards(at)]
+    assert notes[0] == [] and len(notes[1]) == 1  # for cfashion-5.png only
+    assert notes[1][0].startswith("A colour image") and "trained on grey images (fashion5k)" in notes[1][0]
     at.checkbox(key="grid").check().run()  # the block grid drawn over the colour blocks
     assert np.array_equal(
-        shown_images(at.main.image[3]), demo.enlarge(demo_key.encrypt(colour.array), factor, demo_key.block_size)
+        image_cards(at)[1].images[1], demo.enlarge(demo_key.encrypt(colour.array), factor, demo_key.block_size)
     )
 
 

@@ -70,8 +70,11 @@ def shown_fingerprint(page: Page) -> str:
 
 
 def caption(page: Page, text: str) -> Locator:
-    """The caption `text` under an image of the main area (e.g. an uploaded file's name)."""
-    return page.get_by_role("main").get_by_role("paragraph").filter(has_text=re.compile(f"^{re.escape(text)}$"))
+    """The caption `text` under an image of the main area (e.g. an uploaded file's name): a figure's caption in the
+    main page's image cards, a paragraph under Streamlit's own images elsewhere."""
+    main = page.get_by_role("main")
+    captions = main.locator("figcaption").or_(main.get_by_role("paragraph"))
+    return captions.filter(has_text=re.compile(f"^{re.escape(text)}$"))
 
 
 def prediction_tables(page: Page) -> Locator:
