@@ -13,9 +13,10 @@ Reported per N: uploads answered, page open (to the first predictions) and Enter
 predictions with the new key) as median (min–max), the server's peak RSS (VmHWM) and CPU seconds, the whole
 machine's CPU seconds (the rest is mostly the browsers) and, below the table, where they went by process (Chromium's
 renderers, browser, GPU and utility processes, the server, the Playwright driver; benchmarks/cpu_by_kind.py), and
-beside each row the load average before and after and the clock. `--floor` adds the page open of a Streamlit page
-of three small tables for as many visitors: what the browsers and Streamlit cost whatever the app does. Sizes also
-come from the environment: ENCVIT_BENCH_VISITORS (e.g. "1 5"), ENCVIT_BENCH_ROUNDS.
+beside each row the load average before and after and the clock. `--floor` adds the same class on a bare Streamlit
+page with the visitors' two widgets and the app's image cards but no models (FLOOR_APP): what the browsers and
+Streamlit cost for these steps whatever the app computes. Sizes also come from the environment:
+ENCVIT_BENCH_VISITORS (e.g. "1 5"), ENCVIT_BENCH_ROUNDS.
 """
 
 from __future__ import annotations
@@ -38,13 +39,45 @@ from cpu_by_kind import CpuByKind, process_cpu  # noqa: E402
 
 from encvit.common.timing import Report, cpu_mhz, markdown_table, spread_cell, summarize  # noqa: E402
 
-# What a page open costs the browsers whatever the app does: a Streamlit page of three small tables (the class's
-# visitors wait for the third table of predictions, so they wait here for the third table too).
-FLOOR_APP = """import streamlit as st
+# What the class's steps cost the browsers and Streamlit whatever the app computes: a bare page with the widgets the
+# visitors use (a passphrase and an uploader, in a fragment) and a card per image as the app draws it, with a fixed
+# table instead of models; like the app it hides the running widget and derives a passphrase's key once.
+FLOOR_APP = """import pandas as pd
+import streamlit as st
 
-st.title("Three tables")
-for _ in range(3):
-    st.table({"run": ["a run"], "top-1": ["a class 90%"]})
+from encvit.cipher import Key
+from encvit.cipher.images import load_image, open_image, png_bytes, to_array
+from encvit.common.shipped import DEMO_PASSPHRASE, SAMPLES_DIR
+from encvit.demo.card import CARD_CSS, image_card
+from encvit.demo.home import enlarge
+from encvit.demo.serving import QUIET_STATUS_CSS
+
+st.html(QUIET_STATUS_CSS + CARD_CSS)
+RUNS = ["full-encrypted", "melo-encrypted", "proposed-encrypted", "proposed-plain"]
+TABLE = pd.DataFrame(
+    {"run": RUNS, "sees": ["encrypted"] * 3 + ["plain"], "top-1": ["Coat 90%"] * 4, "top-2": ["Shirt 5%"] * 4,
+     "top-3": ["Bag 1%"] * 4}
+).set_index("run")
+
+
+@st.cache_resource
+def key_of(passphrase):
+    return Key.generate(4, 3, passphrase=passphrase)
+
+
+@st.fragment
+def visitor():
+    passphrase = st.text_input("Passphrase", value=DEMO_PASSPHRASE)
+    uploads = st.file_uploader("Or upload PNG / JPEG images", type=["png"], accept_multiple_files=True)
+    key = key_of(passphrase)
+    images = [(f"fashion-{i}.png", load_image(SAMPLES_DIR / f"fashion-{i}.png", channels=3)) for i in range(3)]
+    images += [(u.name, to_array(open_image(u.getvalue()), 3, resize=(28, 28))) for u in uploads or []]
+    for name, array in images:
+        plain, encrypted = png_bytes(enlarge(array, 6)), png_bytes(enlarge(key.encrypt(array), 6))
+        st.html(image_card(name, plain, encrypted, key.fingerprint, table=TABLE))
+
+
+visitor()
 """
 # The issue's goals at 20 visitors on 2 cores, the browsers on the same machine.
 GOALS = {"result median (s)": 5.0, "result max (s)": 15.0, "open median (s)": 20.0, "peak RSS (MiB)": 2048.0}
@@ -61,14 +94,20 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def floor_opens(visitors: int, timeout: float, folder: Path) -> dict | None:
-    """Page open of FLOOR_APP for `visitors` at once (after one first visit), as a summary dict."""
+def floor_class(visitors: int, rounds: int, timeout: float, folder: Path) -> dict:
+    """The class (after one first visit) on FLOOR_APP: page open and Enter to result, each as a summary dict."""
     app = folder / "floor_app.py"
     app.write_text(FLOOR_APP)
     with serve_app(folder / f"floor-{visitors}.log", app=app) as server:
         class_visit(server.url, 1, 0, folder, timeout)
-        opens = [v.open_seconds for v in class_visit(server.url, visitors, 0, folder, timeout) if v.open_seconds]
-    return summarize(opens).to_dict() if opens else None
+        visits = class_visit(server.url, visitors, rounds, folder, timeout)
+    opens = [v.open_seconds for v in visits if v.open_seconds is not None]
+    results = [r.seconds for v in visits for r in v.rounds if r.seconds is not None]
+    return {
+        "open": summarize(opens).to_dict() if opens else None,
+        "result": summarize(results).to_dict() if results else None,
+        "lost": lost_work(visits),
+    }
 
 
 def settle(limit: float, most: float) -> None:
@@ -81,7 +120,7 @@ def settle(limit: float, most: float) -> None:
 
 def one_class(visitors: int, rounds: int, timeout: float, folder: Path, floor: bool = False, app: Path = APP) -> dict:
     """A fresh server of `app`, the teacher's first visit, then `visitors` at once; what they saw and what it cost.
-    With `floor`, then the same number of visitors opening FLOOR_APP."""
+    With `floor`, then the same class on FLOOR_APP."""
     row = {"visitors": visitors, "rounds": rounds, "load_before": load(), "cpu_mhz": cpu_mhz()}
     with serve_app(folder / f"server-{visitors}.log", app=app) as server:
         started = time.perf_counter()
@@ -108,7 +147,7 @@ def one_class(visitors: int, rounds: int, timeout: float, folder: Path, floor: b
         open=summarize(opens).to_dict() if opens else None,
         result=summarize(results).to_dict() if results else None,
         visits=as_dicts(visits),
-        floor_open=floor_opens(visitors, timeout, folder) if floor else None,
+        floor=floor_class(visitors, rounds, timeout, folder) if floor else None,
     )
     return row
 
@@ -128,7 +167,8 @@ def table(rows: list[dict]) -> str:
         "server CPU (s)",
         "machine CPU (s)",
         "first visit",
-        "floor: page open of three tables",
+        "floor: page open",
+        "floor: Enter to result",
         "load average before → after",
         "clock (MHz)",
     ]
@@ -142,7 +182,8 @@ def table(rows: list[dict]) -> str:
             f"{row['server_cpu_s']:.1f}",
             f"{row['machine_cpu_s']:.1f}",
             f"{row['first_visit_s']:.1f} s" if row["first_visit_s"] is not None else "–",
-            cell(row["floor_open"]),
+            cell(row["floor"] and row["floor"]["open"]),
+            cell(row["floor"] and row["floor"]["result"]),
             f"{row['load_before']:.2f} → {row['load_after']:.2f}",
             f"{row['cpu_mhz']:.0f}",
         ]
@@ -189,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--floor",
         action="store_true",
-        help="also time the same number of visitors opening a Streamlit page of three tables (what any page costs)",
+        help="also time the same class on a bare page with the same widgets and cards and no models (what the "
+        "browsers and Streamlit cost whatever the app computes)",
     )
     parser.add_argument(
         "--app", type=Path, default=APP, help="the page the class opens (default app/Home.py; e.g. an older version)"
@@ -216,10 +258,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {visitors} visitors: {row['answered']} of {row['uploads']} uploads answered, "
                 f"page open {cell(row['open'])}, Enter to result {cell(row['result'])}, "
                 f"peak RSS {row['peak_rss_mb']:,.0f} MiB, load {row['load_before']:.2f} → {row['load_after']:.2f}"
-                + (f"; floor: page open {cell(row['floor_open'])}" if args.floor else ""),
+                + (
+                    f"; floor: page open {cell(row['floor']['open'])}, Enter to result {cell(row['floor']['result'])}"
+                    if args.floor
+                    else ""
+                ),
                 flush=True,
             )
-            for line in row["lost"] + row["server_problems"]:
+            for line in row["lost"] + row["server_problems"] + (row["floor"] or {}).get("lost", []):
                 print(f"    {line}", flush=True)
     print()
     print(table(report.results))

@@ -300,7 +300,10 @@ def test_bench_app_reports_a_class_with_the_machine_beside_each_figure(tmp_path)
     assert row["result"]["max"] == max(results)
     assert 100 < row["peak_rss_mb"] and cells["server peak RSS (MiB)"] == f"{row['peak_rss_mb']:,.0f}"
     assert 0 < row["server_cpu_s"] < row["machine_cpu_s"] and row["first_visit_s"] > 0
-    assert cells["floor: page open of three tables"] == spread_cell(row["floor_open"], " s", digits=1)
+    floor = row["floor"]  # the same class on a bare page with the same widgets and cards
+    assert floor["lost"] == [] and floor["result"]["max"] > 0 and floor["result"]["n"] == 2
+    assert cells["floor: page open"] == spread_cell(floor["open"], " s", digits=1)
+    assert cells["floor: Enter to result"] == spread_cell(floor["result"], " s", digits=1)
     assert cells["load average before → after"] == f"{row['load_before']:.2f} → {row['load_after']:.2f}"
     assert "every upload answered: met" in out and "load average at the end" in out
     spent = row["cpu_by_kind"]
@@ -563,6 +566,28 @@ def test_bench_running_widget_reports_each_pages_share_of_a_core_with_the_machin
     assert rows[0][2] == "1.00x"  # the baseline against itself
 
 
+def test_bench_cards_reports_each_pages_open_beside_the_floor(tmp_path):
+    from encvit.common.timing import spread_cell
+
+    report = tmp_path / "cards.json"
+    out = run("bench_cards.py", "--visitors", "1", "--repeats", "1", "--pause", "0", "--json", str(report))
+    assert "command: python benchmarks/bench_cards.py --visitors 1 --repeats 1 --pause 0" in out
+    assert " cores, load average " in out and "load average at the end" in out
+    ((header, rows),) = tables(out)
+    (result,) = json.loads(report.read_text())["results"]
+    assert header[0] == "page (1 visitors at once)"
+    assert [row[0] for row in rows] == [
+        "floor: three small tables",
+        "cards as Streamlit elements",
+        "cards as HTML (the app)",
+    ]
+    for name, opened, ratio in rows:
+        (seconds,) = result["opens"][name]  # one visitor, one round
+        assert 0 < seconds < 120 and opened == spread_cell(result["summaries"][name], " s", digits=1)
+        assert ratio == spread_cell(result["ratios"][name], "x")
+    assert rows[1][2] == "1.00x"  # the baseline against itself
+
+
 def test_the_browser_benchmarks_refuse_bad_values_before_any_work(tmp_path):
     bad = {
         "bench_app.py --settle": ["bench_app.py", "--settle", "-1"],
@@ -570,6 +595,9 @@ def test_the_browser_benchmarks_refuse_bad_values_before_any_work(tmp_path):
         "bench_app.py --visitors": ["bench_app.py", "--visitors", "0"],
         "bench_running_widget.py --repeats": ["bench_running_widget.py", "--repeats", "0"],
         "bench_running_widget.py --seconds": ["bench_running_widget.py", "--seconds", "0"],
+        "bench_cards.py --visitors": ["bench_cards.py", "--visitors", "0"],
+        "bench_cards.py --timeout": ["bench_cards.py", "--timeout", "0"],
+        "bench_cards.py --pause": ["bench_cards.py", "--pause", "-1"],
     }
     running = {  # in parallel: each spends its seconds importing torch before argparse refuses
         name: subprocess.Popen(
