@@ -132,8 +132,9 @@ def visitor(models: dict, adapters: dict[str, str], folder: str) -> None:
         help="Encrypted runs see the encrypted image, plain runs the plain one.",
     )
     grid = grid_column.checkbox("Show the block grid", value=False, key="grid")
+    chosen_infos = {name: infos[name] for name in chosen}
     try:
-        shape = demo.geometry({name: infos[name] for name in chosen} or infos)
+        shape = demo.geometry(chosen_infos or infos)
     except EncvitError as exc:
         show_error(exc)
         return
@@ -207,7 +208,7 @@ def visitor(models: dict, adapters: dict[str, str], folder: str) -> None:
         st.info("Pick a shipped sample or upload an image.")
         return
 
-    mismatch = demo.key_mismatch({name: infos[name] for name in chosen}, key)
+    mismatch = demo.key_mismatch(chosen_infos, key)
     if mismatch:
         st.warning(demo.escape_markdown(mismatch), icon="⚠️")
     name, mime = demo.download_name(images, key)
@@ -251,7 +252,7 @@ def visitor(models: dict, adapters: dict[str, str], folder: str) -> None:
                 shown_png(image.digest, key.fingerprint, block, factor, image, key),
                 key.fingerprint,
                 label=image.label,
-                note=demo.grey_runs_note(image, {name: infos[name] for name in chosen}),
+                note=demo.grey_runs_note(image, chosen_infos),
                 table=demo.prediction_table(predictions, infos, index, image.label) if predictions else None,
             )
         )

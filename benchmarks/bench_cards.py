@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the browser tooling lives with the te
 
 from browser.chromium import ChromiumNotFound, find_chromium  # noqa: E402
 from browser.classroom import class_visit  # noqa: E402
-from browser.server import serve_app  # noqa: E402
+from browser.server import page_files, serve_app  # noqa: E402
 
 from encvit.common.timing import Report, markdown_table, ratios, spread_cell, summarize  # noqa: E402
 
@@ -114,10 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     opens: dict[str, list[float]] = {name: [] for name in PAGES}
     medians: dict[str, list[float]] = {name: [] for name in PAGES}
     with tempfile.TemporaryDirectory(prefix="encvit-bench-cards-") as folder:
-        apps = {}
-        for index, (name, text) in enumerate(PAGES.items()):
-            apps[name] = Path(folder) / f"page{index}.py"
-            apps[name].write_text(text)
+        apps = page_files(folder, PAGES)
         for round_ in range(1, args.repeats + 1):
             for name, app in apps.items():  # taking turns, so that the machine's drift touches every page alike
                 time.sleep(args.pause)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the browser tooling lives with the tests that use it
 
 from browser.chromium import ChromiumNotFound, find_chromium, launch_options  # noqa: E402
-from browser.server import serve_app  # noqa: E402
+from browser.server import page_files, serve_app  # noqa: E402
 from cpu_by_kind import CpuByKind  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
@@ -75,10 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.header(), flush=True)
     shares: dict[str, list[float]] = {name: [] for name in PAGES}
     with tempfile.TemporaryDirectory(prefix="encvit-bench-widget-") as folder:
-        apps = {}
-        for index, (name, style) in enumerate(PAGES.items()):
-            apps[name] = Path(folder) / f"page{index}.py"
-            apps[name].write_text(WAITING_PAGE.format(style=style, sleep=args.seconds + 60))
+        apps = page_files(folder, {n: WAITING_PAGE.format(style=s, sleep=args.seconds + 60) for n, s in PAGES.items()})
         for _ in range(args.repeats):
             for name, app in apps.items():  # taking turns, so that the machine's drift touches both alike
                 shares[name].append(waiting_share(app, args.seconds, Path(folder)))

@@ -24,6 +24,7 @@ from encvit.cipher.key import Key
 from encvit.common.shipped import SAMPLES_DIR
 
 from .chromium import VIEWPORT, launch_options
+from .user import caption, prediction_tables
 
 SAMPLES_ON_ARRIVAL = 3  # the main page picks three shipped samples for a new visitor
 UPLOADER = "Or upload PNG / JPEG images"
@@ -80,19 +81,6 @@ def fingerprint(passphrase: str, block_size: int = 4, channels: int = 3) -> str:
     return Key.generate(block_size, channels, passphrase=passphrase).fingerprint
 
 
-def _tables(page: Page):
-    main = page.get_by_role("main")
-    return main.get_by_role("table").filter(has=page.get_by_role("columnheader", name="top-1"))
-
-
-def _caption(page: Page, text: str):
-    """The caption `text` under an image: a figure's caption in the main page's cards, or a paragraph (the page
-    before the cards, which the benchmark can still time)."""
-    main = page.get_by_role("main")
-    captions = main.locator("figcaption").or_(main.get_by_role("paragraph"))
-    return captions.filter(has_text=re.compile(f"^{re.escape(text)}$"))
-
-
 def passphrase(visitor: int, round_: int) -> str:
     """The passphrase a visitor pastes in a round: no two alike, so every round needs a key of its own."""
     return f"visitor {visitor} round {round_}"
@@ -113,7 +101,7 @@ async def _visit(browser: Browser, url: str, visitor: int, uploads: list[tuple[P
         page.set_default_timeout(timeout * 1000)
         start = time.perf_counter()
         await page.goto("/")
-        tables = _tables(page)
+        tables = prediction_tables(page)
         try:
             await _until_text(page, {"top-1": SAMPLES_ON_ARRIVAL})
             await tables.nth(SAMPLES_ON_ARRIVAL - 1).wait_for()
@@ -135,14 +123,14 @@ async def _visit(browser: Browser, url: str, visitor: int, uploads: list[tuple[P
             shown = SAMPLES_ON_ARRIVAL + seen.answered + 1  # a lost upload leaves one image fewer
             try:
                 await _until_text(page, {f"encrypted with {key}": shown, "top-1": shown})
-                await _caption(page, path.name).wait_for()
-                await _caption(page, f"encrypted with {key}").nth(shown - 1).wait_for()
+                await caption(page, path.name).wait_for()
+                await caption(page, f"encrypted with {key}").nth(shown - 1).wait_for()
                 await tables.nth(shown - 1).wait_for()
                 step.seconds, step.outcome = time.perf_counter() - entered, "answered"
             except Exception:  # noqa: BLE001 - what the visitor sees instead is recorded below
                 step.outcome, step.detail = await _what_went_wrong(page, path.name, timeout)
                 step.detail += (
-                    f"; {await _caption(page, f'encrypted with {key}').count()} images encrypted "
+                    f"; {await caption(page, f'encrypted with {key}').count()} images encrypted "
                     f"with the new key, {await tables.count()} prediction tables"
                 )
     except Exception as exc:  # noqa: BLE001 - a crashed page is a finding, not a crash of the whole class
@@ -156,7 +144,7 @@ async def _what_went_wrong(page: Page, name: str, timeout: float) -> tuple[str, 
     """'upload lost' when the file is nowhere on the page (not in the uploader, no caption), else 'no answer'."""
     # The uploader shortens a long name on screen ("visitor...pload1.png"); its remove button names the whole file.
     in_uploader = await page.get_by_role("region", name=UPLOADER).get_by_role("button", name=f"Remove {name}").count()
-    captions = await _caption(page, name).count()
+    captions = await caption(page, name).count()
     alerts = [text.strip() for text in await page.get_by_role("alert").all_inner_texts()]
     where = f"uploader lists it: {'yes' if in_uploader else 'no'}; alerts: {alerts or 'none'}"
     if not in_uploader and not captions:

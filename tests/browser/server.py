@@ -43,6 +43,15 @@ class AppServer:
         return [line for line in lines if "Traceback" in line or "Exception" in line or "Error:" in line]
 
 
+def page_files(folder: Path, pages: dict[str, str]) -> dict[str, Path]:
+    """Each page's Streamlit script written into `folder` as page0.py, page1.py, ...: {name: its file}."""
+    files = {}
+    for index, (name, text) in enumerate(pages.items()):
+        files[name] = Path(folder) / f"page{index}.py"
+        files[name].write_text(text)
+    return files
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:

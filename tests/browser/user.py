@@ -69,9 +69,12 @@ def shown_fingerprint(page: Page) -> str:
     return line.locator("code").inner_text()
 
 
+# The locators below only build queries (nothing waits), so tests/browser/classroom.py uses them on the async API's
+# pages too.
 def caption(page: Page, text: str) -> Locator:
     """The caption `text` under an image of the main area (e.g. an uploaded file's name): a figure's caption in the
-    main page's image cards, a paragraph under Streamlit's own images elsewhere."""
+    main page's image cards, a paragraph under Streamlit's own images elsewhere (and on the main page before the cards,
+    which the benchmark can still time)."""
     main = page.get_by_role("main")
     captions = main.locator("figcaption").or_(main.get_by_role("paragraph"))
     return captions.filter(has_text=re.compile(f"^{re.escape(text)}$"))
